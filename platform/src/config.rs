@@ -1,0 +1,289 @@
+//! Platform configuration: defaults that work with no file at all, then an optional TOML file,
+//! then `RALLY_*` environment variables. Invalid settings fail at start, naming the setting.
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything `rally server` can be told. Field names are the TOML keys; the environment
+/// variable of a key is `RALLY_` followed by the key in capitals (`listen` → `RALLY_LISTEN`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Where the platform keeps its files; the default SQLite database lives here.
+    pub data_dir: PathBuf,
+    /// `sqlite://path` or `postgres://...`; defaults to `rally.db` in the data directory.
+    pub database_url: Option<SecretString>,
+    /// Connections to a PostgreSQL server, or SQLite readers (SQLite always has one writer).
+    pub database_max_connections: u32,
+    /// Password of the `admin` account created on first start; generated and printed when unset.
+    pub admin_password: Option<SecretString>,
+    /// HMAC key (at least 32 bytes) that signs access tokens. When unset a key is generated once
+    /// and kept in the database, so tokens stay valid across restarts and nodes.
+    pub jwt_secret: Option<SecretString>,
+    pub access_token_ttl_secs: u64,
+    pub refresh_token_ttl_secs: u64,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// How long a graceful shutdown waits for requests in flight.
+    pub shutdown_grace_secs: u64,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7350)),
+            data_dir: PathBuf::from("rally-data"),
+            database_url: None,
+            database_max_connections: 16,
+            admin_password: None,
+            jwt_secret: None,
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 30 * 24 * 60 * 60,
+            body_limit_bytes: 1024 * 1024,
+            shutdown_grace_secs: 10,
+            log_format: LogFormat::Human,
+        }
+    }
+}
+
+/// Why the configuration was refused; always names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("invalid configuration: `{setting}` {problem}")]
+    Invalid {
+        setting: &'static str,
+        problem: String,
+    },
+}
+
+const ENV_PREFIX: &str = "RALLY_";
+
+/// The settings, as TOML keys. Only these are read from `RALLY_*` variables: the CLI and the
+/// tests have variables of their own under the same prefix.
+const SETTINGS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "database_max_connections",
+    "admin_password",
+    "jwt_secret",
+    "access_token_ttl_secs",
+    "refresh_token_ttl_secs",
+    "body_limit_bytes",
+    "shutdown_grace_secs",
+    "log_format",
+];
+
+impl Config {
+    /// Defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Parse(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).only(SETTINGS));
+        let config: Config = figment.extract().map_err(describe_figment_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                setting,
+                problem: problem.into(),
+            }
+        }
+        if let Some(url) = &self.database_url {
+            let url = url.expose_secret();
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                return Err(invalid(
+                    "database_url",
+                    "must start with sqlite:// or postgres://",
+                ));
+            }
+        }
+        if self.database_max_connections == 0 {
+            return Err(invalid("database_max_connections", "must be at least 1"));
+        }
+        if let Some(password) = &self.admin_password {
+            crate::accounts::check_password(password.expose_secret())
+                .map_err(|problem| invalid("admin_password", problem))?;
+        }
+        if let Some(secret) = &self.jwt_secret {
+            if secret.expose_secret().len() < 32 {
+                return Err(invalid("jwt_secret", "must be at least 32 bytes long"));
+            }
+        }
+        if self.access_token_ttl_secs < 10 {
+            return Err(invalid("access_token_ttl_secs", "must be at least 10"));
+        }
+        if self.refresh_token_ttl_secs < self.access_token_ttl_secs {
+            return Err(invalid(
+                "refresh_token_ttl_secs",
+                "must not be shorter than access_token_ttl_secs",
+            ));
+        }
+        if self.body_limit_bytes < 1024 {
+            return Err(invalid("body_limit_bytes", "must be at least 1024"));
+        }
+        Ok(())
+    }
+
+    /// The database URL in force: the configured one, or SQLite in the data directory.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose_secret().to_owned(),
+            None => format!("sqlite://{}", self.data_dir.join("rally.db").display()),
+        }
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// Figment's messages name the key but not the environment variable; say both.
+fn describe_figment_error(error: figment::Error) -> ConfigError {
+    let messages: Vec<String> = error
+        .into_iter()
+        .map(|error| {
+            let key = error.path.join(".");
+            if key.is_empty() {
+                error.to_string()
+            } else {
+                format!(
+                    "`{key}` (env {ENV_PREFIX}{}): {}",
+                    key.to_ascii_uppercase(),
+                    error.kind
+                )
+            }
+        })
+        .collect();
+    ConfigError::Parse(messages.join("; "))
+}
+
+#[cfg(test)]
+// figment's test jail returns its own large error type; that is its API, not ours.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_local() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:7350");
+        assert_eq!(
+            config.effective_database_url(),
+            "sqlite://rally-data/rally.db"
+        );
+    }
+
+    #[test]
+    fn secrets_are_not_printed_by_debug() {
+        let config = Config {
+            admin_password: Some(SecretString::from("hunter2-hunter2")),
+            jwt_secret: Some(SecretString::from("a".repeat(40))),
+            ..Config::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"));
+        assert!(!shown.contains(&"a".repeat(40)));
+    }
+
+    #[test]
+    fn short_jwt_secret_is_refused_by_name() {
+        let config = Config {
+            jwt_secret: Some(SecretString::from("short")),
+            ..Config::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("jwt_secret"), "{error}");
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "rally.toml",
+                "listen = \"127.0.0.1:9000\"\nbody_limit_bytes = 4096\n",
+            )?;
+            jail.set_env("RALLY_BODY_LIMIT_BYTES", "8192");
+            let config = Config::load(Some(Path::new("rally.toml"))).unwrap();
+            assert_eq!(config.listen.port(), 9000);
+            assert_eq!(config.body_limit_bytes, 8192);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_the_setting() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("RALLY_LISTEN", "not-an-address");
+            let error = Config::load(None).unwrap_err().to_string();
+            assert!(error.contains("listen"), "{error}");
+            assert!(error.contains("RALLY_LISTEN"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_listed_setting_is_a_real_one() {
+        figment::Jail::expect_with(|jail| {
+            for key in SETTINGS {
+                let value = match *key {
+                    "listen" => "127.0.0.1:1",
+                    "log_format" => "json",
+                    "data_dir" | "database_url" => "sqlite://x.db",
+                    "admin_password" | "jwt_secret" => "0123456789abcdef0123456789abcdef",
+                    _ => "100000",
+                };
+                jail.set_env(format!("RALLY_{}", key.to_ascii_uppercase()), value);
+            }
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.log_format, LogFormat::Json);
+            assert_eq!(config.body_limit_bytes, 100_000);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_settings_in_a_file_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("rally.toml", "lisen = \"127.0.0.1:9000\"\n")?;
+            let error = Config::load(Some(Path::new("rally.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("lisen"), "{error}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,124 @@
+//! The platform server: state, router and serving with graceful shutdown. Tests start it on
+//! port 0 through [`Platform::start`] and [`serve`], exactly as `rally server` does.
+
+use crate::accounts::{self, AdminBootstrap};
+use crate::auth::{self, TokenService};
+use crate::config::Config;
+use crate::error::{self, ApiError};
+use crate::metrics::{self, Metrics};
+use crate::storage::{redact_url, Database};
+use crate::{health, users};
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::{middleware, Router};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+/// Cheap handles shared by every request.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub database: Database,
+    pub tokens: Arc<TokenService>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A platform ready to serve: database migrated, signing key loaded, admin in place.
+#[derive(Debug)]
+pub struct Platform {
+    pub state: AppState,
+    pub admin: AdminBootstrap,
+}
+
+impl Platform {
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
+        let url = config.effective_database_url();
+        let database = Database::open(&url, config.database_max_connections)
+            .await
+            .with_context(|| format!("cannot open database {}", redact_url(&url)))?;
+        tracing::info!(backend = database.backend().name(), "database ready");
+        let tokens = TokenService::load(&config, &database)
+            .await
+            .context("cannot load the token signing key")?;
+        let admin = accounts::ensure_admin(&database, config.admin_password.as_ref())
+            .await
+            .context("cannot create the admin account")?;
+        let state = AppState {
+            config: Arc::new(config),
+            database,
+            tokens: Arc::new(tokens),
+            metrics: Arc::new(Metrics::new()),
+        };
+        Ok(Self { state, admin })
+    }
+}
+
+/// Every route of the platform.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(metrics::render))
+        .merge(auth::routes::routes())
+        .merge(accounts::routes())
+        .merge(users::routes())
+        .fallback(|| async { ApiError::NotFound { what: "route" } })
+        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track_requests,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::new())
+        .layer(middleware::from_fn(error::shape_errors))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` is cancelled, then drains requests in flight for at most the
+/// configured grace period.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let grace = state.config.shutdown_grace();
+    tokio::spawn(clean_expired_tokens(state.clone(), shutdown.clone()));
+    let server = axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        result = server => result,
+        () = deadline => {
+            tracing::warn!(grace_secs = grace.as_secs(), "shutdown deadline reached; dropping open requests");
+            Ok(())
+        }
+    };
+    state.database.close().await;
+    result
+}
+
+async fn clean_expired_tokens(state: AppState, shutdown: CancellationToken) {
+    let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = every_hour.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        match auth::refresh::delete_expired(&state.database).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "expired refresh tokens deleted"),
+            Err(error) => tracing::warn!(%error, "cannot delete expired refresh tokens"),
+        }
+    }
+}

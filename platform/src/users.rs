@@ -1,0 +1,153 @@
+//! Player accounts ("users"): anonymous sign-up with a generated secret, sign-in with id and
+//! secret, and sign-in with a device id that creates the user on first use. This is the hot
+//! path of a launch day, so it does one cheap hash and at most two statements per call.
+
+use crate::auth::{hash_secret, new_secret, refresh, secret_matches};
+use crate::error::{ApiError, Json};
+use crate::server::AppState;
+use crate::storage::{new_id, now_millis, StorageError};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::Router;
+use rally_sdk::wire::{
+    CreatedUser, DeviceSignIn, DeviceSignInRequest, Role, TokenPair, UserSignInRequest,
+};
+use sqlx::Row;
+
+/// Device ids come from the platform SDKs (a vendor id, a generated UUID); anything longer is
+/// not a device id.
+const MAX_DEVICE_ID_BYTES: usize = 256;
+const MIN_DEVICE_ID_BYTES: usize = 8;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/users", post(create_user))
+        .route("/api/v1/users/sign-in", post(sign_in))
+        .route("/api/v1/users/device-sign-in", post(device_sign_in))
+}
+
+/// Public: creates an anonymous user. The secret is returned once and stored only hashed.
+async fn create_user(
+    State(state): State<AppState>,
+) -> Result<(StatusCode, Json<CreatedUser>), ApiError> {
+    let user = CreatedUser {
+        user_id: new_id(),
+        secret: new_secret(),
+    };
+    sqlx::query("INSERT INTO users (id, secret_hash, created_at) VALUES ($1, $2, $3)")
+        .bind(&user.user_id)
+        .bind(hash_secret(&user.secret))
+        .bind(now_millis())
+        .execute(state.database.writer())
+        .await
+        .map_err(StorageError::from)?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+/// Public: id and secret for player tokens. Unknown id and wrong secret answer alike.
+async fn sign_in(
+    State(state): State<AppState>,
+    Json(request): Json<UserSignInRequest>,
+) -> Result<Json<TokenPair>, ApiError> {
+    let refused = || ApiError::unauthorized("invalid_credentials", "wrong user id or secret");
+    if uuid::Uuid::parse_str(&request.user_id).is_err() || request.secret.len() > 256 {
+        return Err(refused());
+    }
+    let row = sqlx::query("SELECT secret_hash, disabled_at FROM users WHERE id = $1")
+        .bind(&request.user_id)
+        .fetch_optional(state.database.reader())
+        .await
+        .map_err(StorageError::from)?
+        .ok_or_else(refused)?;
+    let secret_hash: Option<String> = row.get(0);
+    let disabled_at: Option<i64> = row.get(1);
+    match secret_hash {
+        Some(stored) if secret_matches(&request.secret, &stored) => {}
+        _ => return Err(refused()),
+    }
+    if disabled_at.is_some() {
+        return Err(ApiError::unauthorized(
+            "account_disabled",
+            "this user is disabled",
+        ));
+    }
+    let pair = refresh::issue_pair(
+        &state.database,
+        &state.tokens,
+        &request.user_id,
+        Role::Player,
+        None,
+    )
+    .await?;
+    Ok(Json(pair))
+}
+
+/// Public: signs in by device id, creating the user the first time the device is seen.
+async fn device_sign_in(
+    State(state): State<AppState>,
+    Json(request): Json<DeviceSignInRequest>,
+) -> Result<Json<DeviceSignIn>, ApiError> {
+    let device_id = request.device_id;
+    if !(MIN_DEVICE_ID_BYTES..=MAX_DEVICE_ID_BYTES).contains(&device_id.len())
+        || device_id.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_device_id",
+            format!(
+                "device_id must be {MIN_DEVICE_ID_BYTES} to {MAX_DEVICE_ID_BYTES} bytes without control characters"
+            ),
+        ));
+    }
+    let device_hash = hash_secret(&format!("device:{device_id}"));
+    let database = &state.database;
+    let existing = find_by_device(database.reader(), &device_hash).await?;
+    let (user_id, disabled_at, created) = match existing {
+        Some((user_id, disabled_at)) => (user_id, disabled_at, false),
+        None => {
+            let created_id = new_id();
+            let inserted = sqlx::query(
+                "INSERT INTO users (id, device_id_hash, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (device_id_hash) DO NOTHING",
+            )
+            .bind(&created_id)
+            .bind(&device_hash)
+            .bind(now_millis())
+            .execute(database.writer())
+            .await
+            .map_err(StorageError::from)?;
+            if inserted.rows_affected() == 1 {
+                (created_id, None, true)
+            } else {
+                // Another request created it between our read and our insert.
+                let (user_id, disabled_at) = find_by_device(database.writer(), &device_hash)
+                    .await?
+                    .ok_or_else(|| ApiError::internal(anyhow::anyhow!("device user vanished")))?;
+                (user_id, disabled_at, false)
+            }
+        }
+    };
+    if disabled_at.is_some() {
+        return Err(ApiError::unauthorized(
+            "account_disabled",
+            "this user is disabled",
+        ));
+    }
+    let tokens = refresh::issue_pair(database, &state.tokens, &user_id, Role::Player, None).await?;
+    Ok(Json(DeviceSignIn {
+        user_id,
+        created,
+        tokens,
+    }))
+}
+
+async fn find_by_device(
+    pool: &sqlx::AnyPool,
+    device_hash: &str,
+) -> Result<Option<(String, Option<i64>)>, StorageError> {
+    let row = sqlx::query("SELECT id, disabled_at FROM users WHERE device_id_hash = $1")
+        .bind(device_hash)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(|row| (row.get(0), row.get(1))))
+}
