@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
 /// Cheap handles shared by every request.
@@ -71,7 +72,10 @@ pub fn app(state: AppState) -> Router {
         .merge(accounts::routes())
         .merge(users::routes())
         .fallback(|| async { ApiError::NotFound { what: "route" } })
-        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        // One limit for every body: refused at once when Content-Length is over it, cut off
+        // while reading when the body is chunked.
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(state.config.body_limit_bytes))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::track_requests,

@@ -1,1 +1,13 @@
+//! Integration tests: the real server on port 0, real SQLite files and a real PostgreSQL
+//! (`RALLY_TEST_POSTGRES_URL`, set up by `scripts/test`), real child processes for the CLI.
+//! Tests that touch storage run once per backend: `<module>::sqlite::<test>` and
+//! `<module>::postgres::<test>`.
 
+mod helpers;
+
+mod auth;
+mod cli;
+mod errors;
+mod server;
+mod storage;
+mod users;

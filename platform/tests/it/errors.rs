@@ -1,0 +1,173 @@
+//! Bad input of every kind gets a 4xx with the common error shape and a stable code; nothing
+//! a client sends produces a 500.
+
+use crate::helpers::{assert_api_error, code, raw, spawn_app, Backend};
+use crate::on_both_backends;
+use reqwest::Method;
+
+const JSON: Option<&str> = Some("application/json");
+
+async fn malformed_bodies_get_clear_codes(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let cases: &[(&str, u16, &str)] = &[
+        (
+            "{\"username\": \"admin\", \"password\":",
+            400,
+            "malformed_json",
+        ),
+        ("not json at all", 400, "malformed_json"),
+        ("", 400, "malformed_json"),
+        (
+            "{\"username\": 42, \"password\": \"x\"}",
+            422,
+            "invalid_body",
+        ),
+        ("{\"username\": \"admin\"}", 422, "invalid_body"),
+        ("[1, 2, 3]", 422, "invalid_body"),
+        (
+            "{\"username\": \"\\u0000\", \"password\": \"\\ud800\"}",
+            400,
+            "malformed_json",
+        ),
+    ];
+    for (body, status, expected) in cases {
+        let (got, answer) = raw(&app, Method::POST, "/api/v1/auth/login", JSON, *body, None).await;
+        assert_eq!((got, code(&answer)), (*status, *expected), "body {body:?}");
+        assert!(answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+}
+
+async fn wrong_content_type_is_415(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (status, body) = raw(
+        &app,
+        Method::POST,
+        "/api/v1/users/sign-in",
+        Some("text/plain"),
+        "{}",
+        None,
+    )
+    .await;
+    assert_eq!((status, code(&body)), (415, "unsupported_media_type"));
+    let (status, body) = raw(
+        &app,
+        Method::POST,
+        "/api/v1/users/sign-in",
+        None,
+        "{}",
+        None,
+    )
+    .await;
+    assert_eq!((status, code(&body)), (415, "unsupported_media_type"));
+}
+
+async fn oversized_bodies_are_refused_without_being_read(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app(backend).await;
+    // Announce 10 MB, send only the first kilobyte: the answer must come without the rest.
+    let mut socket = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /api/v1/users/device-sign-in HTTP/1.1\r\nhost: rally\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        10 * 1024 * 1024
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(&[b'x'; 1024]).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buffer = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("}}") {
+            let count = socket.read(&mut buffer).await.unwrap();
+            if count == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buffer[..count]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the platform waited for the body");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("\"code\":\"payload_too_large\""),
+        "{answer}"
+    );
+    // The platform is still fine.
+    app.client().health().await.unwrap();
+}
+
+async fn unknown_routes_and_methods_use_the_error_shape(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (status, body) = raw(&app, Method::GET, "/api/v1/nothing-here", None, "", None).await;
+    assert_eq!((status, code(&body)), (404, "not_found"));
+    let (status, body) = raw(&app, Method::DELETE, "/api/v1/users", None, "", None).await;
+    assert_eq!((status, code(&body)), (405, "method_not_allowed"));
+}
+
+async fn developer_names_are_checked_and_unique(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let admin = app.admin().await;
+    for bad in ["Ada", "ada lovelace", "адa", "ada\u{7}", "a", "", "../etc"] {
+        assert_api_error(
+            admin.create_developer(bad, "good-password").await,
+            400,
+            "invalid_username",
+        );
+    }
+    assert_api_error(
+        admin.create_developer("ada", "short").await,
+        400,
+        "invalid_password",
+    );
+    assert_api_error(
+        admin.create_developer("ada", "bell\u{7}password").await,
+        400,
+        "invalid_password",
+    );
+    let ada = admin
+        .create_developer("ada", "good-password")
+        .await
+        .unwrap();
+    assert_api_error(
+        admin.create_developer("ada", "other-password").await,
+        409,
+        "username_taken",
+    );
+    let listed = admin.list_developers().await.unwrap();
+    assert_eq!(listed, vec![ada]);
+    // Nothing about a rejected name reached the database.
+    let accounts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
+        .fetch_one(app.state.database.reader())
+        .await
+        .unwrap();
+    assert_eq!(accounts, 2, "admin and ada");
+}
+
+async fn a_developer_signs_in_but_cannot_create_developers(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.admin()
+        .await
+        .create_developer("ada", "good-password")
+        .await
+        .unwrap();
+    let pair = app.client().login("ada", "good-password").await.unwrap();
+    let ada = app.client().authenticated(&pair.access_token);
+    assert_api_error(
+        ada.create_developer("eve", "good-password").await,
+        403,
+        "forbidden",
+    );
+}
+
+on_both_backends!(
+    malformed_bodies_get_clear_codes,
+    wrong_content_type_is_415,
+    oversized_bodies_are_refused_without_being_read,
+    unknown_routes_and_methods_use_the_error_shape,
+    developer_names_are_checked_and_unique,
+    a_developer_signs_in_but_cannot_create_developers,
+);
