@@ -217,7 +217,11 @@ pub async fn authenticate(
     if password.expose_secret().len() > MAX_PASSWORD_BYTES {
         return Err(invalid_credentials());
     }
-    let stored = find_by_username(database, username).await?;
+    // A name no account can have is not looked up (and a NUL byte never reaches PostgreSQL).
+    let stored = match check_username(username) {
+        Ok(()) => find_by_username(database, username).await?,
+        Err(_) => None,
+    };
     let Some(stored) = stored else {
         verify_password(password, DECOY_HASH.clone())
             .await

@@ -20,7 +20,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `sqlite://path` or `postgres://...`; defaults to `rally.db` in the data directory.
     pub database_url: Option<SecretString>,
-    /// Connections to a PostgreSQL server, or SQLite readers (SQLite always has one writer).
+    /// Connections to a PostgreSQL server. SQLite has one writer and this many readers at most,
+    /// but never more readers than cores.
     pub database_max_connections: u32,
     /// Password of the `admin` account created on first start; generated and printed when unset.
     pub admin_password: Option<SecretString>,

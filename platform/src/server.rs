@@ -11,6 +11,7 @@ use crate::{health, users};
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{middleware, Router};
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,6 +96,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let grace = state.config.shutdown_grace();
     tokio::spawn(clean_expired_tokens(state.clone(), shutdown.clone()));
+    // Small request/response exchanges must not wait for Nagle's algorithm.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app(state.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let deadline = async {

@@ -17,23 +17,43 @@ pub async fn issue_pair(
     role: Role,
     family: Option<&str>,
 ) -> Result<TokenPair, StorageError> {
+    let family = family.map(str::to_owned).unwrap_or_else(new_id);
+    let refresh_token = insert_refresh_token(
+        database.writer(),
+        tokens,
+        &family,
+        subject,
+        role,
+        now_millis(),
+    )
+    .await?;
+    Ok(pair(tokens, subject, role, refresh_token))
+}
+
+/// Stores a new refresh token of `family` and returns it; only its hash is kept.
+async fn insert_refresh_token<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    tokens: &TokenService,
+    family: &str,
+    subject: &str,
+    role: Role,
+    now: i64,
+) -> Result<String, StorageError> {
     let refresh_token = new_secret();
-    let now = now_millis();
-    let refresh_ttl = tokens.refresh_ttl();
     sqlx::query(
         "INSERT INTO refresh_tokens \
          (token_hash, family_id, subject_id, role, issued_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(hash_secret(&refresh_token))
-    .bind(family.map(str::to_owned).unwrap_or_else(new_id))
+    .bind(family)
     .bind(subject)
     .bind(role.as_str())
     .bind(now)
-    .bind(now + refresh_ttl.as_millis() as i64)
-    .execute(database.writer())
+    .bind(now + tokens.refresh_ttl().as_millis() as i64)
+    .execute(executor)
     .await?;
-    Ok(pair(tokens, subject, role, refresh_token))
+    Ok(refresh_token)
 }
 
 fn pair(tokens: &TokenService, subject: &str, role: Role, refresh_token: String) -> TokenPair {
@@ -92,21 +112,8 @@ pub async fn rotate(
         ));
     }
 
-    let refresh_token = new_secret();
-    sqlx::query(
-        "INSERT INTO refresh_tokens \
-         (token_hash, family_id, subject_id, role, issued_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(hash_secret(&refresh_token))
-    .bind(&family)
-    .bind(&subject)
-    .bind(role.as_str())
-    .bind(now)
-    .bind(now + tokens.refresh_ttl().as_millis() as i64)
-    .execute(&mut *transaction)
-    .await
-    .map_err(StorageError::from)?;
+    let refresh_token =
+        insert_refresh_token(&mut *transaction, tokens, &family, &subject, role, now).await?;
     transaction.commit().await.map_err(StorageError::from)?;
     Ok(pair(tokens, &subject, role, refresh_token))
 }

@@ -29,6 +29,17 @@ async fn malformed_bodies_get_clear_codes(backend: Backend) {
             400,
             "malformed_json",
         ),
+        // Valid JSON whose strings no account can have, NUL bytes included: refused, not a 500.
+        (
+            "{\"username\": \"ad\\u0000min\", \"password\": \"x\\u0000y-long-enough\"}",
+            401,
+            "invalid_credentials",
+        ),
+        (
+            "{\"username\": \"\u{1F600}\u{202E}\", \"password\": \"\u{202E}password\"}",
+            401,
+            "invalid_credentials",
+        ),
     ];
     for (body, status, expected) in cases {
         let (got, answer) = raw(&app, Method::POST, "/api/v1/auth/login", JSON, *body, None).await;

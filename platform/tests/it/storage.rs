@@ -5,7 +5,7 @@ use crate::on_both_backends;
 use rally_platform::accounts::{insert_account, list_accounts};
 use rally_platform::auth::{refresh, TokenService};
 use rally_platform::storage::{new_id, now_millis, Database};
-use rally_sdk::wire::Role;
+use rally_sdk::wire::{Account, Role, TokenPair};
 use std::time::Duration;
 
 async fn open(backend: Backend) -> (Database, TestDatabase) {
@@ -20,6 +20,17 @@ fn tokens() -> TokenService {
         Duration::from_secs(60),
         Duration::from_secs(3600),
     )
+}
+
+/// A developer account and the token pair of its sign-in.
+async fn signed_in_developer(database: &Database, tokens: &TokenService) -> (Account, TokenPair) {
+    let account = insert_account(database, "ada", "hash", Role::Developer)
+        .await
+        .unwrap();
+    let pair = refresh::issue_pair(database, tokens, &account.id, Role::Developer, None)
+        .await
+        .unwrap();
+    (account, pair)
 }
 
 async fn migrations_apply_once_and_reopen_cleanly(backend: Backend) {
@@ -101,12 +112,7 @@ async fn text_and_times_round_trip_unchanged(backend: Backend) {
 async fn refresh_tokens_rotate_once_and_reuse_revokes_the_family(backend: Backend) {
     let (database, _guard) = open(backend).await;
     let tokens = tokens();
-    let account = insert_account(&database, "ada", "hash", Role::Developer)
-        .await
-        .unwrap();
-    let first = refresh::issue_pair(&database, &tokens, &account.id, Role::Developer, None)
-        .await
-        .unwrap();
+    let (account, first) = signed_in_developer(&database, &tokens).await;
     let second = refresh::rotate(&database, &tokens, &first.refresh_token)
         .await
         .unwrap();
@@ -127,12 +133,7 @@ async fn refresh_tokens_rotate_once_and_reuse_revokes_the_family(backend: Backen
 async fn concurrent_rotations_of_one_token_succeed_once(backend: Backend) {
     let (database, _guard) = open(backend).await;
     let tokens = std::sync::Arc::new(tokens());
-    let account = insert_account(&database, "ada", "hash", Role::Developer)
-        .await
-        .unwrap();
-    let pair = refresh::issue_pair(&database, &tokens, &account.id, Role::Developer, None)
-        .await
-        .unwrap();
+    let (_, pair) = signed_in_developer(&database, &tokens).await;
     let attempts: Vec<_> = (0..8)
         .map(|_| {
             let (database, tokens) = (database.clone(), tokens.clone());
@@ -152,12 +153,7 @@ async fn concurrent_rotations_of_one_token_succeed_once(backend: Backend) {
 async fn revoking_stops_refresh_and_unknown_tokens_are_reported(backend: Backend) {
     let (database, _guard) = open(backend).await;
     let tokens = tokens();
-    let account = insert_account(&database, "ada", "hash", Role::Developer)
-        .await
-        .unwrap();
-    let pair = refresh::issue_pair(&database, &tokens, &account.id, Role::Developer, None)
-        .await
-        .unwrap();
+    let (_, pair) = signed_in_developer(&database, &tokens).await;
     assert!(refresh::revoke(&database, &pair.refresh_token)
         .await
         .unwrap());
@@ -175,12 +171,7 @@ async fn revoking_stops_refresh_and_unknown_tokens_are_reported(backend: Backend
 async fn expired_refresh_tokens_are_refused_and_cleaned_up(backend: Backend) {
     let (database, _guard) = open(backend).await;
     let tokens = tokens();
-    let account = insert_account(&database, "ada", "hash", Role::Developer)
-        .await
-        .unwrap();
-    let pair = refresh::issue_pair(&database, &tokens, &account.id, Role::Developer, None)
-        .await
-        .unwrap();
+    let (_, pair) = signed_in_developer(&database, &tokens).await;
     let two_days_ago = now_millis() - 2 * 24 * 3600 * 1000;
     sqlx::query("UPDATE refresh_tokens SET expires_at = $1")
         .bind(two_days_ago)
@@ -197,12 +188,7 @@ async fn expired_refresh_tokens_are_refused_and_cleaned_up(backend: Backend) {
 async fn disabled_accounts_cannot_refresh(backend: Backend) {
     let (database, _guard) = open(backend).await;
     let tokens = tokens();
-    let account = insert_account(&database, "ada", "hash", Role::Developer)
-        .await
-        .unwrap();
-    let pair = refresh::issue_pair(&database, &tokens, &account.id, Role::Developer, None)
-        .await
-        .unwrap();
+    let (account, pair) = signed_in_developer(&database, &tokens).await;
     sqlx::query("UPDATE accounts SET disabled_at = $1 WHERE id = $2")
         .bind(now_millis())
         .bind(&account.id)
