@@ -1,32 +1,38 @@
 //! Human accounts (admin, support, developer): password hashing, the first admin, sign-in
 //! checks, and the `/api/v1/developers` routes.
 
+use crate::audit::{self, Change};
 use crate::auth::{Caller, Staff};
-use crate::error::{ApiError, Json};
+use crate::error::{ApiError, Json, Path};
+use crate::permissions::Principal;
 use crate::server::AppState;
 use crate::storage::{new_id, now_millis, Database, StorageError, StorageResult};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::Router;
-use rally_sdk::wire::{Account, AccountList, CreateDeveloperRequest, Role};
+use rally_sdk::wire::{
+    Account, AccountList, CreateDeveloperRequest, ErrorBody, PasswordReset, Role,
+};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use std::sync::LazyLock;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub const ADMIN_USERNAME: &str = "admin";
 const MIN_PASSWORD_CHARS: usize = 8;
 /// Long enough for any passphrase, short enough that hashing it costs nothing extra.
 const MAX_PASSWORD_BYTES: usize = 1024;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route(
-        "/api/v1/developers",
-        post(create_developer).get(list_developers),
-    )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_developer, list_developers))
+        .routes(routes!(get_developer))
+        .routes(routes!(disable_developer))
+        .routes(routes!(enable_developer))
+        .routes(routes!(reset_password))
 }
 
 /// Usernames are lowercase ASCII slugs: 3–64 of `a-z 0-9 . _ -`, starting with a letter or digit.
@@ -118,6 +124,26 @@ fn account_from_row(row: &AnyRow) -> Result<StoredAccount, StorageError> {
     })
 }
 
+/// The account named by `segment`: an id or a username.
+pub async fn find(database: &Database, segment: &str) -> StorageResult<Option<Account>> {
+    let column = if crate::permissions::is_id(segment) {
+        "id"
+    } else {
+        "username"
+    };
+    let row = sqlx::query(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {column} = $1"
+    ))
+    .bind(segment)
+    .fetch_optional(database.reader())
+    .await?;
+    Ok(row
+        .as_ref()
+        .map(account_from_row)
+        .transpose()?
+        .map(|stored| stored.account))
+}
+
 async fn find_by_username(
     database: &Database,
     username: &str,
@@ -134,6 +160,15 @@ async fn find_by_username(
 /// Stores a new account. A taken username is a `StorageError` with a unique violation.
 pub async fn insert_account(
     database: &Database,
+    username: &str,
+    password_hash: &str,
+    role: Role,
+) -> StorageResult<Account> {
+    insert_account_with(database.writer(), username, password_hash, role).await
+}
+
+async fn insert_account_with<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
     username: &str,
     password_hash: &str,
     role: Role,
@@ -155,7 +190,7 @@ pub async fn insert_account(
     .bind(password_hash)
     .bind(role.as_str())
     .bind(now)
-    .execute(database.writer())
+    .execute(executor)
     .await?;
     Ok(account)
 }
@@ -247,12 +282,18 @@ fn invalid_credentials() -> ApiError {
     ApiError::unauthorized("invalid_credentials", "wrong username or password")
 }
 
-/// Admin or support: creates a developer account.
+/// Create a developer account (admin, support).
+#[utoipa::path(post, path = "/api/v1/developers", tag = "developers",
+    request_body = CreateDeveloperRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first result")),
+    security(("bearer" = [])),
+    responses((status = 201, body = Account), (status = "4XX", body = ErrorBody)))]
 async fn create_developer(
-    caller: Caller<Staff>,
+    principal: Principal,
     State(state): State<AppState>,
     Json(request): Json<CreateDeveloperRequest>,
 ) -> Result<(StatusCode, Json<Account>), ApiError> {
+    principal.require_staff()?;
     check_username(&request.username).map_err(|problem| {
         ApiError::bad_request("invalid_username", format!("username {problem}"))
     })?;
@@ -262,7 +303,13 @@ async fn create_developer(
     let hash = hash_password(SecretString::from(request.password))
         .await
         .map_err(ApiError::internal)?;
-    let account = insert_account(&state.database, &request.username, &hash, Role::Developer)
+    let mut transaction = state
+        .database
+        .writer()
+        .begin()
+        .await
+        .map_err(StorageError::from)?;
+    let account = insert_account_with(&mut *transaction, &request.username, &hash, Role::Developer)
         .await
         .map_err(|error| {
             if error.is_unique_violation() {
@@ -274,17 +321,199 @@ async fn create_developer(
                 error.into()
             }
         })?;
-    tracing::info!(by = %caller.subject, account_id = %account.id, "developer account created");
+    audit::record(
+        &mut *transaction,
+        &principal,
+        Change {
+            action: "developer.create",
+            target_kind: "account",
+            target_id: &account.id,
+            tenant_id: None,
+            project_id: None,
+            details: serde_json::json!({"username": account.username}),
+        },
+    )
+    .await?;
+    transaction.commit().await.map_err(StorageError::from)?;
     Ok((StatusCode::CREATED, Json(account)))
 }
 
-/// Admin or support: every developer account.
+/// Every developer account (admin, support).
+#[utoipa::path(get, path = "/api/v1/developers", tag = "developers",
+    security(("bearer" = [])),
+    responses((status = 200, body = AccountList), (status = "4XX", body = ErrorBody)))]
 async fn list_developers(
     _caller: Caller<Staff>,
     State(state): State<AppState>,
 ) -> Result<Json<AccountList>, ApiError> {
     let accounts = list_accounts(&state.database, Role::Developer).await?;
     Ok(Json(AccountList { accounts }))
+}
+
+/// The developer named in the path, for staff.
+async fn developer_in_path(
+    principal: &Principal,
+    state: &AppState,
+    segment: &str,
+) -> Result<Account, ApiError> {
+    principal.require_staff()?;
+    match find(&state.database, segment).await? {
+        Some(account) if account.role == Role::Developer => Ok(account),
+        _ => Err(ApiError::NotFound { what: "developer" }),
+    }
+}
+
+/// One developer account (admin, support).
+#[utoipa::path(get, path = "/api/v1/developers/{developer}", tag = "developers",
+    params(("developer" = String, Path, description = "account id or username")),
+    security(("bearer" = [])),
+    responses((status = 200, body = Account), (status = "4XX", body = ErrorBody)))]
+async fn get_developer(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(developer): Path<String>,
+) -> Result<Json<Account>, ApiError> {
+    Ok(Json(
+        developer_in_path(&principal, &state, &developer).await?,
+    ))
+}
+
+/// Sets or clears `disabled_at`; disabling also revokes every refresh token of the account.
+async fn set_disabled(
+    principal: Principal,
+    state: AppState,
+    developer: String,
+    disable: bool,
+) -> Result<Json<Account>, ApiError> {
+    let mut account = developer_in_path(&principal, &state, &developer).await?;
+    let now = now_millis();
+    let mut transaction = state
+        .database
+        .writer()
+        .begin()
+        .await
+        .map_err(StorageError::from)?;
+    sqlx::query("UPDATE accounts SET disabled_at = $2, updated_at = $3 WHERE id = $1")
+        .bind(&account.id)
+        .bind(disable.then_some(now))
+        .bind(now)
+        .execute(&mut *transaction)
+        .await
+        .map_err(StorageError::from)?;
+    if disable {
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $2 WHERE subject_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(&account.id)
+        .bind(now)
+        .execute(&mut *transaction)
+        .await
+        .map_err(StorageError::from)?;
+    }
+    audit::record(
+        &mut *transaction,
+        &principal,
+        Change {
+            action: if disable {
+                "developer.disable"
+            } else {
+                "developer.enable"
+            },
+            target_kind: "account",
+            target_id: &account.id,
+            tenant_id: None,
+            project_id: None,
+            details: serde_json::json!({"username": account.username}),
+        },
+    )
+    .await?;
+    transaction.commit().await.map_err(StorageError::from)?;
+    account.disabled = disable;
+    Ok(Json(account))
+}
+
+/// Disable a developer account: its sign-ins stop at once (admin, support).
+#[utoipa::path(post, path = "/api/v1/developers/{developer}/disable", tag = "developers",
+    params(("developer" = String, Path, description = "account id or username")),
+    security(("bearer" = [])),
+    responses((status = 200, body = Account), (status = "4XX", body = ErrorBody)))]
+async fn disable_developer(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(developer): Path<String>,
+) -> Result<Json<Account>, ApiError> {
+    set_disabled(principal, state, developer, true).await
+}
+
+/// Enable a disabled developer account (admin, support).
+#[utoipa::path(post, path = "/api/v1/developers/{developer}/enable", tag = "developers",
+    params(("developer" = String, Path, description = "account id or username")),
+    security(("bearer" = [])),
+    responses((status = 200, body = Account), (status = "4XX", body = ErrorBody)))]
+async fn enable_developer(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(developer): Path<String>,
+) -> Result<Json<Account>, ApiError> {
+    set_disabled(principal, state, developer, false).await
+}
+
+/// Set a new password for a developer; its existing sign-ins are revoked (admin, support).
+#[utoipa::path(post, path = "/api/v1/developers/{developer}/password", tag = "developers",
+    request_body = PasswordReset,
+    params(("developer" = String, Path, description = "account id or username")),
+    security(("bearer" = [])),
+    responses((status = 204), (status = "4XX", body = ErrorBody)))]
+async fn reset_password(
+    principal: Principal,
+    State(state): State<AppState>,
+    Path(developer): Path<String>,
+    Json(request): Json<PasswordReset>,
+) -> Result<StatusCode, ApiError> {
+    let account = developer_in_path(&principal, &state, &developer).await?;
+    check_password(&request.password).map_err(|problem| {
+        ApiError::bad_request("invalid_password", format!("password {problem}"))
+    })?;
+    let hash = hash_password(SecretString::from(request.password))
+        .await
+        .map_err(ApiError::internal)?;
+    let now = now_millis();
+    let mut transaction = state
+        .database
+        .writer()
+        .begin()
+        .await
+        .map_err(StorageError::from)?;
+    sqlx::query("UPDATE accounts SET password_hash = $2, updated_at = $3 WHERE id = $1")
+        .bind(&account.id)
+        .bind(&hash)
+        .bind(now)
+        .execute(&mut *transaction)
+        .await
+        .map_err(StorageError::from)?;
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = $2 WHERE subject_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(&account.id)
+    .bind(now)
+    .execute(&mut *transaction)
+    .await
+    .map_err(StorageError::from)?;
+    audit::record(
+        &mut *transaction,
+        &principal,
+        Change {
+            action: "developer.reset_password",
+            target_kind: "account",
+            target_id: &account.id,
+            tenant_id: None,
+            project_id: None,
+            details: serde_json::json!({"username": account.username}),
+        },
+    )
+    .await?;
+    transaction.commit().await.map_err(StorageError::from)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

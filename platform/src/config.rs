@@ -32,6 +32,12 @@ pub struct Config {
     pub refresh_token_ttl_secs: u64,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
+    /// Largest bundle archive (tar.gz) accepted by a version upload, in bytes.
+    pub bundle_max_bytes: u64,
+    /// Largest total size of a bundle's files once unpacked; a decompression bomb stops here.
+    pub bundle_max_unpacked_bytes: u64,
+    /// Most files in one bundle.
+    pub bundle_max_files: usize,
     /// How long a graceful shutdown waits for requests in flight.
     pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
@@ -56,6 +62,9 @@ impl Default for Config {
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 60 * 60,
             body_limit_bytes: 1024 * 1024,
+            bundle_max_bytes: 64 * 1024 * 1024,
+            bundle_max_unpacked_bytes: 128 * 1024 * 1024,
+            bundle_max_files: 2000,
             shutdown_grace_secs: 10,
             log_format: LogFormat::Human,
         }
@@ -88,6 +97,9 @@ const SETTINGS: &[&str] = &[
     "access_token_ttl_secs",
     "refresh_token_ttl_secs",
     "body_limit_bytes",
+    "bundle_max_bytes",
+    "bundle_max_unpacked_bytes",
+    "bundle_max_files",
     "shutdown_grace_secs",
     "log_format",
 ];
@@ -155,7 +167,28 @@ impl Config {
         if self.body_limit_bytes < 1024 {
             return Err(invalid("body_limit_bytes", "must be at least 1024"));
         }
+        if self.bundle_max_bytes < 1024 {
+            return Err(invalid("bundle_max_bytes", "must be at least 1024"));
+        }
+        if self.bundle_max_unpacked_bytes < self.bundle_max_bytes {
+            return Err(invalid(
+                "bundle_max_unpacked_bytes",
+                "must not be smaller than bundle_max_bytes",
+            ));
+        }
+        if self.bundle_max_files == 0 {
+            return Err(invalid("bundle_max_files", "must be at least 1"));
+        }
         Ok(())
+    }
+
+    /// The bundle limits in force.
+    pub fn bundle_limits(&self) -> rally_sdk::bundle::BundleLimits {
+        rally_sdk::bundle::BundleLimits {
+            max_archive_bytes: self.bundle_max_bytes,
+            max_unpacked_bytes: self.bundle_max_unpacked_bytes,
+            max_files: self.bundle_max_files,
+        }
     }
 
     /// The database URL in force: the configured one, or SQLite in the data directory.

@@ -17,6 +17,13 @@ pub enum ApiError {
     /// No credentials, or credentials that prove nothing.
     #[error("{message}")]
     Unauthorized { code: &'static str, message: String },
+    /// Input that breaks rules, with every problem found in `details`.
+    #[error("{message}")]
+    Invalid {
+        code: &'static str,
+        message: String,
+        details: serde_json::Value,
+    },
     #[error("this account may not do that")]
     Forbidden,
     #[error("{what} not found")]
@@ -65,7 +72,7 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest { .. } | ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -79,6 +86,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest { code, .. }
+            | ApiError::Invalid { code, .. }
             | ApiError::Unauthorized { code, .. }
             | ApiError::Conflict { code, .. }
             | ApiError::Rejected { code, .. } => code,
@@ -101,16 +109,33 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(cause) = &self {
             tracing::error!(error = ?cause, "request failed");
         }
-        error_response(self.status(), self.code(), self.to_string())
+        let status = self.status();
+        let code = self.code();
+        match self {
+            ApiError::Invalid {
+                message, details, ..
+            } => shaped_response(status, code, message, Some(details)),
+            other => shaped_response(status, code, other.to_string(), None),
+        }
     }
 }
 
 /// The error shape, for the few places that build a response without an `ApiError`.
 pub fn error_response(status: StatusCode, code: &str, message: String) -> Response {
+    shaped_response(status, code, message, None)
+}
+
+fn shaped_response(
+    status: StatusCode,
+    code: &str,
+    message: String,
+    details: Option<serde_json::Value>,
+) -> Response {
     let body = ErrorBody {
         error: ErrorDetail {
             code: code.to_owned(),
             message,
+            details,
         },
     };
     (status, axum::Json(body)).into_response()
@@ -172,6 +197,11 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
 #[derive(Debug, FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct Path<T>(pub T);
+
+/// `axum::extract::Query` with the common error shape.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
 
 /// Last layer: gives the common error shape to error responses that did not come from an
 /// [`ApiError`] (unknown routes, wrong methods, panics, limits enforced by lower layers).

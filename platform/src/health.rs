@@ -3,7 +3,15 @@
 use crate::error::{ApiError, Json};
 use crate::server::AppState;
 use axum::extract::State;
-use rally_sdk::wire::Health;
+use rally_sdk::wire::{ErrorBody, Health};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(ready))
+}
 
 fn status(status: &str) -> Json<Health> {
     Json(Health {
@@ -12,10 +20,15 @@ fn status(status: &str) -> Json<Health> {
     })
 }
 
+/// The process is up.
+#[utoipa::path(get, path = "/health", tag = "meta", responses((status = 200, body = Health)))]
 pub async fn health() -> Json<Health> {
     status("ok")
 }
 
+/// The platform can serve: its database answers.
+#[utoipa::path(get, path = "/ready", tag = "meta",
+    responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     match state.database.ping().await {
         Ok(()) => Ok(status("ready")),

@@ -2,14 +2,24 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod deployments;
 pub mod error;
+pub mod grants;
 pub mod health;
+pub mod idempotency;
 pub mod loadtest;
 pub mod metrics;
+pub mod openapi;
+pub mod permissions;
+pub mod projects;
 pub mod server;
+pub mod stages;
 pub mod storage;
 pub mod telemetry;
+pub mod tenants;
 pub mod users;
+pub mod versions;

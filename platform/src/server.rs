@@ -7,10 +7,12 @@ use crate::config::Config;
 use crate::error::{self, ApiError};
 use crate::metrics::{self, Metrics};
 use crate::storage::{redact_url, Database};
-use crate::{health, users};
+use crate::{
+    audit, deployments, grants, health, idempotency, openapi, projects, stages, tenants, users,
+    versions,
+};
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::{middleware, Router};
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
 
 /// Cheap handles shared by every request.
 #[derive(Clone, Debug)]
@@ -63,20 +66,42 @@ impl Platform {
     }
 }
 
-/// Every route of the platform.
-pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(metrics::render))
+/// Every route, with the OpenAPI description of each. Request bodies are limited to
+/// `body_limit_bytes`, except bundle uploads, which have their own limit.
+pub fn api_router(config: &Config) -> OpenApiRouter<AppState> {
+    let json_routes = OpenApiRouter::new()
+        .merge(health::routes())
+        .merge(metrics::routes())
+        .merge(openapi::routes())
         .merge(auth::routes::routes())
         .merge(accounts::routes())
         .merge(users::routes())
+        .merge(tenants::routes())
+        .merge(projects::routes())
+        .merge(stages::routes())
+        .merge(grants::routes())
+        .merge(versions::routes())
+        .merge(deployments::routes())
+        .merge(audit::routes())
+        .layer(RequestBodyLimitLayer::new(config.body_limit_bytes));
+    let upload_routes = versions::upload_routes()
+        .layer(RequestBodyLimitLayer::new(config.bundle_max_bytes as usize));
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(json_routes)
+        .merge(upload_routes)
+}
+
+/// The platform's HTTP service.
+pub fn app(state: AppState) -> Router {
+    let (router, _) = api_router(&state.config).split_for_parts();
+    router
         .fallback(|| async { ApiError::NotFound { what: "route" } })
-        // One limit for every body: refused at once when Content-Length is over it, cut off
-        // while reading when the body is chunked.
+        // Limits are per route group (above); the extractors' own default limit is off.
         .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(state.config.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotent_posts,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::track_requests,
@@ -96,6 +121,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let grace = state.config.shutdown_grace();
     tokio::spawn(clean_expired_tokens(state.clone(), shutdown.clone()));
+    tokio::spawn(deployments::close_drained_loop(
+        state.clone(),
+        shutdown.clone(),
+    ));
     // Small request/response exchanges must not wait for Nagle's algorithm.
     let listener = listener.tap_io(|stream| {
         if let Err(error) = stream.set_nodelay(true) {
@@ -130,6 +159,9 @@ async fn clean_expired_tokens(state: AppState, shutdown: CancellationToken) {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "expired refresh tokens deleted"),
             Err(error) => tracing::warn!(%error, "cannot delete expired refresh tokens"),
+        }
+        if let Err(error) = idempotency::delete_expired(&state.database).await {
+            tracing::warn!(%error, "cannot delete expired idempotency keys");
         }
     }
 }

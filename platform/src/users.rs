@@ -8,26 +8,28 @@ use crate::server::AppState;
 use crate::storage::{new_id, now_millis, StorageError};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::Router;
 use rally_sdk::wire::{
-    CreatedUser, DeviceSignIn, DeviceSignInRequest, Role, TokenPair, UserSignInRequest,
+    CreatedUser, DeviceSignIn, DeviceSignInRequest, ErrorBody, Role, TokenPair, UserSignInRequest,
 };
 use sqlx::Row;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Device ids come from the platform SDKs (a vendor id, a generated UUID); anything longer is
 /// not a device id.
 const MAX_DEVICE_ID_BYTES: usize = 256;
 const MIN_DEVICE_ID_BYTES: usize = 8;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/users", post(create_user))
-        .route("/api/v1/users/sign-in", post(sign_in))
-        .route("/api/v1/users/device-sign-in", post(device_sign_in))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_user))
+        .routes(routes!(sign_in))
+        .routes(routes!(device_sign_in))
 }
 
 /// Public: creates an anonymous user. The secret is returned once and stored only hashed.
+#[utoipa::path(post, path = "/api/v1/users", tag = "players",
+    responses((status = 201, body = CreatedUser), (status = "4XX", body = ErrorBody)))]
 async fn create_user(
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Json<CreatedUser>), ApiError> {
@@ -46,6 +48,8 @@ async fn create_user(
 }
 
 /// Public: id and secret for player tokens. Unknown id and wrong secret answer alike.
+#[utoipa::path(post, path = "/api/v1/users/sign-in", tag = "players", request_body = UserSignInRequest,
+    responses((status = 200, body = TokenPair), (status = "4XX", body = ErrorBody)))]
 async fn sign_in(
     State(state): State<AppState>,
     Json(request): Json<UserSignInRequest>,
@@ -84,6 +88,9 @@ async fn sign_in(
 }
 
 /// Public: signs in by device id, creating the user the first time the device is seen.
+#[utoipa::path(post, path = "/api/v1/users/device-sign-in", tag = "players",
+    request_body = DeviceSignInRequest,
+    responses((status = 200, body = DeviceSignIn), (status = "4XX", body = ErrorBody)))]
 async fn device_sign_in(
     State(state): State<AppState>,
     Json(request): Json<DeviceSignInRequest>,

@@ -2,7 +2,11 @@
 //! platform, the CLI, runtimes and game clients are defined.
 #![forbid(unsafe_code)]
 
+pub mod manifest;
 pub mod wire;
+
+#[cfg(feature = "bundle")]
+pub mod bundle;
 
 #[cfg(feature = "client")]
 pub mod client;

@@ -8,19 +8,26 @@ use std::str::FromStr;
 ///
 /// `code` is stable and meant for programs; `message` is for people and may change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
+    /// Structured specifics for some codes, e.g. every problem found in a bundle's manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub details: Option<serde_json::Value>,
 }
 
 /// Who a token speaks for. Human accounts are `admin`, `support` or `developer`; players and
 /// runtimes get their own roles so that a token of one kind never opens the routes of another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Admin,
@@ -78,6 +85,7 @@ impl FromStr for Role {
 
 /// An access token (a JWT, short-lived) and the refresh token that renews it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenPair {
     pub access_token: String,
     /// Always `Bearer`.
@@ -94,6 +102,7 @@ pub struct TokenPair {
 
 /// `POST /api/v1/auth/login`: a human account signs in.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginRequest {
     pub username: String,
     pub password: String,
@@ -101,12 +110,14 @@ pub struct LoginRequest {
 
 /// `POST /api/v1/auth/refresh` and `POST /api/v1/auth/logout`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
 /// `GET /api/v1/auth/me`: what the presented access token says.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Me {
     pub subject: String,
     pub role: Role,
@@ -117,6 +128,7 @@ pub struct Me {
 /// `POST /api/v1/users`: a new anonymous player account. The secret is shown once; the
 /// platform keeps only its hash.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedUser {
     pub user_id: String,
     pub secret: String,
@@ -124,6 +136,7 @@ pub struct CreatedUser {
 
 /// `POST /api/v1/users/sign-in`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserSignInRequest {
     pub user_id: String,
     pub secret: String,
@@ -131,11 +144,13 @@ pub struct UserSignInRequest {
 
 /// `POST /api/v1/users/device-sign-in`: the user is created on first use of a device id.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceSignInRequest {
     pub device_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceSignIn {
     pub user_id: String,
     /// True when this call created the user.
@@ -145,6 +160,7 @@ pub struct DeviceSignIn {
 
 /// `POST /api/v1/developers`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateDeveloperRequest {
     pub username: String,
     pub password: String,
@@ -152,6 +168,7 @@ pub struct CreateDeveloperRequest {
 
 /// A human account as the API shows it; never carries the password hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Account {
     pub id: String,
     pub username: String,
@@ -162,15 +179,275 @@ pub struct Account {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccountList {
     pub accounts: Vec<Account>,
 }
 
 /// `GET /health` and `GET /ready`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     pub status: String,
     pub version: String,
+}
+
+// ---- Management: tenants, projects, stages, permissions, versions, deployments, audit ----
+
+/// `POST /api/v1/tenants`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub name: String,
+    /// A unique slug usable wherever the id is: 1–63 of `a-z 0-9 -`, starting with a letter.
+    #[serde(default)]
+    pub alias: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Tenant {
+    pub id: String,
+    pub alias: Option<String>,
+    pub name: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TenantList {
+    pub tenants: Vec<Tenant>,
+}
+
+/// `POST .../projects` and `POST .../stages`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateNamed {
+    pub name: String,
+    #[serde(default)]
+    pub alias: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Project {
+    pub id: String,
+    pub tenant_id: String,
+    pub alias: Option<String>,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProjectList {
+    pub projects: Vec<Project>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Stage {
+    pub id: String,
+    pub project_id: String,
+    pub alias: Option<String>,
+    pub name: String,
+    /// The stage's current (active) deployment, if any.
+    pub current_deployment_id: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StageList {
+    pub stages: Vec<Stage>,
+}
+
+/// What a grant applies to: a whole tenant, one project, or one stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeKind {
+    Tenant,
+    Project,
+    Stage,
+}
+
+impl ScopeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeKind::Tenant => "tenant",
+            ScopeKind::Project => "project",
+            ScopeKind::Stage => "stage",
+        }
+    }
+}
+
+/// `viewer` reads projects, stages, versions and deployments in its scope; `manager` also
+/// creates and changes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum GrantRole {
+    Viewer,
+    Manager,
+}
+
+impl GrantRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantRole::Viewer => "viewer",
+            GrantRole::Manager => "manager",
+        }
+    }
+}
+
+/// `POST /api/v1/tenants/{tenant}/grants` and `.../grants/revoke`. `project` is needed for
+/// project and stage scopes, `stage` for stage scopes (ids or aliases).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    /// Developer account id or username.
+    pub developer: String,
+    pub scope: ScopeKind,
+    #[serde(default)]
+    pub project: Option<String>,
+    #[serde(default)]
+    pub stage: Option<String>,
+    pub role: GrantRole,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Grant {
+    pub account_id: String,
+    pub username: String,
+    pub tenant_id: String,
+    pub scope: ScopeKind,
+    pub scope_id: String,
+    pub role: GrantRole,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GrantList {
+    pub grants: Vec<Grant>,
+}
+
+/// `POST /api/v1/developers/{developer}/password`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PasswordReset {
+    pub password: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Version {
+    pub id: String,
+    pub project_id: String,
+    /// 1, 2, 3... within the project; usable wherever the id is.
+    pub number: i64,
+    /// sha256 of the uploaded archive.
+    pub bundle_sha256: String,
+    pub bundle_size: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub manifest: serde_json::Value,
+    pub note: Option<String>,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VersionList {
+    pub versions: Vec<Version>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DeploymentStatus {
+    /// The stage's current deployment: new clients go here.
+    Active,
+    /// Replaced by a newer deployment; existing matches finish, then it closes.
+    Draining,
+    Closed,
+}
+
+impl DeploymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentStatus::Active => "active",
+            DeploymentStatus::Draining => "draining",
+            DeploymentStatus::Closed => "closed",
+        }
+    }
+}
+
+/// `POST .../stages/{stage}/deployments`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateDeployment {
+    /// Version id or number, of the stage's project.
+    pub version: String,
+    /// Overrides of the version's deployment defaults (see the manifest's `[deployment]`).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub config: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Deployment {
+    pub id: String,
+    pub stage_id: String,
+    pub version_id: String,
+    pub version_number: i64,
+    pub status: DeploymentStatus,
+    /// The effective deployment config.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub config: serde_json::Value,
+    pub created_by: String,
+    pub created_at: i64,
+    pub draining_at: Option<i64>,
+    pub closed_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeploymentList {
+    pub deployments: Vec<Deployment>,
+}
+
+/// One management change: who, what, when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditEntry {
+    pub id: String,
+    pub at: i64,
+    pub actor_id: String,
+    pub actor_role: Role,
+    /// e.g. `tenant.create`, `version.upload`, `deployment.create`, `grant.revoke`.
+    pub action: String,
+    pub target_kind: String,
+    pub target_id: String,
+    pub tenant_id: Option<String>,
+    pub project_id: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditList {
+    pub entries: Vec<AuditEntry>,
 }
 
 #[cfg(test)]

@@ -6,19 +6,21 @@ use crate::error::{ApiError, Json};
 use crate::server::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::Router;
-use rally_sdk::wire::{LoginRequest, Me, RefreshRequest, TokenPair};
+use rally_sdk::wire::{ErrorBody, LoginRequest, Me, RefreshRequest, TokenPair};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/auth/login", post(login))
-        .route("/api/v1/auth/refresh", post(refresh_tokens))
-        .route("/api/v1/auth/logout", post(logout))
-        .route("/api/v1/auth/me", get(me))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(refresh_tokens))
+        .routes(routes!(logout))
+        .routes(routes!(me))
 }
 
 /// A human account (admin, support, developer) trades username and password for tokens.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = TokenPair), (status = "4XX", body = ErrorBody)))]
 async fn login(
     State(state): State<AppState>,
     Json(request): Json<LoginRequest>,
@@ -38,6 +40,8 @@ async fn login(
 }
 
 /// Any role: spends a refresh token for a new pair.
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = TokenPair), (status = "4XX", body = ErrorBody)))]
 async fn refresh_tokens(
     State(state): State<AppState>,
     Json(request): Json<RefreshRequest>,
@@ -46,8 +50,10 @@ async fn refresh_tokens(
     Ok(Json(pair))
 }
 
-/// Revokes the refresh token and the rest of its family. Access tokens already issued stay
+/// Sign out: revokes the refresh token and the rest of its family. Access tokens already issued stay
 /// valid until they expire (minutes), which is why they are short-lived.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
+    responses((status = 204), (status = "4XX", body = ErrorBody)))]
 async fn logout(
     State(state): State<AppState>,
     Json(request): Json<RefreshRequest>,
@@ -62,6 +68,9 @@ async fn logout(
     }
 }
 
+/// Who the presented access token belongs to.
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = Me), (status = "4XX", body = ErrorBody)))]
 async fn me(caller: Caller<AnyRole>) -> Json<Me> {
     Json(Me {
         subject: caller.subject,

@@ -1,0 +1,321 @@
+//! Deployments: a version running on a stage. Deploying makes the new deployment the stage's
+//! current (active) one and marks the previous one draining: its existing matches finish while
+//! new clients go to the new one, then it closes.
+
+use crate::audit::{self, Change};
+use crate::error::{ApiError, Json, Path};
+use crate::permissions::{require, Level, StageScope};
+use crate::server::AppState;
+use crate::storage::{new_id, now_millis, Database, StorageError};
+use crate::versions;
+use axum::extract::State;
+use axum::http::StatusCode;
+use rally_sdk::manifest::{DeploymentOverrides, Manifest};
+use rally_sdk::wire::{CreateDeployment, Deployment, DeploymentList, DeploymentStatus, ErrorBody};
+use serde::Deserialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_deployment, list_deployments))
+        .routes(routes!(get_deployment))
+        .routes(routes!(stop_deployment))
+}
+
+const SELECT: &str =
+    "SELECT d.id, d.stage_id, d.version_id, v.number AS version_number, d.status, \
+     d.config, d.created_by, d.created_at, d.draining_at, d.closed_at \
+     FROM deployments d JOIN versions v ON v.id = d.version_id";
+
+fn deployment(row: &AnyRow) -> Deployment {
+    let status: String = row.get("status");
+    let config: String = row.get("config");
+    Deployment {
+        id: row.get("id"),
+        stage_id: row.get("stage_id"),
+        version_id: row.get("version_id"),
+        version_number: row.get("version_number"),
+        status: match status.as_str() {
+            "active" => DeploymentStatus::Active,
+            "draining" => DeploymentStatus::Draining,
+            _ => DeploymentStatus::Closed,
+        },
+        config: serde_json::from_str(&config).unwrap_or(serde_json::Value::Null),
+        created_by: row.get("created_by"),
+        created_at: row.get("created_at"),
+        draining_at: row.get("draining_at"),
+        closed_at: row.get("closed_at"),
+    }
+}
+
+async fn find(
+    database: &Database,
+    stage_id: &str,
+    deployment_id: &str,
+) -> Result<Option<Deployment>, StorageError> {
+    let row = sqlx::query(&format!("{SELECT} WHERE d.stage_id = $1 AND d.id = $2"))
+        .bind(stage_id)
+        .bind(deployment_id)
+        .fetch_optional(database.reader())
+        .await?;
+    Ok(row.as_ref().map(deployment))
+}
+
+/// Deploy a version of the stage's project (stage managers). It becomes the stage's current
+/// deployment; the previous one drains.
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/projects/{project}/stages/{stage}/deployments",
+    tag = "deployments", request_body = CreateDeployment,
+    params(("tenant" = String, Path, description = "tenant id or alias"),
+           ("project" = String, Path, description = "project id or alias"),
+           ("stage" = String, Path, description = "stage id or alias"),
+           ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first result")),
+    security(("bearer" = [])),
+    responses((status = 201, body = Deployment), (status = "4XX", body = ErrorBody)))]
+async fn create_deployment(
+    scope: StageScope,
+    State(state): State<AppState>,
+    Json(request): Json<CreateDeployment>,
+) -> Result<(StatusCode, Json<Deployment>), ApiError> {
+    require(scope.level(), Level::Manager)?;
+    let version = versions::find(&state.database, &scope.project.id, &request.version)
+        .await?
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "version_not_in_project",
+                format!(
+                    "{:?} is not a version of this stage's project; upload it to the project first",
+                    request.version
+                ),
+            )
+        })?;
+    let manifest: Manifest =
+        serde_json::from_value(version.manifest.clone()).map_err(ApiError::internal)?;
+    let overrides: DeploymentOverrides = if request.config.is_null() {
+        DeploymentOverrides::default()
+    } else {
+        serde_json::from_value(request.config).map_err(|error| {
+            ApiError::bad_request("invalid_deployment_config", format!("config: {error}"))
+        })?
+    };
+    let config = overrides.apply(&manifest.deployment);
+    config
+        .validate(&manifest.modes)
+        .map_err(|problems| ApiError::Invalid {
+            code: "invalid_deployment_config",
+            message: problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+            details: serde_json::json!({ "problems": problems }),
+        })?;
+    let config = serde_json::to_string(&config).map_err(ApiError::internal)?;
+    let principal = &scope.access.principal;
+    let id = new_id();
+    let now = now_millis();
+
+    let mut transaction = state
+        .database
+        .writer()
+        .begin()
+        .await
+        .map_err(StorageError::from)?;
+    let replaced: Vec<String> = sqlx::query_scalar(
+        "UPDATE deployments SET status = 'draining', draining_at = $2 \
+         WHERE stage_id = $1 AND status = 'active' RETURNING id",
+    )
+    .bind(&scope.stage.id)
+    .bind(now)
+    .fetch_all(&mut *transaction)
+    .await
+    .map_err(StorageError::from)?;
+    sqlx::query(
+        "INSERT INTO deployments (id, stage_id, version_id, status, config, created_by, created_at) \
+         VALUES ($1, $2, $3, 'active', $4, $5, $6)",
+    )
+    .bind(&id)
+    .bind(&scope.stage.id)
+    .bind(&version.id)
+    .bind(&config)
+    .bind(&principal.account_id)
+    .bind(now)
+    .execute(&mut *transaction)
+    .await
+    .map_err(|error| {
+        let error = StorageError::from(error);
+        if error.is_unique_violation() {
+            ApiError::conflict(
+                "deployment_conflict",
+                "another deployment to this stage happened at the same moment; retry",
+            )
+        } else {
+            error.into()
+        }
+    })?;
+    audit::record(
+        &mut *transaction,
+        principal,
+        Change {
+            action: "deployment.create",
+            target_kind: "deployment",
+            target_id: &id,
+            tenant_id: Some(&scope.tenant.id),
+            project_id: Some(&scope.project.id),
+            details: serde_json::json!({
+                "stage_id": scope.stage.id, "version_id": version.id,
+                "version_number": version.number, "replaced": replaced,
+            }),
+        },
+    )
+    .await?;
+    transaction.commit().await.map_err(StorageError::from)?;
+    let deployment = find(&state.database, &scope.stage.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("new deployment vanished")))?;
+    Ok((StatusCode::CREATED, Json(deployment)))
+}
+
+/// Deployments of the stage, newest first.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/projects/{project}/stages/{stage}/deployments",
+    tag = "deployments",
+    params(("tenant" = String, Path, description = "tenant id or alias"),
+           ("project" = String, Path, description = "project id or alias"),
+           ("stage" = String, Path, description = "stage id or alias")),
+    security(("bearer" = [])),
+    responses((status = 200, body = DeploymentList), (status = "4XX", body = ErrorBody)))]
+async fn list_deployments(
+    scope: StageScope,
+    State(state): State<AppState>,
+) -> Result<Json<DeploymentList>, ApiError> {
+    let rows = sqlx::query(&format!(
+        "{SELECT} WHERE d.stage_id = $1 ORDER BY d.created_at DESC, d.id DESC"
+    ))
+    .bind(&scope.stage.id)
+    .fetch_all(state.database.reader())
+    .await
+    .map_err(StorageError::from)?;
+    Ok(Json(DeploymentList {
+        deployments: rows.iter().map(deployment).collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct DeploymentPath {
+    deployment: String,
+}
+
+/// One deployment.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/projects/{project}/stages/{stage}/deployments/{deployment}",
+    tag = "deployments",
+    params(("tenant" = String, Path, description = "tenant id or alias"),
+           ("project" = String, Path, description = "project id or alias"),
+           ("stage" = String, Path, description = "stage id or alias"),
+           ("deployment" = String, Path, description = "deployment id")),
+    security(("bearer" = [])),
+    responses((status = 200, body = Deployment), (status = "4XX", body = ErrorBody)))]
+async fn get_deployment(
+    scope: StageScope,
+    State(state): State<AppState>,
+    Path(path): Path<DeploymentPath>,
+) -> Result<Json<Deployment>, ApiError> {
+    find(&state.database, &scope.stage.id, &path.deployment)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound { what: "deployment" })
+}
+
+/// Take the stage's current deployment offline (stage managers): it drains, and the stage has
+/// no current deployment until the next deploy.
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/projects/{project}/stages/{stage}/deployments/{deployment}/stop",
+    tag = "deployments",
+    params(("tenant" = String, Path, description = "tenant id or alias"),
+           ("project" = String, Path, description = "project id or alias"),
+           ("stage" = String, Path, description = "stage id or alias"),
+           ("deployment" = String, Path, description = "deployment id")),
+    security(("bearer" = [])),
+    responses((status = 200, body = Deployment), (status = "4XX", body = ErrorBody)))]
+async fn stop_deployment(
+    scope: StageScope,
+    State(state): State<AppState>,
+    Path(path): Path<DeploymentPath>,
+) -> Result<Json<Deployment>, ApiError> {
+    require(scope.level(), Level::Manager)?;
+    let deployment = find(&state.database, &scope.stage.id, &path.deployment)
+        .await?
+        .ok_or(ApiError::NotFound { what: "deployment" })?;
+    if deployment.status != DeploymentStatus::Active {
+        return Err(ApiError::conflict(
+            "deployment_not_active",
+            format!(
+                "the deployment is {}, not active",
+                deployment.status.as_str()
+            ),
+        ));
+    }
+    let mut transaction = state
+        .database
+        .writer()
+        .begin()
+        .await
+        .map_err(StorageError::from)?;
+    sqlx::query(
+        "UPDATE deployments SET status = 'draining', draining_at = $2 WHERE id = $1 AND status = 'active'",
+    )
+    .bind(&deployment.id)
+    .bind(now_millis())
+    .execute(&mut *transaction)
+    .await
+    .map_err(StorageError::from)?;
+    audit::record(
+        &mut *transaction,
+        &scope.access.principal,
+        Change {
+            action: "deployment.stop",
+            target_kind: "deployment",
+            target_id: &deployment.id,
+            tenant_id: Some(&scope.tenant.id),
+            project_id: Some(&scope.project.id),
+            details: serde_json::json!({"stage_id": scope.stage.id}),
+        },
+    )
+    .await?;
+    transaction.commit().await.map_err(StorageError::from)?;
+    find(&state.database, &scope.stage.id, &deployment.id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound { what: "deployment" })
+}
+
+/// Closes draining deployments that have nothing left to drain. A deployment drains while
+/// runtimes it started are still running; runtimes arrive with the runtime host, so today
+/// nothing holds a draining deployment open and it closes on the next pass.
+pub async fn close_drained(database: &Database) -> Result<u64, StorageError> {
+    let result = sqlx::query(
+        "UPDATE deployments SET status = 'closed', closed_at = $1 WHERE status = 'draining'",
+    )
+    .bind(now_millis())
+    .execute(database.writer())
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Runs [`close_drained`] every two seconds until shutdown; idempotent, so every node may.
+pub async fn close_drained_loop(state: AppState, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        match close_drained(&state.database).await {
+            Ok(0) => {}
+            Ok(closed) => tracing::info!(closed, "drained deployments closed"),
+            Err(error) => tracing::warn!(%error, "cannot close drained deployments"),
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Tenants: the top of the hierarchy (tenant → project → stage). Staff create and delete them;
+//! a developer sees the tenants it holds a grant in.
+
+use crate::audit::{self, Change};
+use crate::error::{ApiError, Json};
+use crate::permissions::{check_alias, check_name, is_id, Principal, TenantScope};
+use crate::server::AppState;
+use crate::storage::{new_id, now_millis, Database, StorageError};
+use axum::extract::State;
+use axum::http::StatusCode;
+use rally_sdk::wire::{CreateTenant, ErrorBody, Tenant, TenantList};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_tenant, list_tenants))
+        .routes(routes!(get_tenant, delete_tenant))
+}
+
+fn tenant(row: &AnyRow) -> Tenant {
+    Tenant {
+        id: row.get("id"),
+        alias: row.get("alias"),
+        name: row.get("name"),
+        created_at: row.get("created_at"),
+    }
+}
+
+/// The tenant named by `segment`, an id or an alias.
+pub async fn find(database: &Database, segment: &str) -> Result<Option<Tenant>, StorageError> {
+    let column = if is_id(segment) { "id" } else { "alias" };
+    let row = sqlx::query(&format!(
+        "SELECT id, alias, name, created_at FROM tenants WHERE {column} = $1"
+    ))
+    .bind(segment)
+    .fetch_optional(database.reader())
+    .await?;
+    Ok(row.as_ref().map(tenant))
+}
+
+/// Maps a unique violation on an alias to 409 `alias_taken`.
+pub fn alias_conflict(error: StorageError, alias: Option<&str>) -> ApiError {
+    if error.is_unique_violation() {
+        ApiError::conflict(
+            "alias_taken",
+            format!(
+                "the alias {:?} is already in use here",
+                alias.unwrap_or_default()
+            ),
+        )
+    } else {
+        error.into()
+    }
+}
+
+/// Create a tenant (admin, support).
+#[utoipa::path(post, path = "/api/v1/tenants", tag = "tenants", request_body = CreateTenant,
+    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first result")),
+    security(("bearer" = [])),
+    responses((status = 201, body = Tenant), (status = "4XX", body = ErrorBody)))]
+async fn create_tenant(
+    principal: Principal,
+    State(state): State<AppState>,
+    Json(request): Json<CreateTenant>,
+) -> Result<(StatusCode, Json<Tenant>), ApiError> {
+    principal.require_staff()?;
+    check_name(&request.name)?;
+    if let Some(alias) = &request.alias {
+        check_alias(alias)?;
+    }
+    let tenant = Tenant {
+        id: new_id(),
+        alias: request.alias,
+        name: request.name,
+        created_at: now_millis(),
+    };
+    let mut transaction = state
+        .database
+        .writer()
+        .begin()
+        .await
+        .map_err(StorageError::from)?;
+    sqlx::query("INSERT INTO tenants (id, alias, name, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(&tenant.id)
+        .bind(&tenant.alias)
+        .bind(&tenant.name)
+        .bind(tenant.created_at)
+        .execute(&mut *transaction)
+        .await
+        .map_err(|error| alias_conflict(error.into(), tenant.alias.as_deref()))?;
+    audit::record(
+        &mut *transaction,
+        &principal,
+        Change {
+            action: "tenant.create",
+            target_kind: "tenant",
+            target_id: &tenant.id,
+            tenant_id: Some(&tenant.id),
+            project_id: None,
+            details: serde_json::json!({"name": tenant.name, "alias": tenant.alias}),
+        },
+    )
+    .await?;
+    transaction.commit().await.map_err(StorageError::from)?;
+    Ok((StatusCode::CREATED, Json(tenant)))
+}
+
+/// Tenants the caller can see: all for staff, those with a grant for a developer.
+#[utoipa::path(get, path = "/api/v1/tenants", tag = "tenants",
+    security(("bearer" = [])),
+    responses((status = 200, body = TenantList), (status = "4XX", body = ErrorBody)))]
+async fn list_tenants(
+    principal: Principal,
+    State(state): State<AppState>,
+) -> Result<Json<TenantList>, ApiError> {
+    let rows = if principal.is_staff() {
+        sqlx::query("SELECT id, alias, name, created_at FROM tenants ORDER BY created_at")
+            .fetch_all(state.database.reader())
+            .await
+    } else {
+        sqlx::query(
+            "SELECT id, alias, name, created_at FROM tenants WHERE id IN \
+             (SELECT tenant_id FROM grants WHERE account_id = $1) ORDER BY created_at",
+        )
+        .bind(&principal.account_id)
+        .fetch_all(state.database.reader())
+        .await
+    }
+    .map_err(StorageError::from)?;
+    Ok(Json(TenantList {
+        tenants: rows.iter().map(tenant).collect(),
+    }))
+}
+
+/// One tenant (staff, or a developer with any grant in it).
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "tenant id or alias")),
+    security(("bearer" = [])),
+    responses((status = 200, body = Tenant), (status = "4XX", body = ErrorBody)))]
+async fn get_tenant(scope: TenantScope) -> Json<Tenant> {
+    Json(scope.tenant)
+}
+
+/// Delete a tenant and everything in it (admin, support). Refused while a deployment in it is
+/// active or draining.
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "tenant id or alias")),
+    security(("bearer" = [])),
+    responses((status = 204), (status = "4XX", body = ErrorBody)))]
+async fn delete_tenant(
+    scope: TenantScope,
+    State(state): State<AppState>,
+) -> Result<StatusCode, ApiError> {
+    scope.access.principal.require_staff()?;
+    let tenant = &scope.tenant;
+    let mut transaction = state
+        .database
+        .writer()
+        .begin()
+        .await
+        .map_err(StorageError::from)?;
+    let live: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM deployments d JOIN stages s ON s.id = d.stage_id \
+         JOIN projects p ON p.id = s.project_id \
+         WHERE p.tenant_id = $1 AND d.status IN ('active', 'draining')",
+    )
+    .bind(&tenant.id)
+    .fetch_one(&mut *transaction)
+    .await
+    .map_err(StorageError::from)?;
+    if live > 0 {
+        return Err(ApiError::conflict(
+            "tenant_has_live_deployments",
+            format!("tenant has {live} active or draining deployments; close them first"),
+        ));
+    }
+    sqlx::query("DELETE FROM tenants WHERE id = $1")
+        .bind(&tenant.id)
+        .execute(&mut *transaction)
+        .await
+        .map_err(StorageError::from)?;
+    audit::record(
+        &mut *transaction,
+        &scope.access.principal,
+        Change {
+            action: "tenant.delete",
+            target_kind: "tenant",
+            target_id: &tenant.id,
+            tenant_id: Some(&tenant.id),
+            project_id: None,
+            details: serde_json::json!({"name": tenant.name, "alias": tenant.alias}),
+        },
+    )
+    .await?;
+    transaction.commit().await.map_err(StorageError::from)?;
+    Ok(StatusCode::NO_CONTENT)
+}

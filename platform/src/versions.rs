@@ -1,0 +1,349 @@
+//! Versions: immutable uploads of a project's server logic. The archive (tar.gz of a bundle
+//! directory with `rally.toml` at its root) is checked completely before anything is stored,
+//! then kept content-addressed (sha256) in the database so that every node reads the same bytes.
+
+use crate::audit::{self, Change};
+use crate::error::{ApiError, Json, Path, Query};
+use crate::permissions::{require, Level, ProjectScope};
+use crate::server::AppState;
+use crate::storage::{new_id, now_millis, Database, StorageError};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use rally_sdk::bundle::{inspect, Bundle, BundleError};
+use rally_sdk::wire::{ErrorBody, Version, VersionList};
+use serde::Deserialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_versions))
+        .routes(routes!(get_version, delete_version))
+        .routes(routes!(download_bundle))
+}
+
+/// The upload route, kept apart because its body limit is the bundle limit.
+pub fn upload_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(upload_version))
+}
+
+const SELECT: &str =
+    "SELECT v.id, v.project_id, v.number, v.bundle_sha256, b.size AS bundle_size, \
+     v.manifest, v.note, v.created_by, v.created_at \
+     FROM versions v JOIN bundles b ON b.sha256 = v.bundle_sha256";
+
+fn version(row: &AnyRow) -> Version {
+    let manifest: String = row.get("manifest");
+    Version {
+        id: row.get("id"),
+        project_id: row.get("project_id"),
+        number: row.get("number"),
+        bundle_sha256: row.get("bundle_sha256"),
+        bundle_size: row.get("bundle_size"),
+        manifest: serde_json::from_str(&manifest).unwrap_or(serde_json::Value::Null),
+        note: row.get("note"),
+        created_by: row.get("created_by"),
+        created_at: row.get("created_at"),
+    }
+}
+
+/// The live (not deleted) version of `project_id` named by `segment`: an id or a number.
+pub async fn find(
+    database: &Database,
+    project_id: &str,
+    segment: &str,
+) -> Result<Option<Version>, StorageError> {
+    let row = if let Ok(number) = segment.parse::<i64>() {
+        sqlx::query(&format!(
+            "{SELECT} WHERE v.project_id = $1 AND v.number = $2 AND v.deleted_at IS NULL"
+        ))
+        .bind(project_id)
+        .bind(number)
+        .fetch_optional(database.reader())
+        .await?
+    } else {
+        sqlx::query(&format!(
+            "{SELECT} WHERE v.project_id = $1 AND v.id = $2 AND v.deleted_at IS NULL"
+        ))
+        .bind(project_id)
+        .bind(segment)
+        .fetch_optional(database.reader())
+        .await?
+    };
+    Ok(row.as_ref().map(version))
+}
+
+/// A bundle refused: the stable code, what to fix, and every manifest problem.
+fn bundle_refused(error: BundleError) -> ApiError {
+    if error.problems().is_empty() {
+        return ApiError::bad_request(error.code(), error.to_string());
+    }
+    ApiError::Invalid {
+        code: error.code(),
+        message: error.to_string(),
+        details: serde_json::json!({ "problems": error.problems() }),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UploadOptions {
+    /// A note kept with the version (what changed), at most 500 characters.
+    note: Option<String>,
+}
+
+/// Upload a version (project managers): the body is the bundle as tar.gz. The archive is
+/// checked whole (manifest, modes, entry files, paths, links, sizes) before anything is stored.
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/projects/{project}/versions", tag = "versions",
+    request_body(content = Vec<u8>, content_type = "application/gzip", description = "tar.gz of the bundle directory"),
+    params(("tenant" = String, Path, description = "tenant id or alias"),
+           ("project" = String, Path, description = "project id or alias"),
+           UploadOptions,
+           ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first result")),
+    security(("bearer" = [])),
+    responses((status = 201, body = Version), (status = "4XX", body = ErrorBody)))]
+async fn upload_version(
+    scope: ProjectScope,
+    State(state): State<AppState>,
+    Query(options): Query<UploadOptions>,
+    archive: Bytes,
+) -> Result<(StatusCode, Json<Version>), ApiError> {
+    require(scope.level(), Level::Manager)?;
+    if let Some(note) = &options.note {
+        if note.chars().count() > 500 || note.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(ApiError::bad_request(
+                "invalid_note",
+                "note must be at most 500 characters without control characters",
+            ));
+        }
+    }
+    let limits = state.config.bundle_limits();
+    let checked = archive.clone();
+    // Decompressing and reading the archive is CPU work: off the async threads.
+    let bundle: Bundle = tokio::task::spawn_blocking(move || inspect(&checked, &limits))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(bundle_refused)?;
+    let manifest = serde_json::to_string(&bundle.manifest).map_err(ApiError::internal)?;
+    let principal = &scope.access.principal;
+    let id = new_id();
+    let now = now_millis();
+
+    let mut transaction = state
+        .database
+        .writer()
+        .begin()
+        .await
+        .map_err(StorageError::from)?;
+    sqlx::query(
+        "INSERT INTO bundles (sha256, content, size, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (sha256) DO NOTHING",
+    )
+    .bind(&bundle.sha256)
+    .bind(archive.to_vec())
+    .bind(archive.len() as i64)
+    .bind(now)
+    .execute(&mut *transaction)
+    .await
+    .map_err(StorageError::from)?;
+    // Numbers count up per project; the unique index refuses a duplicate from a racing upload.
+    let number: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE project_id = $1",
+    )
+    .bind(&scope.project.id)
+    .fetch_one(&mut *transaction)
+    .await
+    .map_err(StorageError::from)?;
+    sqlx::query(
+        "INSERT INTO versions (id, project_id, number, bundle_sha256, manifest, note, created_by, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&id)
+    .bind(&scope.project.id)
+    .bind(number)
+    .bind(&bundle.sha256)
+    .bind(&manifest)
+    .bind(&options.note)
+    .bind(&principal.account_id)
+    .bind(now)
+    .execute(&mut *transaction)
+    .await
+    .map_err(|error| {
+        let error = StorageError::from(error);
+        if error.is_unique_violation() {
+            ApiError::conflict(
+                "version_number_conflict",
+                "another version of this project was uploaded at the same moment; retry",
+            )
+        } else {
+            error.into()
+        }
+    })?;
+    audit::record(
+        &mut *transaction,
+        principal,
+        Change {
+            action: "version.upload",
+            target_kind: "version",
+            target_id: &id,
+            tenant_id: Some(&scope.tenant.id),
+            project_id: Some(&scope.project.id),
+            details: serde_json::json!({
+                "number": number, "bundle_sha256": bundle.sha256,
+                "bundle_size": archive.len(), "files": bundle.files.len(),
+            }),
+        },
+    )
+    .await?;
+    transaction.commit().await.map_err(StorageError::from)?;
+    let version = find(&state.database, &scope.project.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("uploaded version vanished")))?;
+    Ok((StatusCode::CREATED, Json(version)))
+}
+
+/// Versions of the project, newest first.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/projects/{project}/versions", tag = "versions",
+    params(("tenant" = String, Path, description = "tenant id or alias"),
+           ("project" = String, Path, description = "project id or alias")),
+    security(("bearer" = [])),
+    responses((status = 200, body = VersionList), (status = "4XX", body = ErrorBody)))]
+async fn list_versions(
+    scope: ProjectScope,
+    State(state): State<AppState>,
+) -> Result<Json<VersionList>, ApiError> {
+    let rows = sqlx::query(&format!(
+        "{SELECT} WHERE v.project_id = $1 AND v.deleted_at IS NULL ORDER BY v.number DESC"
+    ))
+    .bind(&scope.project.id)
+    .fetch_all(state.database.reader())
+    .await
+    .map_err(StorageError::from)?;
+    Ok(Json(VersionList {
+        versions: rows.iter().map(version).collect(),
+    }))
+}
+
+/// The path of one version: `{version}` is its id or number.
+#[derive(Debug, Deserialize)]
+struct VersionPath {
+    version: String,
+}
+
+async fn version_in_path(
+    state: &AppState,
+    scope: &ProjectScope,
+    segment: &str,
+) -> Result<Version, ApiError> {
+    find(&state.database, &scope.project.id, segment)
+        .await?
+        .ok_or(ApiError::NotFound { what: "version" })
+}
+
+/// One version.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/projects/{project}/versions/{version}", tag = "versions",
+    params(("tenant" = String, Path, description = "tenant id or alias"),
+           ("project" = String, Path, description = "project id or alias"),
+           ("version" = String, Path, description = "version id or number")),
+    security(("bearer" = [])),
+    responses((status = 200, body = Version), (status = "4XX", body = ErrorBody)))]
+async fn get_version(
+    scope: ProjectScope,
+    State(state): State<AppState>,
+    Path(path): Path<VersionPath>,
+) -> Result<Json<Version>, ApiError> {
+    Ok(Json(version_in_path(&state, &scope, &path.version).await?))
+}
+
+/// The version's bundle archive, as uploaded.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/projects/{project}/versions/{version}/bundle", tag = "versions",
+    params(("tenant" = String, Path, description = "tenant id or alias"),
+           ("project" = String, Path, description = "project id or alias"),
+           ("version" = String, Path, description = "version id or number")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "tar.gz", content_type = "application/gzip"), (status = "4XX", body = ErrorBody)))]
+async fn download_bundle(
+    scope: ProjectScope,
+    State(state): State<AppState>,
+    Path(path): Path<VersionPath>,
+) -> Result<impl IntoResponse, ApiError> {
+    let version = version_in_path(&state, &scope, &path.version).await?;
+    let content: Vec<u8> = sqlx::query_scalar("SELECT content FROM bundles WHERE sha256 = $1")
+        .bind(&version.bundle_sha256)
+        .fetch_one(state.database.reader())
+        .await
+        .map_err(StorageError::from)?;
+    let filename = format!("attachment; filename=\"version-{}.tar.gz\"", version.number);
+    Ok((
+        [
+            (CONTENT_TYPE, "application/gzip".to_owned()),
+            (CONTENT_DISPOSITION, filename),
+        ],
+        content,
+    ))
+}
+
+/// Delete a version (project managers). A version that an active or draining deployment runs
+/// cannot be deleted; deployment history keeps naming it.
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/projects/{project}/versions/{version}", tag = "versions",
+    params(("tenant" = String, Path, description = "tenant id or alias"),
+           ("project" = String, Path, description = "project id or alias"),
+           ("version" = String, Path, description = "version id or number")),
+    security(("bearer" = [])),
+    responses((status = 204), (status = "4XX", body = ErrorBody)))]
+async fn delete_version(
+    scope: ProjectScope,
+    State(state): State<AppState>,
+    Path(path): Path<VersionPath>,
+) -> Result<StatusCode, ApiError> {
+    require(scope.level(), Level::Manager)?;
+    let version = version_in_path(&state, &scope, &path.version).await?;
+    let mut transaction = state
+        .database
+        .writer()
+        .begin()
+        .await
+        .map_err(StorageError::from)?;
+    let live: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM deployments WHERE version_id = $1 AND status IN ('active', 'draining')",
+    )
+    .bind(&version.id)
+    .fetch_one(&mut *transaction)
+    .await
+    .map_err(StorageError::from)?;
+    if live > 0 {
+        return Err(ApiError::conflict(
+            "version_deployed",
+            format!(
+                "version {} is deployed; deploy another version to its stages first",
+                version.number
+            ),
+        ));
+    }
+    sqlx::query("UPDATE versions SET deleted_at = $2 WHERE id = $1")
+        .bind(&version.id)
+        .bind(now_millis())
+        .execute(&mut *transaction)
+        .await
+        .map_err(StorageError::from)?;
+    audit::record(
+        &mut *transaction,
+        &scope.access.principal,
+        Change {
+            action: "version.delete",
+            target_kind: "version",
+            target_id: &version.id,
+            tenant_id: Some(&scope.tenant.id),
+            project_id: Some(&scope.project.id),
+            details: serde_json::json!({"number": version.number}),
+        },
+    )
+    .await?;
+    transaction.commit().await.map_err(StorageError::from)?;
+    Ok(StatusCode::NO_CONTENT)
+}
