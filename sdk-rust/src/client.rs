@@ -1,8 +1,11 @@
 //! Async HTTP client for the platform's API, used by the `rally` CLI, the load tool and tests.
 
 use crate::wire::{
-    Account, AccountList, CreateDeveloperRequest, CreatedUser, DeviceSignIn, DeviceSignInRequest,
-    ErrorBody, Health, LoginRequest, Me, RefreshRequest, TokenPair, UserSignInRequest,
+    Account, AccountList, AuditEntry, AuditList, CreateDeployment, CreateDeveloperRequest,
+    CreateNamed, CreateTenant, CreatedUser, Deployment, DeploymentList, DeviceSignIn,
+    DeviceSignInRequest, ErrorBody, Grant, GrantList, GrantRequest, Health, LoginRequest, Me,
+    PasswordReset, Project, ProjectList, RefreshRequest, Stage, StageList, Tenant, TenantList,
+    TokenPair, UserSignInRequest, Version, VersionList,
 };
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -17,6 +20,8 @@ pub enum ClientError {
         status: u16,
         code: String,
         message: String,
+        /// Structured specifics for some codes (e.g. every manifest problem of a bundle).
+        details: Option<serde_json::Value>,
     },
     /// The platform answered, but not in a shape this client understands.
     #[error("unexpected answer from the platform (HTTP {status}): {body}")]
@@ -53,6 +58,37 @@ pub struct RallyClient {
     http: reqwest::Client,
     base_url: String,
     access_token: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+/// Percent-encodes one path or query value (ids and aliases are plain; notes typed by people
+/// may not be).
+fn segment(value: &str) -> String {
+    let mut encoded = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+fn project_path(tenant: &str, project: &str) -> String {
+    format!(
+        "/api/v1/tenants/{}/projects/{}",
+        segment(tenant),
+        segment(project)
+    )
+}
+
+fn stage_path(tenant: &str, project: &str, stage: &str) -> String {
+    format!(
+        "{}/stages/{}",
+        project_path(tenant, project),
+        segment(stage)
+    )
 }
 
 impl RallyClient {
@@ -74,6 +110,7 @@ impl RallyClient {
             http,
             base_url,
             access_token: None,
+            idempotency_key: None,
         })
     }
 
@@ -81,6 +118,15 @@ impl RallyClient {
     pub fn authenticated(&self, access_token: &str) -> Self {
         Self {
             access_token: Some(access_token.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// The same client, sending `Idempotency-Key: key` with its POST requests: a retried call
+    /// returns the first result instead of creating a duplicate.
+    pub fn with_idempotency_key(&self, key: &str) -> Self {
+        Self {
+            idempotency_key: Some(key.to_owned()),
             ..self.clone()
         }
     }
@@ -176,19 +222,304 @@ impl RallyClient {
         Ok(list.accounts)
     }
 
+    pub async fn get_developer(&self, developer: &str) -> Result<Account, ClientError> {
+        let path = format!("/api/v1/developers/{}", segment(developer));
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// Disables (`true`) or enables (`false`) a developer account.
+    pub async fn set_developer_disabled(
+        &self,
+        developer: &str,
+        disabled: bool,
+    ) -> Result<Account, ClientError> {
+        let verb = if disabled { "disable" } else { "enable" };
+        let path = format!("/api/v1/developers/{}/{verb}", segment(developer));
+        self.call(Method::POST, &path, Some(&serde_json::json!({})))
+            .await
+    }
+
+    pub async fn reset_developer_password(
+        &self,
+        developer: &str,
+        password: &str,
+    ) -> Result<(), ClientError> {
+        let path = format!("/api/v1/developers/{}/password", segment(developer));
+        let body = PasswordReset {
+            password: password.to_owned(),
+        };
+        self.call_empty(Method::POST, &path, Some(&body)).await
+    }
+
+    pub async fn create_tenant(
+        &self,
+        name: &str,
+        alias: Option<&str>,
+    ) -> Result<Tenant, ClientError> {
+        let body = CreateTenant {
+            name: name.to_owned(),
+            alias: alias.map(str::to_owned),
+        };
+        self.call(Method::POST, "/api/v1/tenants", Some(&body))
+            .await
+    }
+
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, ClientError> {
+        let list: TenantList = self
+            .call(Method::GET, "/api/v1/tenants", None::<&()>)
+            .await?;
+        Ok(list.tenants)
+    }
+
+    pub async fn get_tenant(&self, tenant: &str) -> Result<Tenant, ClientError> {
+        let path = format!("/api/v1/tenants/{}", segment(tenant));
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    pub async fn delete_tenant(&self, tenant: &str) -> Result<(), ClientError> {
+        let path = format!("/api/v1/tenants/{}", segment(tenant));
+        self.call_empty(Method::DELETE, &path, None::<&()>).await
+    }
+
+    pub async fn grant(&self, tenant: &str, grant: &GrantRequest) -> Result<Grant, ClientError> {
+        let path = format!("/api/v1/tenants/{}/grants", segment(tenant));
+        self.call(Method::POST, &path, Some(grant)).await
+    }
+
+    pub async fn revoke(&self, tenant: &str, grant: &GrantRequest) -> Result<(), ClientError> {
+        let path = format!("/api/v1/tenants/{}/grants/revoke", segment(tenant));
+        self.call_empty(Method::POST, &path, Some(grant)).await
+    }
+
+    pub async fn list_grants(&self, tenant: &str) -> Result<Vec<Grant>, ClientError> {
+        let path = format!("/api/v1/tenants/{}/grants", segment(tenant));
+        let list: GrantList = self.call(Method::GET, &path, None::<&()>).await?;
+        Ok(list.grants)
+    }
+
+    pub async fn create_project(
+        &self,
+        tenant: &str,
+        name: &str,
+        alias: Option<&str>,
+    ) -> Result<Project, ClientError> {
+        let path = format!("/api/v1/tenants/{}/projects", segment(tenant));
+        let body = CreateNamed {
+            name: name.to_owned(),
+            alias: alias.map(str::to_owned),
+        };
+        self.call(Method::POST, &path, Some(&body)).await
+    }
+
+    pub async fn list_projects(&self, tenant: &str) -> Result<Vec<Project>, ClientError> {
+        let path = format!("/api/v1/tenants/{}/projects", segment(tenant));
+        let list: ProjectList = self.call(Method::GET, &path, None::<&()>).await?;
+        Ok(list.projects)
+    }
+
+    pub async fn get_project(&self, tenant: &str, project: &str) -> Result<Project, ClientError> {
+        self.call(Method::GET, &project_path(tenant, project), None::<&()>)
+            .await
+    }
+
+    pub async fn delete_project(&self, tenant: &str, project: &str) -> Result<(), ClientError> {
+        self.call_empty(Method::DELETE, &project_path(tenant, project), None::<&()>)
+            .await
+    }
+
+    pub async fn create_stage(
+        &self,
+        tenant: &str,
+        project: &str,
+        name: &str,
+        alias: Option<&str>,
+    ) -> Result<Stage, ClientError> {
+        let path = format!("{}/stages", project_path(tenant, project));
+        let body = CreateNamed {
+            name: name.to_owned(),
+            alias: alias.map(str::to_owned),
+        };
+        self.call(Method::POST, &path, Some(&body)).await
+    }
+
+    pub async fn list_stages(
+        &self,
+        tenant: &str,
+        project: &str,
+    ) -> Result<Vec<Stage>, ClientError> {
+        let path = format!("{}/stages", project_path(tenant, project));
+        let list: StageList = self.call(Method::GET, &path, None::<&()>).await?;
+        Ok(list.stages)
+    }
+
+    pub async fn get_stage(
+        &self,
+        tenant: &str,
+        project: &str,
+        stage: &str,
+    ) -> Result<Stage, ClientError> {
+        self.call(
+            Method::GET,
+            &stage_path(tenant, project, stage),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn delete_stage(
+        &self,
+        tenant: &str,
+        project: &str,
+        stage: &str,
+    ) -> Result<(), ClientError> {
+        self.call_empty(
+            Method::DELETE,
+            &stage_path(tenant, project, stage),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Uploads a bundle archive (tar.gz) as a new version of the project.
+    pub async fn upload_version(
+        &self,
+        tenant: &str,
+        project: &str,
+        archive: impl Into<reqwest::Body>,
+        note: Option<&str>,
+    ) -> Result<Version, ClientError> {
+        let mut path = format!("{}/versions", project_path(tenant, project));
+        if let Some(note) = note {
+            path.push_str(&format!("?note={}", segment(note)));
+        }
+        let request = self
+            .request(Method::POST, &path)
+            .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+            .body(archive);
+        let response = Self::check(request.send().await?).await?;
+        decode(response).await
+    }
+
+    pub async fn list_versions(
+        &self,
+        tenant: &str,
+        project: &str,
+    ) -> Result<Vec<Version>, ClientError> {
+        let path = format!("{}/versions", project_path(tenant, project));
+        let list: VersionList = self.call(Method::GET, &path, None::<&()>).await?;
+        Ok(list.versions)
+    }
+
+    /// `version` is an id or a number.
+    pub async fn get_version(
+        &self,
+        tenant: &str,
+        project: &str,
+        version: &str,
+    ) -> Result<Version, ClientError> {
+        let path = format!(
+            "{}/versions/{}",
+            project_path(tenant, project),
+            segment(version)
+        );
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    pub async fn delete_version(
+        &self,
+        tenant: &str,
+        project: &str,
+        version: &str,
+    ) -> Result<(), ClientError> {
+        let path = format!(
+            "{}/versions/{}",
+            project_path(tenant, project),
+            segment(version)
+        );
+        self.call_empty(Method::DELETE, &path, None::<&()>).await
+    }
+
+    /// Deploys `version` (id or number) to the stage; `config` overrides the version's
+    /// deployment defaults (`serde_json::Value::Null` for none).
+    pub async fn deploy(
+        &self,
+        tenant: &str,
+        project: &str,
+        stage: &str,
+        version: &str,
+        config: serde_json::Value,
+    ) -> Result<Deployment, ClientError> {
+        let path = format!("{}/deployments", stage_path(tenant, project, stage));
+        let body = CreateDeployment {
+            version: version.to_owned(),
+            config,
+        };
+        self.call(Method::POST, &path, Some(&body)).await
+    }
+
+    pub async fn list_deployments(
+        &self,
+        tenant: &str,
+        project: &str,
+        stage: &str,
+    ) -> Result<Vec<Deployment>, ClientError> {
+        let path = format!("{}/deployments", stage_path(tenant, project, stage));
+        let list: DeploymentList = self.call(Method::GET, &path, None::<&()>).await?;
+        Ok(list.deployments)
+    }
+
+    pub async fn get_deployment(
+        &self,
+        tenant: &str,
+        project: &str,
+        stage: &str,
+        deployment: &str,
+    ) -> Result<Deployment, ClientError> {
+        let path = format!(
+            "{}/deployments/{}",
+            stage_path(tenant, project, stage),
+            segment(deployment)
+        );
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    pub async fn stop_deployment(
+        &self,
+        tenant: &str,
+        project: &str,
+        stage: &str,
+        deployment: &str,
+    ) -> Result<Deployment, ClientError> {
+        let path = format!(
+            "{}/deployments/{}/stop",
+            stage_path(tenant, project, stage),
+            segment(deployment)
+        );
+        self.call(Method::POST, &path, Some(&serde_json::json!({})))
+            .await
+    }
+
+    /// The audit log: of the whole platform (staff) when `tenant` is None, else of the tenant.
+    pub async fn audit(
+        &self,
+        tenant: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, ClientError> {
+        let path = match tenant {
+            Some(tenant) => format!("/api/v1/tenants/{}/audit?limit={limit}", segment(tenant)),
+            None => format!("/api/v1/audit?limit={limit}"),
+        };
+        let list: AuditList = self.call(Method::GET, &path, None::<&()>).await?;
+        Ok(list.entries)
+    }
+
     async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let response = self.send(method, path, body).await?;
-        let status = response.status();
-        let bytes = response.bytes().await?;
-        serde_json::from_slice(&bytes).map_err(|_| ClientError::Unexpected {
-            status: status.as_u16(),
-            body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
-        })
+        decode(self.send(method, path, body).await?).await
     }
 
     async fn call_empty<B: Serialize + ?Sized>(
@@ -200,6 +531,28 @@ impl RallyClient {
         self.send(method, path, body).await.map(drop)
     }
 
+    /// A request with this client's token and idempotency key.
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let post = method == Method::POST;
+        let mut request = self
+            .http
+            .request(method, format!("{}{}", self.base_url, path));
+        if let Some(token) = &self.access_token {
+            request = request.bearer_auth(token);
+        }
+        if let (true, Some(key)) = (post, &self.idempotency_key) {
+            request = request.header("idempotency-key", key);
+        }
+        request
+    }
+
+    async fn check(response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(error_from_response(response).await)
+    }
+
     /// Sends a request and turns any non-success answer into [`ClientError`].
     async fn send<B: Serialize + ?Sized>(
         &self,
@@ -207,21 +560,21 @@ impl RallyClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<reqwest::Response, ClientError> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{}", self.base_url, path));
-        if let Some(token) = &self.access_token {
-            request = request.bearer_auth(token);
-        }
+        let mut request = self.request(method, path);
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        Err(error_from_response(response).await)
+        Self::check(request.send().await?).await
     }
+}
+
+async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
+    let status = response.status();
+    let bytes = response.bytes().await?;
+    serde_json::from_slice(&bytes).map_err(|_| ClientError::Unexpected {
+        status: status.as_u16(),
+        body: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+    })
 }
 
 async fn error_from_response(response: reqwest::Response) -> ClientError {
@@ -235,6 +588,7 @@ async fn error_from_response(response: reqwest::Response) -> ClientError {
             status: status.as_u16(),
             code: body.error.code,
             message: body.error.message,
+            details: body.error.details,
         },
         Err(_) => ClientError::Unexpected {
             status: status.as_u16(),

@@ -796,7 +796,8 @@ mod tests {
 
     #[test]
     fn deployment_ranges_are_checked() {
-        let cases: [(fn(&mut DeploymentConfig), &str); 10] = [
+        type BreakIt = fn(&mut DeploymentConfig);
+        let cases: [(BreakIt, &str); 10] = [
             (|d| d.min_lobbies = 1001, "deployment.min_lobbies"),
             (
                 |d| d.max_clients_per_lobby = 0,
