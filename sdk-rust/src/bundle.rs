@@ -96,8 +96,8 @@ pub enum BundleError {
     #[error("{path:?} is a {kind}; a bundle holds only regular files and directories")]
     EntryForbidden { path: String, kind: &'static str },
     #[error(
-        "the path {path:?} {reason}; every path in a bundle is relative to its root, stays \
-         inside it and uses '/' between directories"
+        "the path {path:?} {reason}; every path in a bundle is relative to its root and uses \
+         '/' between directories"
     )]
     PathEscapes { path: String, reason: &'static str },
     #[error("{path:?} {reason}; each path may appear once in a bundle")]
@@ -113,7 +113,7 @@ pub enum BundleError {
     ManifestUnreadable { reason: String },
     #[error("{MANIFEST_FILE} is not a valid manifest: {0}")]
     ManifestSyntax(ManifestSyntaxError),
-    #[error("{MANIFEST_FILE} breaks {} rule(s): {}", .0.len(), describe_problems(.0))]
+    #[error("{MANIFEST_FILE} is not a valid manifest: {}", describe_problems(.0))]
     ManifestProblems(Vec<Problem>),
     #[error("{field} names {path:?}, but the bundle has no such file; add it or fix {field}")]
     EntryMissing { field: &'static str, path: String },

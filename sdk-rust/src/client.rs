@@ -122,6 +122,11 @@ impl RallyClient {
         }
     }
 
+    /// The access token this client presents, if any.
+    pub fn access_token(&self) -> Option<&str> {
+        self.access_token.as_deref()
+    }
+
     /// The same client, sending `Idempotency-Key: key` with its POST requests: a retried call
     /// returns the first result instead of creating a duplicate.
     pub fn with_idempotency_key(&self, key: &str) -> Self {

@@ -242,14 +242,16 @@ impl Manifest {
     /// rules.
     #[cfg(feature = "bundle")]
     pub fn from_toml(text: &str) -> Result<Manifest, ManifestSyntaxError> {
-        toml::from_str(text).map_err(|error: toml::de::Error| {
+        let mut manifest: Manifest = toml::from_str(text).map_err(|error: toml::de::Error| {
             let position = error.span().map(|span| line_and_column(text, span.start));
             ManifestSyntaxError {
                 line: position.map(|(line, _)| line),
                 column: position.map(|(_, column)| column),
                 message: error.message().trim_end().to_owned(),
             }
-        })
+        })?;
+        toml_dates_as_strings(&mut manifest.user_data);
+        Ok(manifest)
     }
 
     /// Checks every rule and reports every broken one, so a developer fixes the manifest in one
@@ -285,6 +287,26 @@ impl Manifest {
     }
 }
 
+/// TOML dates reach serde as a one-key table with a private key name; the logic should see the
+/// date as written, an RFC 3339 string, rather than that implementation detail.
+#[cfg(feature = "bundle")]
+fn toml_dates_as_strings(value: &mut serde_json::Value) {
+    const TOML_DATETIME_KEY: &str = "$__toml_private_datetime";
+    match value {
+        serde_json::Value::Object(table) => {
+            if let (1, Some(serde_json::Value::String(date))) =
+                (table.len(), table.get(TOML_DATETIME_KEY))
+            {
+                *value = serde_json::Value::String(date.clone());
+            } else {
+                table.values_mut().for_each(toml_dates_as_strings);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(toml_dates_as_strings),
+        _ => {}
+    }
+}
+
 /// Turns a byte offset into a 1-based line and column (in characters).
 #[cfg(feature = "bundle")]
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
@@ -302,10 +324,10 @@ impl RuntimeConfig {
                 "invalid_runtime",
                 "runtime.tick_rate",
                 format!(
-                    "tick_rate is {}; it must be between {} and {} ticks per second",
-                    self.tick_rate,
+                    "tick_rate must be between {} and {} ticks per second, not {}",
                     TICK_RATE_RANGE.start(),
-                    TICK_RATE_RANGE.end()
+                    TICK_RATE_RANGE.end(),
+                    self.tick_rate
                 ),
             ));
         }
@@ -345,15 +367,15 @@ pub(crate) fn plain_relative_path_problem(path: &str) -> Option<&'static str> {
         return Some("contains a NUL character");
     }
     if path.contains('\\') {
-        return Some("contains a backslash; separate directories with '/'");
+        return Some("contains a backslash (separate directories with '/')");
     }
     if path.starts_with('/') {
-        return Some("is absolute; give it relative to the bundle root");
+        return Some("is absolute (give it relative to the bundle root)");
     }
     for segment in path.split('/') {
         match segment {
-            ".." => return Some("contains '..'; it must stay inside the bundle"),
-            "." => return Some("contains a '.' segment; write the path without it"),
+            ".." => return Some("contains '..' (a path must stay inside the bundle)"),
+            "." => return Some("contains a '.' segment (write the path without it)"),
             "" => return Some("contains an empty segment ('//' or a trailing '/')"),
             _ => {}
         }
@@ -366,7 +388,7 @@ fn check_modes(modes: &[Mode], problems: &mut Vec<Problem>) {
         problems.push(Problem::new(
             "no_modes",
             "modes",
-            "the manifest declares no mode; add at least one [[modes]] table",
+            "the manifest declares no mode: add at least one [[modes]] table",
         ));
         return;
     }
@@ -403,7 +425,7 @@ fn check_groups(mode: &Mode, at: &str, problems: &mut Vec<Problem>) {
             "invalid_mode",
             format!("{at}.groups"),
             format!(
-                "mode {:?} has no group; add at least one [[modes.groups]] table",
+                "mode {:?} has no group: add at least one [[modes.groups]] table",
                 mode.name
             ),
         ));
@@ -544,7 +566,7 @@ impl DeploymentConfig {
                     "invalid_deployment_config",
                     format!("deployment.{name}"),
                     format!(
-                        "{name} is {value}; it must be between {} and {}",
+                        "{name} must be between {} and {}, not {value}",
                         range.start(),
                         range.end()
                     ),
@@ -559,8 +581,8 @@ impl DeploymentConfig {
                     "invalid_deployment_config",
                     field,
                     format!(
-                        "warm_matches names mode {mode_name:?}, which is not declared; the modes \
-                         are {known:?}"
+                        "warm_matches names mode {mode_name:?}, which is not declared (the \
+                         modes are {known:?})"
                     ),
                 ));
             } else if !WARM_MATCHES_RANGE.contains(&count) {
@@ -568,7 +590,7 @@ impl DeploymentConfig {
                     "invalid_deployment_config",
                     field,
                     format!(
-                        "warm_matches for {mode_name:?} is {count}; it must be between {} and {}",
+                        "warm_matches for {mode_name:?} must be between {} and {}, not {count}",
                         WARM_MATCHES_RANGE.start(),
                         WARM_MATCHES_RANGE.end()
                     ),
@@ -958,6 +980,17 @@ warm_matches = { duel = 2 }
             let text = HELLO.replace("[user_data]\ngreeting = \"hello\"\nlevels = [1, 2]\n", "");
             let manifest = Manifest::from_toml(&text).unwrap();
             assert_eq!(manifest.user_data, serde_json::json!({}));
+        }
+
+        #[test]
+        fn user_data_dates_become_strings() {
+            let text = HELLO.replace(
+                "levels = [1, 2]",
+                "launch = 2026-05-27T07:32:00Z\nseasons = [{ start = 2026-06-01 }]",
+            );
+            let manifest = Manifest::from_toml(&text).unwrap();
+            assert_eq!(manifest.user_data["launch"], "2026-05-27T07:32:00Z");
+            assert_eq!(manifest.user_data["seasons"][0]["start"], "2026-06-01");
         }
 
         #[test]

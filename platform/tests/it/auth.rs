@@ -8,13 +8,6 @@ use rally_platform::auth::Claims;
 use rally_sdk::wire::Role;
 use reqwest::Method;
 
-/// Every route that takes a token, with the roles it admits. A new route belongs here.
-const PROTECTED_ROUTES: &[(&str, &str, &[Role])] = &[
-    ("GET", "/api/v1/auth/me", &Role::ALL),
-    ("GET", "/api/v1/developers", &[Role::Admin, Role::Support]),
-    ("POST", "/api/v1/developers", &[Role::Admin, Role::Support]),
-];
-
 async fn signing_key(app: &TestApp) -> Vec<u8> {
     use base64::Engine;
     let stored = app
@@ -170,51 +163,79 @@ async fn bad_tokens_get_401_with_a_reason(backend: Backend) {
     assert_eq!(code(&body.json().await.unwrap()), "invalid_token");
 }
 
+/// Walks every operation the OpenAPI document marks as needing a token: without one it is 401;
+/// with a player or runtime token it is 403 (only `me` admits every role).
 async fn every_protected_route_checks_token_and_role(backend: Backend) {
     let app = spawn_app(backend).await;
     let key = signing_key(&app).await;
-    for (method, path, allowed) in PROTECTED_ROUTES {
-        let method: Method = method.parse().unwrap();
-        let (status, body) = raw(
-            &app,
-            method.clone(),
-            path,
-            Some("application/json"),
-            "{}",
-            None,
-        )
-        .await;
-        assert_eq!(
-            (status, code(&body)),
-            (401, "missing_token"),
-            "{method} {path}"
-        );
-        for role in Role::ALL {
-            let audience = rally_platform::auth::tokens::audience_for(role);
-            let token = forge(&key, role, audience, 600);
+    let document: serde_json::Value = reqwest::get(format!("{}/api/v1/openapi.json", app.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fake_id = uuid::Uuid::now_v7().to_string();
+    let mut protected = 0;
+    for (template, item) in document["paths"].as_object().unwrap() {
+        let path = template
+            .split('/')
+            .map(|part| {
+                if part.starts_with('{') {
+                    fake_id.as_str()
+                } else {
+                    part
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        for (method, operation) in item.as_object().unwrap() {
+            if operation.get("security").is_none() {
+                continue;
+            }
+            protected += 1;
+            let method: Method = method.to_uppercase().parse().unwrap();
             let (status, body) = raw(
                 &app,
                 method.clone(),
-                path,
+                &path,
                 Some("application/json"),
                 "{}",
-                Some(&token),
+                None,
             )
             .await;
-            if allowed.contains(&role) {
-                assert!(
-                    status != 401 && status != 403,
-                    "{method} {path} as {role}: {status} {body}"
-                );
-            } else {
-                assert_eq!(
-                    (status, code(&body)),
-                    (403, "forbidden"),
-                    "{method} {path} as {role}"
-                );
+            assert_eq!(
+                (status, code(&body)),
+                (401, "missing_token"),
+                "{method} {template}"
+            );
+            for role in [Role::Player, Role::Runtime] {
+                let audience = rally_platform::auth::tokens::audience_for(role);
+                let token = forge(&key, role, audience, 600);
+                let (status, body) = raw(
+                    &app,
+                    method.clone(),
+                    &path,
+                    Some("application/json"),
+                    "{}",
+                    Some(&token),
+                )
+                .await;
+                if template == "/api/v1/auth/me" {
+                    assert_eq!(status, 200, "{method} {template} as {role}");
+                } else {
+                    assert_eq!(
+                        (status, code(&body)),
+                        (403, "forbidden"),
+                        "{method} {template} as {role}"
+                    );
+                }
             }
         }
     }
+    assert!(
+        protected > 30,
+        "only {protected} protected operations found"
+    );
 }
 
 async fn tokens_and_accounts_survive_a_restart(backend: Backend) {

@@ -8,6 +8,8 @@ mod helpers;
 mod auth;
 mod cli;
 mod errors;
+mod management;
+mod permissions;
 mod server;
 mod storage;
 mod users;

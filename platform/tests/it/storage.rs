@@ -48,7 +48,25 @@ async fn migrations_apply_once_and_reopen_cleanly(backend: Backend) {
         .fetch_one(reopened.reader())
         .await
         .unwrap();
-    assert_eq!(applied, 1);
+    let folder = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let files = std::fs::read_dir(format!(
+        "{}/../migrations/{folder}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .filter(|entry| {
+        entry
+            .as_ref()
+            .unwrap()
+            .path()
+            .extension()
+            .is_some_and(|ext| ext == "sql")
+    })
+    .count();
+    assert_eq!(applied, files as i64, "each migration applied exactly once");
 }
 
 async fn settings_keep_the_first_value(backend: Backend) {
