@@ -4,6 +4,7 @@
 use crate::audit::{self, Change};
 use crate::auth::{Caller, Staff};
 use crate::error::{ApiError, Json, Path};
+use crate::idempotency::IdempotencyKey;
 use crate::permissions::Principal;
 use crate::server::AppState;
 use crate::storage::{new_id, now_millis, Database, StorageError, StorageResult};
@@ -285,7 +286,7 @@ fn invalid_credentials() -> ApiError {
 /// Create a developer account (admin, support).
 #[utoipa::path(post, path = "/api/v1/developers", tag = "developers",
     request_body = CreateDeveloperRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first result")),
+    params(IdempotencyKey),
     security(("bearer" = [])),
     responses((status = 201, body = Account), (status = "4XX", body = ErrorBody)))]
 async fn create_developer(
@@ -303,12 +304,7 @@ async fn create_developer(
     let hash = hash_password(SecretString::from(request.password))
         .await
         .map_err(ApiError::internal)?;
-    let mut transaction = state
-        .database
-        .writer()
-        .begin()
-        .await
-        .map_err(StorageError::from)?;
+    let mut transaction = state.database.writer().begin().await?;
     let account = insert_account_with(&mut *transaction, &request.username, &hash, Role::Developer)
         .await
         .map_err(|error| {
@@ -334,7 +330,7 @@ async fn create_developer(
         },
     )
     .await?;
-    transaction.commit().await.map_err(StorageError::from)?;
+    transaction.commit().await?;
     Ok((StatusCode::CREATED, Json(account)))
 }
 
@@ -387,19 +383,13 @@ async fn set_disabled(
 ) -> Result<Json<Account>, ApiError> {
     let mut account = developer_in_path(&principal, &state, &developer).await?;
     let now = now_millis();
-    let mut transaction = state
-        .database
-        .writer()
-        .begin()
-        .await
-        .map_err(StorageError::from)?;
+    let mut transaction = state.database.writer().begin().await?;
     sqlx::query("UPDATE accounts SET disabled_at = $2, updated_at = $3 WHERE id = $1")
         .bind(&account.id)
         .bind(disable.then_some(now))
         .bind(now)
         .execute(&mut *transaction)
-        .await
-        .map_err(StorageError::from)?;
+        .await?;
     if disable {
         sqlx::query(
             "UPDATE refresh_tokens SET revoked_at = $2 WHERE subject_id = $1 AND revoked_at IS NULL",
@@ -407,8 +397,7 @@ async fn set_disabled(
         .bind(&account.id)
         .bind(now)
         .execute(&mut *transaction)
-        .await
-        .map_err(StorageError::from)?;
+        .await?;
     }
     audit::record(
         &mut *transaction,
@@ -427,7 +416,7 @@ async fn set_disabled(
         },
     )
     .await?;
-    transaction.commit().await.map_err(StorageError::from)?;
+    transaction.commit().await?;
     account.disabled = disable;
     Ok(Json(account))
 }
@@ -478,27 +467,20 @@ async fn reset_password(
         .await
         .map_err(ApiError::internal)?;
     let now = now_millis();
-    let mut transaction = state
-        .database
-        .writer()
-        .begin()
-        .await
-        .map_err(StorageError::from)?;
+    let mut transaction = state.database.writer().begin().await?;
     sqlx::query("UPDATE accounts SET password_hash = $2, updated_at = $3 WHERE id = $1")
         .bind(&account.id)
         .bind(&hash)
         .bind(now)
         .execute(&mut *transaction)
-        .await
-        .map_err(StorageError::from)?;
+        .await?;
     sqlx::query(
         "UPDATE refresh_tokens SET revoked_at = $2 WHERE subject_id = $1 AND revoked_at IS NULL",
     )
     .bind(&account.id)
     .bind(now)
     .execute(&mut *transaction)
-    .await
-    .map_err(StorageError::from)?;
+    .await?;
     audit::record(
         &mut *transaction,
         &principal,
@@ -512,7 +494,7 @@ async fn reset_password(
         },
     )
     .await?;
-    transaction.commit().await.map_err(StorageError::from)?;
+    transaction.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -2,7 +2,9 @@
 //! transaction as the change, and read-only through the API.
 
 use crate::error::{ApiError, Json, Query};
-use crate::permissions::{require, Level, Principal, ProjectScope, TenantScope};
+use crate::permissions::{
+    require, Level, Principal, ProjectPath, ProjectScope, TenantPath, TenantScope,
+};
 use crate::server::AppState;
 use crate::storage::{new_id, now_millis, StorageError};
 use axum::extract::State;
@@ -121,8 +123,7 @@ async fn query(
             .fetch_all(state.database.reader())
             .await
         }
-    }
-    .map_err(StorageError::from)?;
+    }?;
     let entries = rows.iter().map(entry).collect::<Result<_, _>>()?;
     Ok(Json(AuditList { entries }))
 }
@@ -142,7 +143,7 @@ async fn list_all(
 
 /// Changes in one tenant (viewers of the tenant).
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/audit", tag = "audit",
-    params(("tenant" = String, Path, description = "tenant id or alias"), Page),
+    params(TenantPath, Page),
     security(("bearer" = [])),
     responses((status = 200, body = AuditList), (status = "4XX", body = ErrorBody)))]
 async fn list_tenant(
@@ -156,8 +157,7 @@ async fn list_tenant(
 
 /// Changes in one project (viewers of the project).
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/projects/{project}/audit", tag = "audit",
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("project" = String, Path, description = "project id or alias"), Page),
+    params(ProjectPath, Page),
     security(("bearer" = [])),
     responses((status = 200, body = AuditList), (status = "4XX", body = ErrorBody)))]
 async fn list_project(

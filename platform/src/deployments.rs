@@ -4,7 +4,8 @@
 
 use crate::audit::{self, Change};
 use crate::error::{ApiError, Json, Path};
-use crate::permissions::{require, Level, StageScope};
+use crate::idempotency::IdempotencyKey;
+use crate::permissions::{require, Level, StagePath, StageScope};
 use crate::server::AppState;
 use crate::storage::{new_id, now_millis, Database, StorageError};
 use crate::versions;
@@ -70,10 +71,7 @@ async fn find(
 /// deployment; the previous one drains.
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/projects/{project}/stages/{stage}/deployments",
     tag = "deployments", request_body = CreateDeployment,
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("project" = String, Path, description = "project id or alias"),
-           ("stage" = String, Path, description = "stage id or alias"),
-           ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first result")),
+    params(StagePath, IdempotencyKey),
     security(("bearer" = [])),
     responses((status = 201, body = Deployment), (status = "4XX", body = ErrorBody)))]
 async fn create_deployment(
@@ -119,12 +117,7 @@ async fn create_deployment(
     let id = new_id();
     let now = now_millis();
 
-    let mut transaction = state
-        .database
-        .writer()
-        .begin()
-        .await
-        .map_err(StorageError::from)?;
+    let mut transaction = state.database.writer().begin().await?;
     let replaced: Vec<String> = sqlx::query_scalar(
         "UPDATE deployments SET status = 'draining', draining_at = $2 \
          WHERE stage_id = $1 AND status = 'active' RETURNING id",
@@ -132,8 +125,7 @@ async fn create_deployment(
     .bind(&scope.stage.id)
     .bind(now)
     .fetch_all(&mut *transaction)
-    .await
-    .map_err(StorageError::from)?;
+    .await?;
     sqlx::query(
         "INSERT INTO deployments (id, stage_id, version_id, status, config, created_by, created_at) \
          VALUES ($1, $2, $3, 'active', $4, $5, $6)",
@@ -173,7 +165,7 @@ async fn create_deployment(
         },
     )
     .await?;
-    transaction.commit().await.map_err(StorageError::from)?;
+    transaction.commit().await?;
     let deployment = find(&state.database, &scope.stage.id, &id)
         .await?
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("new deployment vanished")))?;
@@ -183,9 +175,7 @@ async fn create_deployment(
 /// Deployments of the stage, newest first.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/projects/{project}/stages/{stage}/deployments",
     tag = "deployments",
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("project" = String, Path, description = "project id or alias"),
-           ("stage" = String, Path, description = "stage id or alias")),
+    params(StagePath),
     security(("bearer" = [])),
     responses((status = 200, body = DeploymentList), (status = "4XX", body = ErrorBody)))]
 async fn list_deployments(
@@ -197,8 +187,7 @@ async fn list_deployments(
     ))
     .bind(&scope.stage.id)
     .fetch_all(state.database.reader())
-    .await
-    .map_err(StorageError::from)?;
+    .await?;
     Ok(Json(DeploymentList {
         deployments: rows.iter().map(deployment).collect(),
     }))
@@ -212,10 +201,7 @@ struct DeploymentPath {
 /// One deployment.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/projects/{project}/stages/{stage}/deployments/{deployment}",
     tag = "deployments",
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("project" = String, Path, description = "project id or alias"),
-           ("stage" = String, Path, description = "stage id or alias"),
-           ("deployment" = String, Path, description = "deployment id")),
+    params(StagePath, ("deployment" = String, Path, description = "deployment id")),
     security(("bearer" = [])),
     responses((status = 200, body = Deployment), (status = "4XX", body = ErrorBody)))]
 async fn get_deployment(
@@ -233,10 +219,7 @@ async fn get_deployment(
 /// no current deployment until the next deploy.
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/projects/{project}/stages/{stage}/deployments/{deployment}/stop",
     tag = "deployments",
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("project" = String, Path, description = "project id or alias"),
-           ("stage" = String, Path, description = "stage id or alias"),
-           ("deployment" = String, Path, description = "deployment id")),
+    params(StagePath, ("deployment" = String, Path, description = "deployment id")),
     security(("bearer" = [])),
     responses((status = 200, body = Deployment), (status = "4XX", body = ErrorBody)))]
 async fn stop_deployment(
@@ -257,20 +240,14 @@ async fn stop_deployment(
             ),
         ));
     }
-    let mut transaction = state
-        .database
-        .writer()
-        .begin()
-        .await
-        .map_err(StorageError::from)?;
+    let mut transaction = state.database.writer().begin().await?;
     sqlx::query(
         "UPDATE deployments SET status = 'draining', draining_at = $2 WHERE id = $1 AND status = 'active'",
     )
     .bind(&deployment.id)
     .bind(now_millis())
     .execute(&mut *transaction)
-    .await
-    .map_err(StorageError::from)?;
+    .await?;
     audit::record(
         &mut *transaction,
         &scope.access.principal,
@@ -284,11 +261,42 @@ async fn stop_deployment(
         },
     )
     .await?;
-    transaction.commit().await.map_err(StorageError::from)?;
+    transaction.commit().await?;
     find(&state.database, &scope.stage.id, &deployment.id)
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound { what: "deployment" })
+}
+
+/// What [`count_live`] counts in.
+#[derive(Debug, Clone, Copy)]
+pub enum Within<'a> {
+    Tenant(&'a str),
+    Project(&'a str),
+    Stage(&'a str),
+    Version(&'a str),
+}
+
+/// Active and draining deployments in a tenant, project or stage, or of a version: what keeps
+/// them from being deleted.
+pub async fn count_live<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    within: Within<'_>,
+) -> Result<i64, sqlx::Error> {
+    let (column, id) = match within {
+        Within::Tenant(id) => ("p.tenant_id", id),
+        Within::Project(id) => ("s.project_id", id),
+        Within::Stage(id) => ("d.stage_id", id),
+        Within::Version(id) => ("d.version_id", id),
+    };
+    sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM deployments d JOIN stages s ON s.id = d.stage_id \
+         JOIN projects p ON p.id = s.project_id \
+         WHERE {column} = $1 AND d.status IN ('active', 'draining')"
+    ))
+    .bind(id)
+    .fetch_one(executor)
+    .await
 }
 
 /// Closes draining deployments that have nothing left to drain. A deployment drains while

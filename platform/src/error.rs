@@ -98,6 +98,12 @@ impl ApiError {
     }
 }
 
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        ApiError::Internal(crate::storage::StorageError::from(error).into())
+    }
+}
+
 impl From<crate::storage::StorageError> for ApiError {
     fn from(error: crate::storage::StorageError) -> Self {
         ApiError::Internal(error.into())

@@ -4,9 +4,11 @@
 use crate::accounts;
 use crate::audit::{self, Change};
 use crate::error::{ApiError, Json};
+use crate::idempotency::IdempotencyKey;
+use crate::permissions::TenantPath;
 use crate::permissions::TenantScope;
 use crate::server::AppState;
-use crate::storage::{now_millis, StorageError};
+use crate::storage::now_millis;
 use crate::{projects, stages};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -78,8 +80,7 @@ async fn resolve(
 /// Grant a developer a role on the tenant, a project or a stage (admin, support).
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/grants", tag = "permissions",
     request_body = GrantRequest,
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first result")),
+    params(TenantPath, IdempotencyKey),
     security(("bearer" = [])),
     responses((status = 201, body = Grant), (status = "4XX", body = ErrorBody)))]
 async fn grant(
@@ -90,12 +91,7 @@ async fn grant(
     scope.access.principal.require_staff()?;
     let resolved = resolve(&state, &scope, &request).await?;
     let now = now_millis();
-    let mut transaction = state
-        .database
-        .writer()
-        .begin()
-        .await
-        .map_err(StorageError::from)?;
+    let mut transaction = state.database.writer().begin().await?;
     // Granting what is already held changes nothing and answers with the grant.
     let inserted = sqlx::query(
         "INSERT INTO grants (account_id, scope_kind, scope_id, role, tenant_id, granted_by, created_at) \
@@ -109,8 +105,7 @@ async fn grant(
     .bind(&scope.access.principal.account_id)
     .bind(now)
     .execute(&mut *transaction)
-    .await
-    .map_err(StorageError::from)?;
+    .await?;
     if inserted.rows_affected() == 1 {
         audit::record(
             &mut *transaction,
@@ -138,9 +133,8 @@ async fn grant(
     .bind(&resolved.scope_id)
     .bind(request.role.as_str())
     .fetch_one(&mut *transaction)
-    .await
-    .map_err(StorageError::from)?;
-    transaction.commit().await.map_err(StorageError::from)?;
+    .await?;
+    transaction.commit().await?;
     Ok((
         StatusCode::CREATED,
         Json(Grant {
@@ -158,7 +152,7 @@ async fn grant(
 /// Revoke a grant (admin, support).
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/grants/revoke", tag = "permissions",
     request_body = GrantRequest,
-    params(("tenant" = String, Path, description = "tenant id or alias")),
+    params(TenantPath),
     security(("bearer" = [])),
     responses((status = 204), (status = "4XX", body = ErrorBody)))]
 async fn revoke(
@@ -168,12 +162,7 @@ async fn revoke(
 ) -> Result<StatusCode, ApiError> {
     scope.access.principal.require_staff()?;
     let resolved = resolve(&state, &scope, &request).await?;
-    let mut transaction = state
-        .database
-        .writer()
-        .begin()
-        .await
-        .map_err(StorageError::from)?;
+    let mut transaction = state.database.writer().begin().await?;
     let deleted = sqlx::query(
         "DELETE FROM grants WHERE account_id = $1 AND scope_kind = $2 AND scope_id = $3 \
          AND role = $4 AND tenant_id = $5",
@@ -184,8 +173,7 @@ async fn revoke(
     .bind(request.role.as_str())
     .bind(&scope.tenant.id)
     .execute(&mut *transaction)
-    .await
-    .map_err(StorageError::from)?;
+    .await?;
     if deleted.rows_affected() == 0 {
         return Err(ApiError::NotFound { what: "grant" });
     }
@@ -205,13 +193,13 @@ async fn revoke(
         },
     )
     .await?;
-    transaction.commit().await.map_err(StorageError::from)?;
+    transaction.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Every grant in the tenant (admin, support).
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/grants", tag = "permissions",
-    params(("tenant" = String, Path, description = "tenant id or alias")),
+    params(TenantPath),
     security(("bearer" = [])),
     responses((status = 200, body = GrantList), (status = "4XX", body = ErrorBody)))]
 async fn list_grants(
@@ -226,8 +214,7 @@ async fn list_grants(
     )
     .bind(&scope.tenant.id)
     .fetch_all(state.database.reader())
-    .await
-    .map_err(StorageError::from)?;
+    .await?;
     let grants = rows
         .iter()
         .map(|row| {

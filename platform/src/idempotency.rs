@@ -16,6 +16,15 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 pub const HEADER: &str = "idempotency-key";
+
+/// The header, for the OpenAPI document of the routes that create something.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyKey {
+    /// Retrying with the same key returns the first result instead of creating a duplicate.
+    #[serde(rename = "Idempotency-Key")]
+    pub key: Option<String>,
+}
 const REPLAYED_HEADER: &str = "idempotent-replayed";
 /// A claim older than this is from a request that never finished (a crash): it may be retaken.
 const ABANDONED_AFTER_MILLIS: i64 = 5 * 60 * 1000;

@@ -58,8 +58,7 @@ impl FromRequestParts<AppState> for Principal {
             sqlx::query_scalar("SELECT disabled_at FROM accounts WHERE id = $1")
                 .bind(&caller.subject)
                 .fetch_optional(state.database.reader())
-                .await
-                .map_err(StorageError::from)?;
+                .await?;
         match disabled_at {
             Some(None) => Ok(Principal {
                 account_id: caller.subject,
@@ -257,6 +256,36 @@ pub fn check_name(name: &str) -> Result<(), ApiError> {
             "name must be 1 to 100 characters without control characters",
         ))
     }
+}
+
+/// `{tenant}` in a route, for the OpenAPI document.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TenantPath {
+    /// Tenant id or alias.
+    pub tenant: String,
+}
+
+/// `{tenant}/projects/{project}` in a route, for the OpenAPI document.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ProjectPath {
+    /// Tenant id or alias.
+    pub tenant: String,
+    /// Project id or alias.
+    pub project: String,
+}
+
+/// `{tenant}/projects/{project}/stages/{stage}` in a route, for the OpenAPI document.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct StagePath {
+    /// Tenant id or alias.
+    pub tenant: String,
+    /// Project id or alias.
+    pub project: String,
+    /// Stage id or alias.
+    pub stage: String,
 }
 
 /// The path segments of a request, by name.

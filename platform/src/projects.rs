@@ -2,9 +2,12 @@
 //! creator its manager.
 
 use crate::audit::{self, Change};
+use crate::deployments::{count_live, Within};
 use crate::error::{ApiError, Json};
+use crate::idempotency::IdempotencyKey;
 use crate::permissions::{
-    check_alias, check_name, is_id, require, Level, ProjectScope, TenantScope,
+    check_alias, check_name, is_id, require, Level, ProjectPath, ProjectScope, TenantPath,
+    TenantScope,
 };
 use crate::server::AppState;
 use crate::storage::{new_id, now_millis, Database, StorageError};
@@ -58,8 +61,7 @@ pub async fn find(
 /// it becomes its manager.
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/projects", tag = "projects",
     request_body = CreateNamed,
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first result")),
+    params(TenantPath, IdempotencyKey),
     security(("bearer" = [])),
     responses((status = 201, body = Project), (status = "4XX", body = ErrorBody)))]
 async fn create_project(
@@ -82,12 +84,7 @@ async fn create_project(
         created_at: now,
     };
     let stage_id = new_id();
-    let mut transaction = state
-        .database
-        .writer()
-        .begin()
-        .await
-        .map_err(StorageError::from)?;
+    let mut transaction = state.database.writer().begin().await?;
     sqlx::query(
         "INSERT INTO projects (id, tenant_id, alias, name, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -107,8 +104,7 @@ async fn create_project(
     .bind(DEFAULT_STAGE)
     .bind(now)
     .execute(&mut *transaction)
-    .await
-    .map_err(StorageError::from)?;
+    .await?;
     if principal.role == Role::Developer {
         sqlx::query(
             "INSERT INTO grants (account_id, scope_kind, scope_id, role, tenant_id, granted_by, created_at) \
@@ -119,8 +115,7 @@ async fn create_project(
         .bind(&project.tenant_id)
         .bind(now)
         .execute(&mut *transaction)
-        .await
-        .map_err(StorageError::from)?;
+        .await?;
     }
     audit::record(
         &mut *transaction,
@@ -135,13 +130,13 @@ async fn create_project(
         },
     )
     .await?;
-    transaction.commit().await.map_err(StorageError::from)?;
+    transaction.commit().await?;
     Ok((StatusCode::CREATED, Json(project)))
 }
 
 /// Projects of the tenant the caller can see.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/projects", tag = "projects",
-    params(("tenant" = String, Path, description = "tenant id or alias")),
+    params(TenantPath),
     security(("bearer" = [])),
     responses((status = 200, body = ProjectList), (status = "4XX", body = ErrorBody)))]
 async fn list_projects(
@@ -153,8 +148,7 @@ async fn list_projects(
     ))
     .bind(&scope.tenant.id)
     .fetch_all(state.database.reader())
-    .await
-    .map_err(StorageError::from)?;
+    .await?;
     let projects = rows
         .iter()
         .map(project)
@@ -165,8 +159,7 @@ async fn list_projects(
 
 /// One project.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/projects/{project}", tag = "projects",
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("project" = String, Path, description = "project id or alias")),
+    params(ProjectPath),
     security(("bearer" = [])),
     responses((status = 200, body = Project), (status = "4XX", body = ErrorBody)))]
 async fn get_project(scope: ProjectScope) -> Json<Project> {
@@ -176,8 +169,7 @@ async fn get_project(scope: ProjectScope) -> Json<Project> {
 /// Delete a project with its stages, versions and deployments (project managers). Refused
 /// while one of its deployments is active or draining.
 #[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/projects/{project}", tag = "projects",
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("project" = String, Path, description = "project id or alias")),
+    params(ProjectPath),
     security(("bearer" = [])),
     responses((status = 204), (status = "4XX", body = ErrorBody)))]
 async fn delete_project(
@@ -186,20 +178,8 @@ async fn delete_project(
 ) -> Result<StatusCode, ApiError> {
     require(scope.level(), Level::Manager)?;
     let project = &scope.project;
-    let mut transaction = state
-        .database
-        .writer()
-        .begin()
-        .await
-        .map_err(StorageError::from)?;
-    let live: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM deployments d JOIN stages s ON s.id = d.stage_id \
-         WHERE s.project_id = $1 AND d.status IN ('active', 'draining')",
-    )
-    .bind(&project.id)
-    .fetch_one(&mut *transaction)
-    .await
-    .map_err(StorageError::from)?;
+    let mut transaction = state.database.writer().begin().await?;
+    let live = count_live(&mut *transaction, Within::Project(&project.id)).await?;
     if live > 0 {
         return Err(ApiError::conflict(
             "project_has_live_deployments",
@@ -212,13 +192,11 @@ async fn delete_project(
     )
     .bind(&project.id)
     .execute(&mut *transaction)
-    .await
-    .map_err(StorageError::from)?;
+    .await?;
     sqlx::query("DELETE FROM projects WHERE id = $1")
         .bind(&project.id)
         .execute(&mut *transaction)
-        .await
-        .map_err(StorageError::from)?;
+        .await?;
     audit::record(
         &mut *transaction,
         &scope.access.principal,
@@ -232,6 +210,6 @@ async fn delete_project(
         },
     )
     .await?;
-    transaction.commit().await.map_err(StorageError::from)?;
+    transaction.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,9 +1,12 @@
 //! Stages of a project (`default`, `staging`, `production`...): where versions are deployed.
 
 use crate::audit::{self, Change};
+use crate::deployments::{count_live, Within};
 use crate::error::{ApiError, Json};
+use crate::idempotency::IdempotencyKey;
 use crate::permissions::{
-    check_alias, check_name, is_id, require, Level, ProjectScope, StageScope,
+    check_alias, check_name, is_id, require, Level, ProjectPath, ProjectScope, StagePath,
+    StageScope,
 };
 use crate::server::AppState;
 use crate::storage::{new_id, now_millis, Database, StorageError};
@@ -58,9 +61,7 @@ pub async fn find(
 /// Create a stage (project managers).
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/projects/{project}/stages", tag = "stages",
     request_body = CreateNamed,
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("project" = String, Path, description = "project id or alias"),
-           ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first result")),
+    params(ProjectPath, IdempotencyKey),
     security(("bearer" = [])),
     responses((status = 201, body = Stage), (status = "4XX", body = ErrorBody)))]
 async fn create_stage(
@@ -81,12 +82,7 @@ async fn create_stage(
         current_deployment_id: None,
         created_at: now_millis(),
     };
-    let mut transaction = state
-        .database
-        .writer()
-        .begin()
-        .await
-        .map_err(StorageError::from)?;
+    let mut transaction = state.database.writer().begin().await?;
     sqlx::query(
         "INSERT INTO stages (id, project_id, alias, name, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -111,14 +107,13 @@ async fn create_stage(
         },
     )
     .await?;
-    transaction.commit().await.map_err(StorageError::from)?;
+    transaction.commit().await?;
     Ok((StatusCode::CREATED, Json(stage)))
 }
 
 /// Stages of the project the caller can see.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/projects/{project}/stages", tag = "stages",
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("project" = String, Path, description = "project id or alias")),
+    params(ProjectPath),
     security(("bearer" = [])),
     responses((status = 200, body = StageList), (status = "4XX", body = ErrorBody)))]
 async fn list_stages(
@@ -130,8 +125,7 @@ async fn list_stages(
     ))
     .bind(&scope.project.id)
     .fetch_all(state.database.reader())
-    .await
-    .map_err(StorageError::from)?;
+    .await?;
     let stages = rows
         .iter()
         .map(stage)
@@ -142,9 +136,7 @@ async fn list_stages(
 
 /// One stage, with its current deployment.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/projects/{project}/stages/{stage}", tag = "stages",
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("project" = String, Path, description = "project id or alias"),
-           ("stage" = String, Path, description = "stage id or alias")),
+    params(StagePath),
     security(("bearer" = [])),
     responses((status = 200, body = Stage), (status = "4XX", body = ErrorBody)))]
 async fn get_stage(scope: StageScope) -> Json<Stage> {
@@ -154,9 +146,7 @@ async fn get_stage(scope: StageScope) -> Json<Stage> {
 /// Delete a stage and its deployment history (project managers). Refused while one of its
 /// deployments is active or draining.
 #[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/projects/{project}/stages/{stage}", tag = "stages",
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("project" = String, Path, description = "project id or alias"),
-           ("stage" = String, Path, description = "stage id or alias")),
+    params(StagePath),
     security(("bearer" = [])),
     responses((status = 204), (status = "4XX", body = ErrorBody)))]
 async fn delete_stage(
@@ -168,19 +158,8 @@ async fn delete_stage(
         Level::Manager,
     )?;
     let stage = &scope.stage;
-    let mut transaction = state
-        .database
-        .writer()
-        .begin()
-        .await
-        .map_err(StorageError::from)?;
-    let live: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM deployments WHERE stage_id = $1 AND status IN ('active', 'draining')",
-    )
-    .bind(&stage.id)
-    .fetch_one(&mut *transaction)
-    .await
-    .map_err(StorageError::from)?;
+    let mut transaction = state.database.writer().begin().await?;
+    let live = count_live(&mut *transaction, Within::Stage(&stage.id)).await?;
     if live > 0 {
         return Err(ApiError::conflict(
             "stage_has_live_deployments",
@@ -190,13 +169,11 @@ async fn delete_stage(
     sqlx::query("DELETE FROM grants WHERE scope_kind = 'stage' AND scope_id = $1")
         .bind(&stage.id)
         .execute(&mut *transaction)
-        .await
-        .map_err(StorageError::from)?;
+        .await?;
     sqlx::query("DELETE FROM stages WHERE id = $1")
         .bind(&stage.id)
         .execute(&mut *transaction)
-        .await
-        .map_err(StorageError::from)?;
+        .await?;
     audit::record(
         &mut *transaction,
         &scope.access.principal,
@@ -210,6 +187,6 @@ async fn delete_stage(
         },
     )
     .await?;
-    transaction.commit().await.map_err(StorageError::from)?;
+    transaction.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

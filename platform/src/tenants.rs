@@ -2,8 +2,10 @@
 //! a developer sees the tenants it holds a grant in.
 
 use crate::audit::{self, Change};
+use crate::deployments::{count_live, Within};
 use crate::error::{ApiError, Json};
-use crate::permissions::{check_alias, check_name, is_id, Principal, TenantScope};
+use crate::idempotency::IdempotencyKey;
+use crate::permissions::{check_alias, check_name, is_id, Principal, TenantPath, TenantScope};
 use crate::server::AppState;
 use crate::storage::{new_id, now_millis, Database, StorageError};
 use axum::extract::State;
@@ -58,7 +60,7 @@ pub fn alias_conflict(error: StorageError, alias: Option<&str>) -> ApiError {
 
 /// Create a tenant (admin, support).
 #[utoipa::path(post, path = "/api/v1/tenants", tag = "tenants", request_body = CreateTenant,
-    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first result")),
+    params(IdempotencyKey),
     security(("bearer" = [])),
     responses((status = 201, body = Tenant), (status = "4XX", body = ErrorBody)))]
 async fn create_tenant(
@@ -77,12 +79,7 @@ async fn create_tenant(
         name: request.name,
         created_at: now_millis(),
     };
-    let mut transaction = state
-        .database
-        .writer()
-        .begin()
-        .await
-        .map_err(StorageError::from)?;
+    let mut transaction = state.database.writer().begin().await?;
     sqlx::query("INSERT INTO tenants (id, alias, name, created_at) VALUES ($1, $2, $3, $4)")
         .bind(&tenant.id)
         .bind(&tenant.alias)
@@ -104,7 +101,7 @@ async fn create_tenant(
         },
     )
     .await?;
-    transaction.commit().await.map_err(StorageError::from)?;
+    transaction.commit().await?;
     Ok((StatusCode::CREATED, Json(tenant)))
 }
 
@@ -128,8 +125,7 @@ async fn list_tenants(
         .bind(&principal.account_id)
         .fetch_all(state.database.reader())
         .await
-    }
-    .map_err(StorageError::from)?;
+    }?;
     Ok(Json(TenantList {
         tenants: rows.iter().map(tenant).collect(),
     }))
@@ -137,7 +133,7 @@ async fn list_tenants(
 
 /// One tenant (staff, or a developer with any grant in it).
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}", tag = "tenants",
-    params(("tenant" = String, Path, description = "tenant id or alias")),
+    params(TenantPath),
     security(("bearer" = [])),
     responses((status = 200, body = Tenant), (status = "4XX", body = ErrorBody)))]
 async fn get_tenant(scope: TenantScope) -> Json<Tenant> {
@@ -147,7 +143,7 @@ async fn get_tenant(scope: TenantScope) -> Json<Tenant> {
 /// Delete a tenant and everything in it (admin, support). Refused while a deployment in it is
 /// active or draining.
 #[utoipa::path(delete, path = "/api/v1/tenants/{tenant}", tag = "tenants",
-    params(("tenant" = String, Path, description = "tenant id or alias")),
+    params(TenantPath),
     security(("bearer" = [])),
     responses((status = 204), (status = "4XX", body = ErrorBody)))]
 async fn delete_tenant(
@@ -156,21 +152,8 @@ async fn delete_tenant(
 ) -> Result<StatusCode, ApiError> {
     scope.access.principal.require_staff()?;
     let tenant = &scope.tenant;
-    let mut transaction = state
-        .database
-        .writer()
-        .begin()
-        .await
-        .map_err(StorageError::from)?;
-    let live: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM deployments d JOIN stages s ON s.id = d.stage_id \
-         JOIN projects p ON p.id = s.project_id \
-         WHERE p.tenant_id = $1 AND d.status IN ('active', 'draining')",
-    )
-    .bind(&tenant.id)
-    .fetch_one(&mut *transaction)
-    .await
-    .map_err(StorageError::from)?;
+    let mut transaction = state.database.writer().begin().await?;
+    let live = count_live(&mut *transaction, Within::Tenant(&tenant.id)).await?;
     if live > 0 {
         return Err(ApiError::conflict(
             "tenant_has_live_deployments",
@@ -180,8 +163,7 @@ async fn delete_tenant(
     sqlx::query("DELETE FROM tenants WHERE id = $1")
         .bind(&tenant.id)
         .execute(&mut *transaction)
-        .await
-        .map_err(StorageError::from)?;
+        .await?;
     audit::record(
         &mut *transaction,
         &scope.access.principal,
@@ -195,6 +177,6 @@ async fn delete_tenant(
         },
     )
     .await?;
-    transaction.commit().await.map_err(StorageError::from)?;
+    transaction.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -42,8 +42,7 @@ async fn create_user(
         .bind(hash_secret(&user.secret))
         .bind(now_millis())
         .execute(state.database.writer())
-        .await
-        .map_err(StorageError::from)?;
+        .await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -61,8 +60,7 @@ async fn sign_in(
     let row = sqlx::query("SELECT secret_hash, disabled_at FROM users WHERE id = $1")
         .bind(&request.user_id)
         .fetch_optional(state.database.reader())
-        .await
-        .map_err(StorageError::from)?
+        .await?
         .ok_or_else(refused)?;
     let secret_hash: Option<String> = row.get(0);
     let disabled_at: Option<i64> = row.get(1);
@@ -121,8 +119,7 @@ async fn device_sign_in(
             .bind(&device_hash)
             .bind(now_millis())
             .execute(database.writer())
-            .await
-            .map_err(StorageError::from)?;
+            .await?;
             if inserted.rows_affected() == 1 {
                 (created_id, None, true)
             } else {

@@ -3,8 +3,10 @@
 //! then kept content-addressed (sha256) in the database so that every node reads the same bytes.
 
 use crate::audit::{self, Change};
+use crate::deployments::{count_live, Within};
 use crate::error::{ApiError, Json, Path, Query};
-use crate::permissions::{require, Level, ProjectScope};
+use crate::idempotency::IdempotencyKey;
+use crate::permissions::{require, Level, ProjectPath, ProjectScope};
 use crate::server::AppState;
 use crate::storage::{new_id, now_millis, Database, StorageError};
 use axum::body::Bytes;
@@ -101,10 +103,7 @@ pub struct UploadOptions {
 /// checked whole (manifest, modes, entry files, paths, links, sizes) before anything is stored.
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/projects/{project}/versions", tag = "versions",
     request_body(content = Vec<u8>, content_type = "application/gzip", description = "tar.gz of the bundle directory"),
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("project" = String, Path, description = "project id or alias"),
-           UploadOptions,
-           ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first result")),
+    params(ProjectPath, UploadOptions, IdempotencyKey),
     security(("bearer" = [])),
     responses((status = 201, body = Version), (status = "4XX", body = ErrorBody)))]
 async fn upload_version(
@@ -134,12 +133,7 @@ async fn upload_version(
     let id = new_id();
     let now = now_millis();
 
-    let mut transaction = state
-        .database
-        .writer()
-        .begin()
-        .await
-        .map_err(StorageError::from)?;
+    let mut transaction = state.database.writer().begin().await?;
     sqlx::query(
         "INSERT INTO bundles (sha256, content, size, created_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (sha256) DO NOTHING",
@@ -149,16 +143,14 @@ async fn upload_version(
     .bind(archive.len() as i64)
     .bind(now)
     .execute(&mut *transaction)
-    .await
-    .map_err(StorageError::from)?;
+    .await?;
     // Numbers count up per project; the unique index refuses a duplicate from a racing upload.
     let number: i64 = sqlx::query_scalar(
         "SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE project_id = $1",
     )
     .bind(&scope.project.id)
     .fetch_one(&mut *transaction)
-    .await
-    .map_err(StorageError::from)?;
+    .await?;
     sqlx::query(
         "INSERT INTO versions (id, project_id, number, bundle_sha256, manifest, note, created_by, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -200,7 +192,7 @@ async fn upload_version(
         },
     )
     .await?;
-    transaction.commit().await.map_err(StorageError::from)?;
+    transaction.commit().await?;
     let version = find(&state.database, &scope.project.id, &id)
         .await?
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("uploaded version vanished")))?;
@@ -209,8 +201,7 @@ async fn upload_version(
 
 /// Versions of the project, newest first.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/projects/{project}/versions", tag = "versions",
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("project" = String, Path, description = "project id or alias")),
+    params(ProjectPath),
     security(("bearer" = [])),
     responses((status = 200, body = VersionList), (status = "4XX", body = ErrorBody)))]
 async fn list_versions(
@@ -222,8 +213,7 @@ async fn list_versions(
     ))
     .bind(&scope.project.id)
     .fetch_all(state.database.reader())
-    .await
-    .map_err(StorageError::from)?;
+    .await?;
     Ok(Json(VersionList {
         versions: rows.iter().map(version).collect(),
     }))
@@ -247,9 +237,7 @@ async fn version_in_path(
 
 /// One version.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/projects/{project}/versions/{version}", tag = "versions",
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("project" = String, Path, description = "project id or alias"),
-           ("version" = String, Path, description = "version id or number")),
+    params(ProjectPath, ("version" = String, Path, description = "version id or number")),
     security(("bearer" = [])),
     responses((status = 200, body = Version), (status = "4XX", body = ErrorBody)))]
 async fn get_version(
@@ -262,9 +250,7 @@ async fn get_version(
 
 /// The version's bundle archive, as uploaded.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/projects/{project}/versions/{version}/bundle", tag = "versions",
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("project" = String, Path, description = "project id or alias"),
-           ("version" = String, Path, description = "version id or number")),
+    params(ProjectPath, ("version" = String, Path, description = "version id or number")),
     security(("bearer" = [])),
     responses((status = 200, description = "tar.gz", content_type = "application/gzip"), (status = "4XX", body = ErrorBody)))]
 async fn download_bundle(
@@ -276,8 +262,7 @@ async fn download_bundle(
     let content: Vec<u8> = sqlx::query_scalar("SELECT content FROM bundles WHERE sha256 = $1")
         .bind(&version.bundle_sha256)
         .fetch_one(state.database.reader())
-        .await
-        .map_err(StorageError::from)?;
+        .await?;
     let filename = format!("attachment; filename=\"version-{}.tar.gz\"", version.number);
     Ok((
         [
@@ -291,9 +276,7 @@ async fn download_bundle(
 /// Delete a version (project managers). A version that an active or draining deployment runs
 /// cannot be deleted; deployment history keeps naming it.
 #[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/projects/{project}/versions/{version}", tag = "versions",
-    params(("tenant" = String, Path, description = "tenant id or alias"),
-           ("project" = String, Path, description = "project id or alias"),
-           ("version" = String, Path, description = "version id or number")),
+    params(ProjectPath, ("version" = String, Path, description = "version id or number")),
     security(("bearer" = [])),
     responses((status = 204), (status = "4XX", body = ErrorBody)))]
 async fn delete_version(
@@ -303,19 +286,8 @@ async fn delete_version(
 ) -> Result<StatusCode, ApiError> {
     require(scope.level(), Level::Manager)?;
     let version = version_in_path(&state, &scope, &path.version).await?;
-    let mut transaction = state
-        .database
-        .writer()
-        .begin()
-        .await
-        .map_err(StorageError::from)?;
-    let live: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM deployments WHERE version_id = $1 AND status IN ('active', 'draining')",
-    )
-    .bind(&version.id)
-    .fetch_one(&mut *transaction)
-    .await
-    .map_err(StorageError::from)?;
+    let mut transaction = state.database.writer().begin().await?;
+    let live = count_live(&mut *transaction, Within::Version(&version.id)).await?;
     if live > 0 {
         return Err(ApiError::conflict(
             "version_deployed",
@@ -329,8 +301,7 @@ async fn delete_version(
         .bind(&version.id)
         .bind(now_millis())
         .execute(&mut *transaction)
-        .await
-        .map_err(StorageError::from)?;
+        .await?;
     audit::record(
         &mut *transaction,
         &scope.access.principal,
@@ -344,6 +315,6 @@ async fn delete_version(
         },
     )
     .await?;
-    transaction.commit().await.map_err(StorageError::from)?;
+    transaction.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

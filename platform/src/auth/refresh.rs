@@ -77,11 +77,7 @@ pub async fn rotate(
 ) -> Result<TokenPair, ApiError> {
     let token_hash = hash_secret(presented);
     let now = now_millis();
-    let mut transaction = database
-        .writer()
-        .begin()
-        .await
-        .map_err(StorageError::from)?;
+    let mut transaction = database.writer().begin().await?;
     let spent = sqlx::query(
         "UPDATE refresh_tokens SET used_at = $2 \
          WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2 \
@@ -90,12 +86,11 @@ pub async fn rotate(
     .bind(&token_hash)
     .bind(now)
     .fetch_optional(&mut *transaction)
-    .await
-    .map_err(StorageError::from)?;
+    .await?;
 
     let Some(spent) = spent else {
         let refusal = refuse(&mut transaction, &token_hash, now).await?;
-        transaction.commit().await.map_err(StorageError::from)?;
+        transaction.commit().await?;
         return Err(refusal);
     };
     let family: String = spent.get(0);
@@ -105,7 +100,7 @@ pub async fn rotate(
 
     if !subject_is_active(&mut transaction, &subject, role).await? {
         revoke_family_in(&mut transaction, &family, now).await?;
-        transaction.commit().await.map_err(StorageError::from)?;
+        transaction.commit().await?;
         return Err(ApiError::unauthorized(
             "account_disabled",
             "this account is disabled",
@@ -114,7 +109,7 @@ pub async fn rotate(
 
     let refresh_token =
         insert_refresh_token(&mut *transaction, tokens, &family, &subject, role, now).await?;
-    transaction.commit().await.map_err(StorageError::from)?;
+    transaction.commit().await?;
     Ok(pair(tokens, &subject, role, refresh_token))
 }
 
@@ -129,8 +124,7 @@ async fn refuse(
     )
     .bind(token_hash)
     .fetch_optional(&mut **transaction)
-    .await
-    .map_err(StorageError::from)?;
+    .await?;
     let Some(row) = row else {
         return Ok(ApiError::unauthorized(
             "invalid_refresh_token",
@@ -172,8 +166,7 @@ async fn subject_is_active(
     let disabled_at: Option<Option<i64>> = sqlx::query_scalar(query)
         .bind(subject)
         .fetch_optional(&mut **transaction)
-        .await
-        .map_err(StorageError::from)?;
+        .await?;
     Ok(matches!(disabled_at, Some(None)))
 }
 
