@@ -75,33 +75,16 @@ async fn wrong_content_type_is_415(backend: Backend) {
 }
 
 async fn oversized_bodies_are_refused_without_being_read(backend: Backend) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app(backend).await;
     // Announce 10 MB, send only the first kilobyte: the answer must come without the rest.
-    let mut socket = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://"))
-        .await
-        .unwrap();
-    let head = format!(
-        "POST /api/v1/users/device-sign-in HTTP/1.1\r\nhost: rally\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        10 * 1024 * 1024
-    );
-    socket.write_all(head.as_bytes()).await.unwrap();
-    socket.write_all(&[b'x'; 1024]).await.unwrap();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        let mut buffer = [0u8; 4096];
-        while !String::from_utf8_lossy(&answer).contains("}}") {
-            let count = socket.read(&mut buffer).await.unwrap();
-            if count == 0 {
-                break;
-            }
-            answer.extend_from_slice(&buffer[..count]);
-        }
-    })
+    let answer = crate::helpers::announce_body(
+        &app,
+        "/api/v1/users/device-sign-in",
+        "application/json",
+        10 * 1024 * 1024,
+        None,
+    )
     .await;
-    assert!(read.is_ok(), "the platform waited for the body");
-    let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(
         answer.contains("\"code\":\"payload_too_large\""),

@@ -205,3 +205,41 @@ pub fn assert_api_error<T: std::fmt::Debug>(
         other => panic!("expected HTTP {status} {code}, got {other:?}"),
     }
 }
+
+/// Sends the head of a request announcing a `length`-byte body plus its first kilobyte, then
+/// reads the answer: it must come without the rest of the body. Returns the raw answer.
+pub async fn announce_body(
+    app: &TestApp,
+    path: &str,
+    content_type: &str,
+    length: u64,
+    token: Option<&str>,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let authorization = token
+        .map(|token| format!("authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: rally\r\ncontent-type: {content_type}\r\n\
+         {authorization}content-length: {length}\r\n\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(&[b'x'; 1024]).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buffer = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("}}") {
+            let count = socket.read(&mut buffer).await.unwrap();
+            if count == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buffer[..count]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the platform waited for the body of {path}");
+    String::from_utf8_lossy(&answer).into_owned()
+}

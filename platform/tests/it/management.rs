@@ -189,6 +189,16 @@ async fn oversized_archives_and_bombs_are_refused_early(backend: Backend) {
         413,
         "payload_too_large",
     );
+    // A 1 GB upload is answered from its length, before any of it is read.
+    let answer = crate::helpers::announce_body(
+        &app,
+        "/api/v1/tenants/studio/projects/game/versions",
+        "application/gzip",
+        1 << 30,
+        admin.access_token(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     // A small archive that inflates to 16 MiB: refused once the limit is passed.
     let mut bomb = RawArchive::new().file("rally.toml", MANIFEST);
     let zeros = vec![0u8; 16 * 1024 * 1024];
