@@ -1,0 +1,2 @@
+//! Placeholder until the Lua engine lands.
+fn main() {}

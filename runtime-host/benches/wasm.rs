@@ -1,0 +1,2 @@
+//! Placeholder until the WASM engine lands.
+fn main() {}

@@ -1,0 +1,5 @@
+//! The runtime host: loads a version's bundle, runs its lobby or match logic in a sandboxed
+//! engine (Lua or WASM), and connects it to the platform through the runtime protocol.
+#![forbid(unsafe_code)]
+
+pub mod engine;

@@ -1,0 +1,206 @@
+//! The runtime protocol (version 1): what the platform and a runtime (a lobby or a match of a
+//! game's logic) say to each other over the runtime WebSocket. `docs/protocol.md` describes it
+//! for implementers in other languages; these types are its reference.
+//!
+//! Every WebSocket text frame carries one [`Frame`]: a batch of messages, so that a busy
+//! runtime sends one frame per tick rather than one per message. Payloads for players are
+//! [`Payload`]s: text as is, binary as base64.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The WebSocket subprotocol naming the version, offered by the runtime when it connects.
+pub const SUBPROTOCOL: &str = "rally.runtime.v1";
+
+/// Environment variables a runtime process is started with.
+pub mod env {
+    /// The runtime's id (a UUID).
+    pub const RUNTIME_ID: &str = "RALLY_RUNTIME_ID";
+    /// The runtime's secret, exchanged for a token at `POST /api/v1/runtime/token`.
+    pub const RUNTIME_SECRET: &str = "RALLY_RUNTIME_SECRET";
+    /// `lobby` or `match`.
+    pub const QUALIFIER: &str = "RALLY_RUNTIME_QUALIFIER";
+    /// The platform's base URL, e.g. `http://127.0.0.1:7350`.
+    pub const PLATFORM_URL: &str = "RALLY_PLATFORM_URL";
+    /// A bundle on local disk (a directory or a tar.gz); when unset the runtime fetches its
+    /// version's bundle from the platform.
+    pub const BUNDLE: &str = "RALLY_BUNDLE";
+}
+
+/// Which logic a runtime runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Qualifier {
+    Lobby,
+    Match,
+}
+
+impl Qualifier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Qualifier::Lobby => "lobby",
+            Qualifier::Match => "match",
+        }
+    }
+}
+
+/// A message for or from a player: text frames stay text, binary frames stay binary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Payload {
+    Text(String),
+    /// Base64 (standard alphabet, padded) of the bytes.
+    Binary(String),
+}
+
+impl Payload {
+    /// Size in bytes of what the player sends or receives.
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Text(text) => text.len(),
+            Payload::Binary(base64) => base64.len() / 4 * 3,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One WebSocket text frame: messages in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Frame<M> {
+    pub messages: Vec<M>,
+}
+
+/// `POST /api/v1/runtime/token`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RuntimeTokenRequest {
+    pub runtime_id: String,
+    pub secret: String,
+}
+
+/// Platform → runtime.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PlatformMessage {
+    /// First message on every connection.
+    Hello {
+        protocol: u32,
+        runtime_id: String,
+        /// The platform closes a connection silent for twice this long; the runtime pings at
+        /// least this often (WebSocket ping frames count).
+        heartbeat_secs: u32,
+    },
+    /// Once per runtime life, after the first `hello` (not again on reconnect).
+    RuntimeCreated {
+        qualifier: Qualifier,
+        /// The version's manifest (`rally_sdk::manifest::Manifest` as JSON).
+        manifest: serde_json::Value,
+        /// The deployment's effective config.
+        config: serde_json::Value,
+        user_data: serde_json::Value,
+        /// The mode of a match; `None` for lobbies.
+        mode: Option<String>,
+    },
+    ClientAssigned {
+        client_id: String,
+        user_id: String,
+        profile: serde_json::Value,
+        /// The team of a match client; `None` in lobbies.
+        group: Option<String>,
+    },
+    ClientRemoved {
+        client_id: String,
+        /// `left`, `kicked`, `matched`, `match_ended`, `timeout`, ...
+        reason: String,
+    },
+    MessageReceived {
+        client_id: String,
+        payload: Payload,
+    },
+    /// Finish up: the runtime has until `deadline_ms` (milliseconds from now) before it is
+    /// stopped.
+    StopRequested {
+        deadline_ms: u64,
+    },
+    /// A command was refused; the runtime goes on.
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+/// Runtime → platform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RuntimeCommand {
+    RespondClient {
+        client_id: String,
+        payload: Payload,
+    },
+    Multicast {
+        client_ids: Vec<String>,
+        payload: Payload,
+    },
+    /// To every client assigned to this runtime.
+    Broadcast {
+        payload: Payload,
+    },
+    SetProfile {
+        client_id: String,
+        profile: serde_json::Value,
+    },
+    KickClient {
+        client_id: String,
+        reason: String,
+    },
+    RequestMatchmaking {
+        client_id: String,
+        mode: String,
+    },
+    /// Ends the match: its clients go back to a lobby.
+    StopMatch {
+        reason: String,
+    },
+    Log {
+        level: LogLevel,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_tagged_by_type() {
+        let frame = Frame {
+            messages: vec![RuntimeCommand::RespondClient {
+                client_id: "c1".into(),
+                payload: Payload::Text("hi".into()),
+            }],
+        };
+        let json = serde_json::to_string(&frame).unwrap();
+        assert_eq!(
+            json,
+            r#"{"messages":[{"type":"respond_client","client_id":"c1","payload":{"text":"hi"}}]}"#
+        );
+        let back: Frame<RuntimeCommand> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, frame);
+    }
+}
