@@ -5,8 +5,19 @@
 //! 3 not signed in or credentials refused, 4 the platform refused the request, 5 the platform
 //! could not be reached.
 
+mod args;
+mod audit;
+mod deploy;
+mod deployments;
 mod developers;
+mod permissions;
+mod progress;
+mod projects;
 mod session;
+mod stages;
+mod table;
+mod tenants;
+mod versions;
 
 pub use session::DEFAULT_URL;
 
@@ -14,6 +25,7 @@ use crate::config::{Config, LogFormat};
 use crate::server::{self, Platform};
 use crate::{accounts::AdminBootstrap, loadtest, telemetry};
 use clap::{Args, Parser, Subcommand};
+use rally_sdk::bundle::BundleError;
 use rally_sdk::ClientError;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,9 +52,31 @@ enum Command {
     Logout(session::TargetArgs),
     /// Show who the remembered (or given) token belongs to.
     Whoami(session::TargetArgs),
+    /// Pack a directory, check it, upload it as a new version and deploy it to a stage.
+    Deploy(deploy::DeployArgs),
+    /// Manage tenants (creating and deleting them takes an admin or support account).
+    #[command(subcommand)]
+    Tenant(tenants::TenantCommand),
+    /// Manage the projects of a tenant.
+    #[command(subcommand)]
+    Project(projects::ProjectCommand),
+    /// Manage the stages of a project (every project starts with `default`).
+    #[command(subcommand)]
+    Stage(stages::StageCommand),
+    /// Upload and inspect the versions of a project.
+    #[command(subcommand)]
+    Version(versions::VersionCommand),
+    /// Deploy versions to a stage, list and stop deployments.
+    #[command(subcommand)]
+    Deployment(deployments::DeploymentCommand),
     /// Manage developer accounts (admin or support).
     #[command(subcommand)]
     Developer(developers::DeveloperCommand),
+    /// Grant and revoke developers' roles in a tenant, a project or a stage (admin or support).
+    #[command(subcommand)]
+    Permission(permissions::PermissionCommand),
+    /// Show the audit log: who changed what, newest first.
+    Audit(audit::AuditArgs),
     /// Drive a running platform with load and print the figures.
     Loadtest(loadtest::LoadtestArgs),
 }
@@ -62,16 +96,67 @@ struct ServerArgs {
 pub enum CliError {
     #[error("{0}")]
     NotSignedIn(String),
-    #[error(transparent)]
+    /// The command line is well-formed for clap but still cannot be carried out as written.
+    #[error("{0}")]
+    Usage(String),
+    /// The bundle failed the local checks; nothing was sent.
+    #[error("{}", bundle_headline(.0))]
+    Bundle(BundleError),
+    #[error("{}", client_headline(.0))]
     Client(#[from] ClientError),
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),
+}
+
+fn bundle_headline(error: &BundleError) -> String {
+    if error.problems().is_empty() {
+        format!("{error} ({}); nothing was uploaded", error.code())
+    } else {
+        // The problems follow one per line; the error's own text would repeat them all.
+        format!(
+            "rally.toml is not a valid manifest ({}); nothing was uploaded:",
+            error.code()
+        )
+    }
+}
+
+fn client_headline(error: &ClientError) -> String {
+    match error {
+        ClientError::Api {
+            status,
+            code,
+            details,
+            ..
+        } if !api_problems(details.as_ref()).is_empty() => {
+            format!("the platform refused the request ({code}, HTTP {status}):")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// `details.problems` of an API error as `field: message` lines.
+fn api_problems(details: Option<&serde_json::Value>) -> Vec<String> {
+    let Some(problems) = details.and_then(|details| details["problems"].as_array()) else {
+        return Vec::new();
+    };
+    problems
+        .iter()
+        .map(|problem| {
+            let message = problem["message"].as_str().unwrap_or_default();
+            match problem["field"].as_str() {
+                Some(field) if !field.is_empty() => format!("{field}: {message}"),
+                _ => message.to_owned(),
+            }
+        })
+        .collect()
 }
 
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::NotSignedIn(_) => 3,
+            CliError::Usage(_) => 2,
+            CliError::Bundle(_) => 1,
             CliError::Client(ClientError::Api { status: 401, .. }) => 3,
             CliError::Client(ClientError::Api { .. } | ClientError::Unexpected { .. }) => 4,
             CliError::Client(ClientError::Transport(_)) => 5,
@@ -80,11 +165,23 @@ impl CliError {
         }
     }
 
+    /// Every individual problem behind the failure (a manifest's broken rules), one per line.
+    fn problems(&self) -> Vec<String> {
+        match self {
+            CliError::Bundle(error) => error.problems().iter().map(ToString::to_string).collect(),
+            CliError::Client(ClientError::Api { details, .. }) => api_problems(details.as_ref()),
+            _ => Vec::new(),
+        }
+    }
+
     /// What to do about it, when there is something obvious.
     fn hint(&self) -> Option<&'static str> {
         match self {
             CliError::NotSignedIn(_) => {
                 Some("sign in with `rally login --url URL --username NAME`")
+            }
+            CliError::Bundle(error) if !error.problems().is_empty() => {
+                Some("fix rally.toml and run the command again")
             }
             CliError::Client(error) => match error.code() {
                 Some(
@@ -95,15 +192,48 @@ impl CliError {
                     | "refresh_token_expired"
                     | "invalid_refresh_token",
                 ) => Some("sign in again with `rally login`"),
-                Some("forbidden") => Some("this needs an admin or support account"),
+                Some("forbidden") => Some(
+                    "your account may not do this: accounts, tenants and grants need an admin or \
+                     support account; changes inside a tenant need the manager role, which an \
+                     admin gives with `rally permission grant`",
+                ),
+                Some("not_found") => Some(
+                    "check the id or alias (`rally tenant list`, `rally project list --tenant T`); \
+                     a developer sees only what it has been granted",
+                ),
+                Some("account_disabled") => {
+                    Some("an admin can enable the account with `rally developer enable NAME`")
+                }
+                Some("idempotency_key_reused") => Some(
+                    "a different request needs a different --idempotency-key / RALLY_IDEMPOTENCY_KEY",
+                ),
+                Some(
+                    "tenant_has_live_deployments"
+                    | "project_has_live_deployments"
+                    | "stage_has_live_deployments"
+                    | "version_deployed",
+                ) => Some("stop its deployments first with `rally deployment stop ID`"),
+                Some("invalid_deployment_config") => Some(
+                    "check the --config KEY=VALUE settings against the modes and [deployment] \
+                     section of the version's rally.toml",
+                ),
                 _ if matches!(error, ClientError::Transport(_)) => {
                     Some("is the platform running? check --url / RALLY_URL")
                 }
                 _ => None,
             },
-            CliError::Other(_) => None,
+            _ => None,
         }
     }
+}
+
+/// Prints `value` as one line of JSON on stdout, for `--json`.
+fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
+    println!(
+        "{}",
+        serde_json::to_string(value).map_err(anyhow::Error::from)?
+    );
+    Ok(())
 }
 
 /// Entry point of the `rally` binary.
@@ -123,6 +253,9 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("rally: {error}");
+            for problem in error.problems() {
+                eprintln!("  {problem}");
+            }
             if let Some(hint) = error.hint() {
                 eprintln!("hint: {hint}");
             }
@@ -137,7 +270,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Login(args) => session::login(args).await,
         Command::Logout(args) => session::logout(args).await,
         Command::Whoami(args) => session::whoami(args).await,
+        Command::Deploy(args) => deploy::run(args).await,
+        Command::Tenant(command) => tenants::run(command).await,
+        Command::Project(command) => projects::run(command).await,
+        Command::Stage(command) => stages::run(command).await,
+        Command::Version(command) => versions::run(command).await,
+        Command::Deployment(command) => deployments::run(command).await,
         Command::Developer(command) => developers::run(command).await,
+        Command::Permission(command) => permissions::run(command).await,
+        Command::Audit(args) => audit::run(args).await,
         Command::Loadtest(args) => loadtest::run(args).await.map_err(CliError::Other),
     }
 }

@@ -13,7 +13,12 @@ async fn rally(config_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]
         .env("RALLY_CONFIG_DIR", config_dir)
         .env_remove("RALLY_URL")
         .env_remove("RALLY_TOKEN")
-        .env_remove("RALLY_PASSWORD");
+        .env_remove("RALLY_PASSWORD")
+        .env_remove("RALLY_TENANT")
+        .env_remove("RALLY_PROJECT")
+        .env_remove("RALLY_STAGE")
+        .env_remove("RALLY_IDEMPOTENCY_KEY")
+        .env_remove("RALLY_DEVELOPER_PASSWORD");
     for (key, value) in env {
         command.env(key, value);
     }
@@ -198,4 +203,725 @@ async fn failures_have_distinct_exit_codes() {
 
     let output = rally(config_dir.path(), &["developer", "frobnicate"], &[]).await;
     assert_eq!(output.status.code(), Some(2));
+}
+
+// ---- Management commands and `rally deploy` ----
+
+const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello");
+const DEVELOPER_PASSWORD: &str = "ada-password-for-tests";
+
+/// Runs a command that must succeed and returns its stdout.
+async fn rally_ok(config_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = rally(config_dir, args, env).await;
+    assert!(
+        output.status.success(),
+        "rally {args:?} failed ({:?}): {}",
+        output.status.code(),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+/// Runs a `--json` command that must succeed and parses what it printed.
+async fn rally_json(
+    config_dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let printed = rally_ok(config_dir, &args, env).await;
+    serde_json::from_str(&printed)
+        .unwrap_or_else(|error| panic!("rally {args:?} printed no JSON ({error}): {printed}"))
+}
+
+/// Two signed-in CLI users of one platform: the admin, and developer `ada`.
+struct Team {
+    admin: tempfile::TempDir,
+    developer: tempfile::TempDir,
+}
+
+/// Tenant `acme` and developer `ada`, signed in; `ada` is manager of `acme` when `grant` says
+/// so. Everything through the CLI.
+async fn team(app: &TestApp, grant: Option<&str>) -> Team {
+    let team = Team {
+        admin: tempfile::tempdir().unwrap(),
+        developer: tempfile::tempdir().unwrap(),
+    };
+    login(app, team.admin.path()).await;
+    let admin = team.admin.path();
+    rally_ok(
+        admin,
+        &[
+            "tenant",
+            "create",
+            "--name",
+            "Acme Games",
+            "--alias",
+            "acme",
+        ],
+        &[],
+    )
+    .await;
+    rally_ok(
+        admin,
+        &[
+            "developer",
+            "create",
+            "--username",
+            "ada",
+            "--password",
+            DEVELOPER_PASSWORD,
+        ],
+        &[],
+    )
+    .await;
+    if let Some(role) = grant {
+        rally_ok(
+            admin,
+            &[
+                "permission",
+                "grant",
+                "--tenant",
+                "acme",
+                "--developer",
+                "ada",
+                "--role",
+                role,
+            ],
+            &[],
+        )
+        .await;
+    }
+    rally_ok(
+        team.developer.path(),
+        &["login", "--url", &app.url, "--username", "ada"],
+        &[("RALLY_PASSWORD", DEVELOPER_PASSWORD)],
+    )
+    .await;
+    team
+}
+
+/// The walk-through a new studio follows, with nothing but the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_developer_deploys_hello_with_the_cli_alone() {
+    let app = spawn_app(Backend::Sqlite).await;
+
+    // The operator signs in, creates the tenant and the developer, and makes her its manager.
+    let admin = tempfile::tempdir().unwrap();
+    login(&app, admin.path()).await;
+    let tenant = rally_json(
+        admin.path(),
+        &[
+            "tenant",
+            "create",
+            "--name",
+            "Acme Games",
+            "--alias",
+            "acme",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(tenant["alias"], "acme");
+    let printed = rally_ok(
+        admin.path(),
+        &["developer", "create", "--username", "ada"],
+        &[],
+    )
+    .await;
+    let password = printed
+        .lines()
+        .find_map(|line| line.strip_prefix("password: "))
+        .unwrap_or_else(|| panic!("no generated password in: {printed}"))
+        .to_owned();
+    let grant = rally_json(
+        admin.path(),
+        &[
+            "permission",
+            "grant",
+            "--tenant",
+            "acme",
+            "--developer",
+            "ada",
+            "--role",
+            "manager",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (grant["scope"].as_str(), grant["role"].as_str()),
+        (Some("tenant"), Some("manager"))
+    );
+
+    // The developer signs in on her own machine and ships the example game.
+    let developer = tempfile::tempdir().unwrap();
+    rally_ok(
+        developer.path(),
+        &["login", "--url", &app.url, "--username", "ada"],
+        &[("RALLY_PASSWORD", &password)],
+    )
+    .await;
+    rally_ok(
+        developer.path(),
+        &[
+            "project", "create", "--tenant", "acme", "--name", "Hello", "--alias", "hello",
+        ],
+        &[],
+    )
+    .await;
+    let printed = rally_ok(
+        developer.path(),
+        &["deploy", HELLO, "--tenant", "acme", "--project", "hello"],
+        &[],
+    )
+    .await;
+
+    // The platform agrees: the `default` stage runs version 1.
+    let api = app.admin().await;
+    let stage = api.get_stage("acme", "hello", "default").await.unwrap();
+    let current = stage
+        .current_deployment_id
+        .expect("the default stage has a current deployment");
+    let deployment = api
+        .get_deployment("acme", "hello", "default", &current)
+        .await
+        .unwrap();
+    assert_eq!(deployment.version_number, 1);
+    assert_eq!(deployment.status, rally_sdk::wire::DeploymentStatus::Active);
+    let version = api.get_version("acme", "hello", "1").await.unwrap();
+    // What was printed is what was made.
+    for expected in [
+        "acme",
+        "hello",
+        "default",
+        &version.bundle_sha256,
+        &current,
+        "active",
+    ] {
+        assert!(
+            printed.contains(expected),
+            "{expected:?} missing from: {printed}"
+        );
+    }
+
+    // Scripts read the same through --json, with the scope from the environment.
+    let listed = rally_json(
+        developer.path(),
+        &["deployment", "list"],
+        &[("RALLY_TENANT", "acme"), ("RALLY_PROJECT", "hello")],
+    )
+    .await;
+    let deployments = listed["deployments"].as_array().unwrap();
+    assert_eq!(deployments.len(), 1, "{listed}");
+    assert_eq!(deployments[0]["id"], current.as_str());
+    assert_eq!(deployments[0]["version_number"], 1);
+    assert_eq!(deployments[0]["status"], "active");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_manifest_is_refused_before_anything_is_uploaded() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let team = team(&app, Some("manager")).await;
+    rally_ok(
+        team.developer.path(),
+        &[
+            "project", "create", "--tenant", "acme", "--name", "Hello", "--alias", "hello",
+        ],
+        &[],
+    )
+    .await;
+    let broken = tempfile::tempdir().unwrap();
+    for file in ["lobby.lua", "match.lua"] {
+        std::fs::copy(format!("{HELLO}/{file}"), broken.path().join(file)).unwrap();
+    }
+    std::fs::write(
+        broken.path().join("rally.toml"),
+        "[runtime]\nkind = \"lua\"\nlobby = \"lobby.lua\"\nmatch = \"match.lua\"\ntick_rate = 0\n\n\
+         [[modes]]\nname = \"duel\"\nmin_players = 3\nmax_players = 2\n\
+         groups = [{ name = \"all\", min_players = 1, max_players = 2 }]\n",
+    )
+    .unwrap();
+    let directory = broken.path().to_str().unwrap();
+
+    let output = rally(
+        team.developer.path(),
+        &[
+            "deploy",
+            directory,
+            "--tenant",
+            "acme",
+            "--project",
+            "hello",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let printed = stderr(&output);
+    assert!(printed.contains("nothing was uploaded"), "{printed}");
+    // Every problem on a line of its own, as `field: message`.
+    for field in ["runtime.tick_rate: ", "modes[0].max_players: "] {
+        assert!(
+            printed
+                .lines()
+                .any(|line| line.trim_start().starts_with(field)),
+            "no line for {field:?} in: {printed}"
+        );
+    }
+    assert!(stdout(&output).is_empty());
+    let versions = app
+        .admin()
+        .await
+        .list_versions("acme", "hello")
+        .await
+        .unwrap();
+    assert!(versions.is_empty(), "{versions:?}");
+
+    // The check needs no platform at all: it fails the same way before any sign-in.
+    let nobody = tempfile::tempdir().unwrap();
+    let output = rally(
+        nobody.path(),
+        &[
+            "version",
+            "upload",
+            directory,
+            "--tenant",
+            "acme",
+            "--project",
+            "hello",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("runtime.tick_rate: "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_developer_without_a_grant_is_refused() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let team = team(&app, None).await;
+    rally_ok(
+        team.admin.path(),
+        &[
+            "project", "create", "--tenant", "acme", "--name", "Hello", "--alias", "hello",
+        ],
+        &[],
+    )
+    .await;
+
+    let output = rally(
+        team.developer.path(),
+        &["deploy", HELLO, "--tenant", "acme", "--project", "hello"],
+        &[],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    let printed = stderr(&output);
+    assert!(
+        printed.contains("not_found") || printed.contains("forbidden"),
+        "{printed}"
+    );
+    assert!(printed.contains("hint: "), "{printed}");
+    let output = rally(
+        team.developer.path(),
+        &["project", "list", "--tenant", "acme"],
+        &[],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(stderr(&output).contains("not_found"), "{}", stderr(&output));
+
+    // A viewer may look but not ship: refused before the upload, so no version is made.
+    rally_ok(
+        team.admin.path(),
+        &[
+            "permission",
+            "grant",
+            "--tenant",
+            "acme",
+            "--developer",
+            "ada",
+            "--role",
+            "viewer",
+        ],
+        &[],
+    )
+    .await;
+    let listed = rally_json(
+        team.developer.path(),
+        &["project", "list", "--tenant", "acme"],
+        &[],
+    )
+    .await;
+    assert_eq!(listed["projects"][0]["alias"], "hello");
+    let output = rally(
+        team.developer.path(),
+        &["deploy", HELLO, "--tenant", "acme", "--project", "hello"],
+        &[],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(stderr(&output).contains("forbidden"), "{}", stderr(&output));
+    let versions = app
+        .admin()
+        .await
+        .list_versions("acme", "hello")
+        .await
+        .unwrap();
+    assert!(versions.is_empty(), "{versions:?}");
+
+    // And developers never administer tenants.
+    let output = rally(
+        team.developer.path(),
+        &["tenant", "create", "--name", "Mine"],
+        &[],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(stderr(&output).contains("forbidden"), "{}", stderr(&output));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_prints_json_for_scripts() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let team = team(&app, Some("manager")).await;
+    let admin = team.admin.path();
+    let developer = team.developer.path();
+    let scope: &[(&str, &str)] = &[("RALLY_TENANT", "acme"), ("RALLY_PROJECT", "hello")];
+
+    let project = rally_json(
+        developer,
+        &["project", "create", "--name", "Hello", "--alias", "hello"],
+        scope,
+    )
+    .await;
+    let deployed = rally_json(developer, &["deploy", HELLO, "--note", "first"], scope).await;
+    assert_eq!(deployed["version"]["number"], 1);
+    assert_eq!(deployed["version"]["note"], "first");
+    assert_eq!(deployed["deployment"]["status"], "active");
+    let deployment_id = deployed["deployment"]["id"].as_str().unwrap();
+
+    assert_eq!(
+        rally_json(admin, &["tenant", "list"], &[]).await["tenants"][0]["alias"],
+        "acme"
+    );
+    assert_eq!(
+        rally_json(developer, &["tenant", "show", "acme"], &[]).await["name"],
+        "Acme Games"
+    );
+    assert_eq!(
+        rally_json(developer, &["project", "list"], scope).await["projects"][0]["id"],
+        project["id"]
+    );
+    assert_eq!(
+        rally_json(developer, &["project", "show", "hello"], scope).await["id"],
+        project["id"]
+    );
+    let staging = rally_json(
+        developer,
+        &["stage", "create", "--name", "Staging", "--alias", "staging"],
+        scope,
+    )
+    .await;
+    assert_eq!(staging["alias"], "staging");
+    assert_eq!(
+        rally_json(developer, &["stage", "list"], scope).await["stages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        rally_json(developer, &["stage", "show", "default"], scope).await["current_deployment_id"],
+        deployment_id
+    );
+    assert_eq!(
+        rally_json(developer, &["stage", "delete", "staging"], scope).await["deleted"],
+        true
+    );
+    assert_eq!(
+        rally_json(developer, &["version", "list"], scope).await["versions"][0]["number"],
+        1
+    );
+    assert_eq!(
+        rally_json(developer, &["version", "show", "1"], scope).await["manifest"]["runtime"]
+            ["kind"],
+        "lua"
+    );
+    assert_eq!(
+        rally_json(developer, &["deployment", "show", deployment_id], scope).await
+            ["version_number"],
+        1
+    );
+    let stopped = rally_json(developer, &["deployment", "stop", deployment_id], scope).await;
+    // Draining closes within seconds once nothing runs, possibly before the answer is read.
+    assert!(
+        ["draining", "closed"].contains(&stopped["status"].as_str().unwrap()),
+        "{stopped}"
+    );
+    assert_eq!(
+        rally_json(admin, &["permission", "list"], scope).await["grants"][0]["username"],
+        "ada"
+    );
+    assert_eq!(
+        rally_json(admin, &["developer", "list"], &[]).await["accounts"][0]["username"],
+        "ada"
+    );
+    assert_eq!(
+        rally_json(admin, &["developer", "show", "ada"], &[]).await["disabled"],
+        false
+    );
+    let actions: Vec<String> = rally_json(developer, &["audit", "--limit", "10"], scope).await
+        ["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        actions.contains(&"deployment.create".to_owned()),
+        "{actions:?}"
+    );
+    assert!(!rally_json(admin, &["audit"], &[]).await["entries"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // People get aligned tables instead.
+    let table = rally_ok(developer, &["version", "list"], scope).await;
+    let mut lines = table.lines();
+    let header = lines.next().unwrap();
+    assert!(header.starts_with("VERSION  "), "{table}");
+    let row = lines.next().unwrap();
+    assert_eq!(row.find("first"), header.find("NOTE"), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_overrides_config_and_retries_safely() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let team = team(&app, Some("manager")).await;
+    let developer = team.developer.path();
+    let scope: &[(&str, &str)] = &[("RALLY_TENANT", "acme"), ("RALLY_PROJECT", "hello")];
+    rally_ok(
+        developer,
+        &["project", "create", "--name", "Hello", "--alias", "hello"],
+        scope,
+    )
+    .await;
+
+    let args = [
+        "deploy",
+        HELLO,
+        "--config",
+        "min_lobbies=2",
+        "--config",
+        "warm_matches.duel=1",
+        "--idempotency-key",
+        "ship-1",
+    ];
+    let first = rally_json(developer, &args, scope).await;
+    assert_eq!(first["deployment"]["config"]["min_lobbies"], 2);
+    assert_eq!(first["deployment"]["config"]["warm_matches"]["duel"], 1);
+    // A retry of the same deploy (say after a dropped connection) makes nothing new.
+    let retried = rally_json(developer, &args, scope).await;
+    assert_eq!(retried["deployment"]["id"], first["deployment"]["id"]);
+    assert_eq!(retried["version"]["number"], 1);
+    let versions = rally_json(developer, &["version", "list"], scope).await;
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 1);
+
+    // The platform's objections to a config come back one per line.
+    let output = rally(
+        developer,
+        &[
+            "deployment",
+            "create",
+            "--version",
+            "1",
+            "--config",
+            "warm_matches.nope=1",
+        ],
+        scope,
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(
+        stderr(&output).lines().any(|line| line
+            .trim_start()
+            .starts_with("deployment.warm_matches.nope: ")),
+        "{}",
+        stderr(&output)
+    );
+    assert!(stderr(&output).contains("invalid_deployment_config"));
+
+    // A malformed setting is a usage error, caught before anything is sent.
+    let output = rally(
+        developer,
+        &["deploy", HELLO, "--config", "min_lobbies"],
+        scope,
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let output = rally(
+        developer,
+        &[
+            "deploy",
+            HELLO,
+            "--config",
+            "warm_matches=1",
+            "--config",
+            "warm_matches.duel=1",
+        ],
+        scope,
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+
+    // A mistyped stage is found before the upload, so no stray version is left behind.
+    let output = rally(developer, &["deploy", HELLO, "--stage", "prod"], scope).await;
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(stderr(&output).contains("not_found"), "{}", stderr(&output));
+    let versions = rally_json(developer, &["version", "list"], scope).await;
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_disables_enables_and_resets_a_developer() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let team = team(&app, None).await;
+    let admin = team.admin.path();
+
+    let disabled = rally_json(admin, &["developer", "disable", "ada"], &[]).await;
+    assert_eq!(disabled["disabled"], true);
+    // The developer's stored sign-in stops working: exit code 3, and the hint names the fix.
+    let output = rally(team.developer.path(), &["tenant", "list"], &[]).await;
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("account_disabled"),
+        "{}",
+        stderr(&output)
+    );
+
+    rally_ok(admin, &["developer", "enable", "ada"], &[]).await;
+    let reset = rally_json(admin, &["developer", "reset-password", "ada"], &[]).await;
+    let password = reset["password"].as_str().expect("a generated password");
+    assert_ne!(password, DEVELOPER_PASSWORD);
+    app.client().login("ada", password).await.unwrap();
+    assert!(app.client().login("ada", DEVELOPER_PASSWORD).await.is_err());
+
+    let printed = rally_ok(
+        admin,
+        &["developer", "reset-password", "ada"],
+        &[("RALLY_DEVELOPER_PASSWORD", "chosen-password-123")],
+    )
+    .await;
+    assert!(!printed.contains("chosen-password-123"), "{printed}");
+    app.client()
+        .login("ada", "chosen-password-123")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_scope_follows_the_flags_given() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let team = team(&app, None).await;
+    let admin = team.admin.path();
+    rally_ok(
+        admin,
+        &[
+            "project", "create", "--tenant", "acme", "--name", "Hello", "--alias", "hello",
+        ],
+        &[],
+    )
+    .await;
+
+    let on_project = rally_json(
+        admin,
+        &[
+            "permission",
+            "grant",
+            "--tenant",
+            "acme",
+            "--developer",
+            "ada",
+            "--role",
+            "viewer",
+            "--project",
+            "hello",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(on_project["scope"], "project");
+    let on_stage = rally_json(
+        admin,
+        &[
+            "permission",
+            "grant",
+            "--tenant",
+            "acme",
+            "--developer",
+            "ada",
+            "--role",
+            "manager",
+            "--project",
+            "hello",
+            "--stage",
+            "default",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(on_stage["scope"], "stage");
+    let table = rally_ok(admin, &["permission", "list", "--tenant", "acme"], &[]).await;
+    assert!(
+        table.contains("project") && table.contains("stage"),
+        "{table}"
+    );
+
+    rally_ok(
+        admin,
+        &[
+            "permission",
+            "revoke",
+            "--tenant",
+            "acme",
+            "--developer",
+            "ada",
+            "--role",
+            "manager",
+            "--project",
+            "hello",
+            "--stage",
+            "default",
+        ],
+        &[],
+    )
+    .await;
+    let grants = rally_json(admin, &["permission", "list", "--tenant", "acme"], &[]).await;
+    assert_eq!(grants["grants"].as_array().unwrap().len(), 1, "{grants}");
+    assert_eq!(grants["grants"][0]["scope"], "project");
+
+    // A stage belongs to a project: --stage alone does not say which.
+    let output = rally(
+        admin,
+        &[
+            "permission",
+            "grant",
+            "--tenant",
+            "acme",
+            "--developer",
+            "ada",
+            "--role",
+            "viewer",
+            "--stage",
+            "default",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
 }

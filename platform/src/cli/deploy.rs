@@ -1,0 +1,114 @@
+//! `rally deploy DIR`: the one command a developer runs to ship. It packs the directory, checks
+//! it locally exactly as the platform will (a broken bundle fails here, before any upload),
+//! uploads it as the project's next version and makes that version the stage's deployment.
+
+use super::args::{IdempotencyArgs, StageArgs};
+use super::deployments::ConfigArgs;
+use super::progress::Step;
+use super::session::{connect, TargetArgs};
+use super::table::print_fields;
+use super::versions::{pack_and_check, upload};
+use super::{print_json, CliError};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The bundle directory, holding rally.toml and the logic files.
+    directory: PathBuf,
+    #[command(flatten)]
+    stage: StageArgs,
+    /// What changed, kept with the new version (at most 500 characters).
+    #[arg(long)]
+    note: Option<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
+    // One key covers both requests: each gets a key derived from it, so that a retried deploy
+    // makes neither the version nor the deployment twice.
+    #[command(flatten)]
+    idempotency: IdempotencyArgs,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+pub async fn run(args: DeployArgs) -> Result<(), CliError> {
+    // Everything that can be refused without the platform is refused before anything is sent.
+    let overrides = args.config.overrides()?;
+    let checked = pack_and_check(&args.directory).await?;
+    let client = connect(&args.target).await?;
+    // A mistyped tenant, project or stage, or a missing grant, is found before the upload
+    // rather than after it, when a version would already exist.
+    client
+        .get_stage(args.stage.tenant(), args.stage.project(), &args.stage.stage)
+        .await?;
+
+    let version = upload(
+        &args.idempotency.apply_to_step(&client, "upload"),
+        &args.stage.project,
+        checked,
+        args.note.as_deref(),
+    )
+    .await?;
+
+    let step = Step::start(format!(
+        "deploying version {} to {}",
+        version.number,
+        args.stage.path()
+    ));
+    let deployment = match args
+        .idempotency
+        .apply_to_step(&client, "deploy")
+        .deploy(
+            args.stage.tenant(),
+            args.stage.project(),
+            &args.stage.stage,
+            &version.id,
+            overrides,
+        )
+        .await
+    {
+        Ok(deployment) => deployment,
+        Err(error) => {
+            drop(step);
+            // The version exists now; say so, so that nobody uploads it again to retry.
+            eprintln!(
+                "rally: version {} was uploaded to {} but not deployed; once the cause is fixed, \
+                 deploy it with `rally deployment create --version {} --tenant {} --project {} \
+                 --stage {}`",
+                version.number,
+                args.stage.project.path(),
+                version.number,
+                args.stage.tenant(),
+                args.stage.project(),
+                args.stage.stage
+            );
+            return Err(error.into());
+        }
+    };
+    step.finish(format!(
+        "deployed version {} to {}",
+        version.number,
+        args.stage.path()
+    ));
+
+    if args.target.output.json {
+        print_json(&serde_json::json!({
+            "tenant": args.stage.tenant(),
+            "project": args.stage.project(),
+            "stage": args.stage.stage,
+            "version": version,
+            "deployment": deployment,
+        }))?;
+    } else {
+        print_fields(&[
+            ("tenant", args.stage.tenant().to_owned()),
+            ("project", args.stage.project().to_owned()),
+            ("stage", args.stage.stage.clone()),
+            ("version", version.number.to_string()),
+            ("sha256", version.bundle_sha256.clone()),
+            ("deployment", deployment.id.clone()),
+            ("status", deployment.status.as_str().to_owned()),
+        ]);
+    }
+    Ok(())
+}

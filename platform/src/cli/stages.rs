@@ -1,0 +1,144 @@
+//! `rally stage create|list|show|delete --tenant T --project P`: where a project's versions run
+//! (`default`, `staging`, `production`...).
+
+use super::args::{IdempotencyArgs, ProjectArgs};
+use super::session::{connect, TargetArgs};
+use super::table::{or_dash, print_fields, time, Table};
+use super::{print_json, CliError};
+use clap::Subcommand;
+use rally_sdk::wire::{Stage, StageList};
+
+#[derive(Debug, Subcommand)]
+pub enum StageCommand {
+    /// Create a stage (project managers).
+    Create {
+        #[command(flatten)]
+        project: ProjectArgs,
+        #[arg(long)]
+        name: String,
+        /// A slug unique in the project, usable wherever the id is.
+        #[arg(long)]
+        alias: Option<String>,
+        #[command(flatten)]
+        idempotency: IdempotencyArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// List the stages of a project and their current deployments.
+    List {
+        #[command(flatten)]
+        project: ProjectArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Show one stage.
+    Show {
+        /// Stage id or alias.
+        stage: String,
+        #[command(flatten)]
+        project: ProjectArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Delete a stage; refused while it has live deployments.
+    Delete {
+        /// Stage id or alias.
+        stage: String,
+        #[command(flatten)]
+        project: ProjectArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+pub async fn run(command: StageCommand) -> Result<(), CliError> {
+    match command {
+        StageCommand::Create {
+            project,
+            name,
+            alias,
+            idempotency,
+            target,
+        } => {
+            let client = idempotency.apply(&connect(&target).await?);
+            let stage = client
+                .create_stage(&project.tenant, &project.project, &name, alias.as_deref())
+                .await?;
+            if target.output.json {
+                print_json(&stage)?;
+            } else {
+                print_stage(&stage);
+            }
+        }
+        StageCommand::List { project, target } => {
+            let stages = connect(&target)
+                .await?
+                .list_stages(&project.tenant, &project.project)
+                .await?;
+            if target.output.json {
+                print_json(&StageList { stages })?;
+            } else {
+                let mut table =
+                    Table::new(&["ID", "ALIAS", "NAME", "CURRENT DEPLOYMENT", "CREATED"]);
+                for stage in &stages {
+                    table.row(vec![
+                        stage.id.clone(),
+                        or_dash(stage.alias.as_deref()),
+                        stage.name.clone(),
+                        or_dash(stage.current_deployment_id.as_deref()),
+                        time(stage.created_at),
+                    ]);
+                }
+                table.print_or("no stages");
+            }
+        }
+        StageCommand::Show {
+            stage,
+            project,
+            target,
+        } => {
+            let stage = connect(&target)
+                .await?
+                .get_stage(&project.tenant, &project.project, &stage)
+                .await?;
+            if target.output.json {
+                print_json(&stage)?;
+            } else {
+                print_stage(&stage);
+            }
+        }
+        StageCommand::Delete {
+            stage,
+            project,
+            target,
+        } => {
+            connect(&target)
+                .await?
+                .delete_stage(&project.tenant, &project.project, &stage)
+                .await?;
+            if target.output.json {
+                print_json(&serde_json::json!({
+                    "deleted": true, "tenant": project.tenant, "project": project.project,
+                    "stage": stage,
+                }))?;
+            } else {
+                println!("deleted stage {}/{stage}", project.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_stage(stage: &Stage) {
+    print_fields(&[
+        ("id", stage.id.clone()),
+        ("project", stage.project_id.clone()),
+        ("alias", or_dash(stage.alias.as_deref())),
+        ("name", stage.name.clone()),
+        (
+            "current deployment",
+            or_dash(stage.current_deployment_id.as_deref()),
+        ),
+        ("created", time(stage.created_at)),
+    ]);
+}

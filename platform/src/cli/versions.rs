@@ -1,0 +1,232 @@
+//! `rally version upload|list|show|delete --tenant T --project P`, and the packing, local
+//! checking and uploading of a bundle directory that `rally deploy` shares.
+
+use super::args::{IdempotencyArgs, ProjectArgs};
+use super::progress::Step;
+use super::session::{connect, TargetArgs};
+use super::table::{or_dash, print_fields, time, Table};
+use super::{print_json, CliError};
+use anyhow::Context;
+use clap::Subcommand;
+use indicatif::HumanBytes;
+use rally_sdk::bundle::{inspect, pack, Bundle, BundleError, BundleLimits};
+use rally_sdk::wire::{Version, VersionList};
+use rally_sdk::RallyClient;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Subcommand)]
+pub enum VersionCommand {
+    /// Pack a directory (its rally.toml and logic files), check it and upload it as the
+    /// project's next version, without deploying it.
+    Upload {
+        /// The bundle directory, holding rally.toml.
+        directory: PathBuf,
+        /// What changed, kept with the version (at most 500 characters).
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        project: ProjectArgs,
+        #[command(flatten)]
+        idempotency: IdempotencyArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// List the versions of a project, newest first.
+    List {
+        #[command(flatten)]
+        project: ProjectArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Show one version and its manifest.
+    Show {
+        /// Version number or id.
+        version: String,
+        #[command(flatten)]
+        project: ProjectArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Delete a version; refused while a deployment of it is live.
+    Delete {
+        /// Version number or id.
+        version: String,
+        #[command(flatten)]
+        project: ProjectArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+pub async fn run(command: VersionCommand) -> Result<(), CliError> {
+    match command {
+        VersionCommand::Upload {
+            directory,
+            note,
+            project,
+            idempotency,
+            target,
+        } => {
+            // Checked before signing in: a broken bundle is reported even offline.
+            let checked = pack_and_check(&directory).await?;
+            let client = idempotency.apply(&connect(&target).await?);
+            let version = upload(&client, &project, checked, note.as_deref()).await?;
+            if target.output.json {
+                print_json(&version)?;
+            } else {
+                print_version(&version);
+            }
+        }
+        VersionCommand::List { project, target } => {
+            let versions = connect(&target)
+                .await?
+                .list_versions(&project.tenant, &project.project)
+                .await?;
+            if target.output.json {
+                print_json(&VersionList { versions })?;
+            } else {
+                let mut table = Table::new(&["VERSION", "SIZE", "SHA256", "CREATED", "NOTE"]);
+                for version in &versions {
+                    table.row(vec![
+                        version.number.to_string(),
+                        HumanBytes(version.bundle_size.max(0) as u64).to_string(),
+                        short_sha256(&version.bundle_sha256),
+                        time(version.created_at),
+                        or_dash(version.note.as_deref()),
+                    ]);
+                }
+                table.print_or("no versions yet; upload one with `rally deploy DIR` or `rally version upload DIR`");
+            }
+        }
+        VersionCommand::Show {
+            version,
+            project,
+            target,
+        } => {
+            let version = connect(&target)
+                .await?
+                .get_version(&project.tenant, &project.project, &version)
+                .await?;
+            if target.output.json {
+                print_json(&version)?;
+            } else {
+                print_version(&version);
+                println!(
+                    "\nmanifest:\n{}",
+                    serde_json::to_string_pretty(&version.manifest).map_err(anyhow::Error::from)?
+                );
+            }
+        }
+        VersionCommand::Delete {
+            version,
+            project,
+            target,
+        } => {
+            connect(&target)
+                .await?
+                .delete_version(&project.tenant, &project.project, &version)
+                .await?;
+            if target.output.json {
+                print_json(&serde_json::json!({
+                    "deleted": true, "tenant": project.tenant, "project": project.project,
+                    "version": version,
+                }))?;
+            } else {
+                println!("deleted version {version} of {}", project.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A bundle directory packed and found valid by the same checks the platform runs.
+#[derive(Debug)]
+pub struct CheckedBundle {
+    pub archive: Vec<u8>,
+    pub bundle: Bundle,
+}
+
+/// Packs `directory` and checks the archive as the platform will, so that a broken bundle is
+/// refused before a possibly long upload. The limits are the platform's defaults; a platform
+/// configured tighter still refuses after the upload.
+pub async fn pack_and_check(directory: &Path) -> Result<CheckedBundle, CliError> {
+    let step = Step::start(format!("packing {}", directory.display()));
+    let source = directory.to_owned();
+    // Reading files and compressing are blocking work.
+    let checked = tokio::task::spawn_blocking(move || {
+        let limits = BundleLimits::default();
+        let archive = pack(&source, &limits)?;
+        let bundle = inspect(&archive, &limits)?;
+        Ok::<_, BundleError>(CheckedBundle { archive, bundle })
+    })
+    .await
+    .context("packing the bundle failed")?
+    .map_err(CliError::Bundle)?;
+    step.finish(format!(
+        "packed {} files from {} into {} (sha256 {})",
+        checked.bundle.files.len(),
+        directory.display(),
+        HumanBytes(checked.bundle.archive_bytes),
+        short_sha256(&checked.bundle.sha256)
+    ));
+    Ok(checked)
+}
+
+/// Uploads a checked bundle as the project's next version.
+pub async fn upload(
+    client: &RallyClient,
+    project: &ProjectArgs,
+    checked: CheckedBundle,
+    note: Option<&str>,
+) -> Result<Version, CliError> {
+    let size = HumanBytes(checked.bundle.archive_bytes);
+    let (body, bar) = crate::cli::progress::upload_body(
+        checked.archive,
+        format!("uploading to {}", project.path()),
+    );
+    let uploaded = client
+        .upload_version(&project.tenant, &project.project, body, note)
+        .await;
+    bar.finish_and_clear();
+    let version = uploaded?;
+    if !bar.is_hidden() {
+        eprintln!("uploaded {size} as version {}", version.number);
+    }
+    Ok(version)
+}
+
+/// Enough of a SHA-256 to tell bundles apart at a glance; `show` and `--json` give all of it.
+fn short_sha256(sha256: &str) -> String {
+    sha256.chars().take(12).collect()
+}
+
+fn print_version(version: &Version) {
+    let runtime = &version.manifest["runtime"];
+    let modes: Vec<&str> = version.manifest["modes"]
+        .as_array()
+        .map(|modes| {
+            modes
+                .iter()
+                .filter_map(|mode| mode["name"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    print_fields(&[
+        ("version", version.number.to_string()),
+        ("id", version.id.clone()),
+        ("project", version.project_id.clone()),
+        ("sha256", version.bundle_sha256.clone()),
+        (
+            "size",
+            HumanBytes(version.bundle_size.max(0) as u64).to_string(),
+        ),
+        (
+            "runtime",
+            runtime["kind"].as_str().unwrap_or("-").to_owned(),
+        ),
+        ("modes", modes.join(", ")),
+        ("note", or_dash(version.note.as_deref())),
+        ("created by", version.created_by.clone()),
+        ("created", time(version.created_at)),
+    ]);
+}
