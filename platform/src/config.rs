@@ -38,6 +38,18 @@ pub struct Config {
     pub bundle_max_unpacked_bytes: u64,
     /// Most files in one bundle.
     pub bundle_max_files: usize,
+    /// The `rally-runtime` binary the local-process pool starts; by default the one next to
+    /// `rally`, else from `PATH`.
+    pub runtime_binary: Option<PathBuf>,
+    /// URL runtimes use to reach this node; by default `http://` and the bound address.
+    pub runtime_platform_url: Option<String>,
+    /// A runtime that has not connected this long after starting (or reconnected after losing
+    /// its socket) is stopped and replaced.
+    pub runtime_start_timeout_secs: u64,
+    /// How long a runtime asked to stop has before SIGTERM, and then before SIGKILL.
+    pub runtime_stop_grace_secs: u64,
+    /// Cap on each runtime's log file; older lines are dropped past it.
+    pub runtime_log_max_bytes: u64,
     /// How long a graceful shutdown waits for requests in flight.
     pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
@@ -65,6 +77,11 @@ impl Default for Config {
             bundle_max_bytes: 64 * 1024 * 1024,
             bundle_max_unpacked_bytes: 128 * 1024 * 1024,
             bundle_max_files: 2000,
+            runtime_binary: None,
+            runtime_platform_url: None,
+            runtime_start_timeout_secs: 30,
+            runtime_stop_grace_secs: 5,
+            runtime_log_max_bytes: 1024 * 1024,
             shutdown_grace_secs: 10,
             log_format: LogFormat::Human,
         }
@@ -100,6 +117,11 @@ const SETTINGS: &[&str] = &[
     "bundle_max_bytes",
     "bundle_max_unpacked_bytes",
     "bundle_max_files",
+    "runtime_binary",
+    "runtime_platform_url",
+    "runtime_start_timeout_secs",
+    "runtime_stop_grace_secs",
+    "runtime_log_max_bytes",
     "shutdown_grace_secs",
     "log_format",
 ];
@@ -175,6 +197,20 @@ impl Config {
                 "bundle_max_unpacked_bytes",
                 "must not be smaller than bundle_max_bytes",
             ));
+        }
+        if self.runtime_start_timeout_secs == 0 {
+            return Err(invalid("runtime_start_timeout_secs", "must be at least 1"));
+        }
+        if self.runtime_log_max_bytes < 4096 {
+            return Err(invalid("runtime_log_max_bytes", "must be at least 4096"));
+        }
+        if let Some(url) = &self.runtime_platform_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "runtime_platform_url",
+                    "must start with http:// or https://",
+                ));
+            }
         }
         if self.bundle_max_files == 0 {
             return Err(invalid("bundle_max_files", "must be at least 1"));
@@ -296,7 +332,8 @@ mod tests {
                 let value = match *key {
                     "listen" => "127.0.0.1:1",
                     "log_format" => "json",
-                    "data_dir" | "database_url" => "sqlite://x.db",
+                    "data_dir" | "database_url" | "runtime_binary" => "sqlite://x.db",
+                    "runtime_platform_url" => "http://127.0.0.1:1",
                     "admin_password" | "jwt_secret" => "0123456789abcdef0123456789abcdef",
                     _ => "100000",
                 };

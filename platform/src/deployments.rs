@@ -16,8 +16,6 @@ use rally_sdk::wire::{CreateDeployment, Deployment, DeploymentList, DeploymentSt
 use serde::Deserialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
-use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -299,31 +297,15 @@ pub async fn count_live<'e>(
     .await
 }
 
-/// Closes draining deployments that have nothing left to drain. A deployment drains while
-/// runtimes it started are still running; runtimes arrive with the runtime host, so today
-/// nothing holds a draining deployment open and it closes on the next pass.
+/// Closes draining deployments whose runtimes have all ended.
 pub async fn close_drained(database: &Database) -> Result<u64, StorageError> {
     let result = sqlx::query(
-        "UPDATE deployments SET status = 'closed', closed_at = $1 WHERE status = 'draining'",
+        "UPDATE deployments SET status = 'closed', closed_at = $1 WHERE status = 'draining' \
+         AND NOT EXISTS (SELECT 1 FROM runtimes r WHERE r.deployment_id = deployments.id \
+         AND r.status IN ('starting', 'running', 'stopping'))",
     )
     .bind(now_millis())
     .execute(database.writer())
     .await?;
     Ok(result.rows_affected())
-}
-
-/// Runs [`close_drained`] every two seconds until shutdown; idempotent, so every node may.
-pub async fn close_drained_loop(state: AppState, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tokio::select! {
-            _ = every.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        match close_drained(&state.database).await {
-            Ok(0) => {}
-            Ok(closed) => tracing::info!(closed, "drained deployments closed"),
-            Err(error) => tracing::warn!(%error, "cannot close drained deployments"),
-        }
-    }
 }

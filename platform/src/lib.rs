@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod permissions;
 pub mod projects;
+pub mod runtimes;
 pub mod server;
 pub mod stages;
 pub mod storage;

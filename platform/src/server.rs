@@ -6,6 +6,7 @@ use crate::auth::{self, TokenService};
 use crate::config::Config;
 use crate::error::{self, ApiError};
 use crate::metrics::{self, Metrics};
+use crate::runtimes::{self, Runtimes};
 use crate::storage::{redact_url, Database};
 use crate::{
     audit, deployments, grants, health, idempotency, openapi, projects, stages, tenants, users,
@@ -31,6 +32,7 @@ pub struct AppState {
     pub database: Database,
     pub tokens: Arc<TokenService>,
     pub metrics: Arc<Metrics>,
+    pub runtimes: Arc<Runtimes>,
 }
 
 /// A platform ready to serve: database migrated, signing key loaded, admin in place.
@@ -56,11 +58,13 @@ impl Platform {
         let admin = accounts::ensure_admin(&database, config.admin_password.as_ref())
             .await
             .context("cannot create the admin account")?;
+        let runtimes = Runtimes::new(&config).context("cannot prepare the runtime pool")?;
         let state = AppState {
             config: Arc::new(config),
             database,
             tokens: Arc::new(tokens),
             metrics: Arc::new(Metrics::new()),
+            runtimes: Arc::new(runtimes),
         };
         Ok(Self { state, admin })
     }
@@ -83,6 +87,7 @@ pub fn api_router(config: &Config) -> OpenApiRouter<AppState> {
         .merge(versions::routes())
         .merge(deployments::routes())
         .merge(audit::routes())
+        .merge(runtimes::routes())
         .layer(RequestBodyLimitLayer::new(config.body_limit_bytes));
     let upload_routes = versions::upload_routes()
         .layer(RequestBodyLimitLayer::new(config.bundle_max_bytes as usize));
@@ -120,11 +125,23 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let grace = state.config.shutdown_grace();
+    let address = listener.local_addr()?;
+    let platform_url = state
+        .config
+        .runtime_platform_url
+        .clone()
+        .unwrap_or_else(|| {
+            // Runtimes run on this host: a wildcard listen address is reached over loopback.
+            let host = if address.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                address.ip().to_string()
+            };
+            format!("http://{host}:{}", address.port())
+        });
+    state.runtimes.set_platform_url(platform_url);
     tokio::spawn(clean_expired_tokens(state.clone(), shutdown.clone()));
-    tokio::spawn(deployments::close_drained_loop(
-        state.clone(),
-        shutdown.clone(),
-    ));
+    let supervisor = tokio::spawn(runtimes::supervise(state.clone(), shutdown.clone()));
     // Small request/response exchanges must not wait for Nagle's algorithm.
     let listener = listener.tap_io(|stream| {
         if let Err(error) = stream.set_nodelay(true) {
@@ -144,6 +161,10 @@ pub async fn serve(
             Ok(())
         }
     };
+    // The supervisor stops this node's runtimes before the database goes.
+    if let Err(error) = supervisor.await {
+        tracing::error!(%error, "runtime supervisor failed");
+    }
     state.database.close().await;
     result
 }

@@ -164,6 +164,29 @@ fn describe_problems(problems: &[Problem]) -> String {
 /// stops one byte past `max_unpacked_bytes`, so a small archive that inflates to gigabytes
 /// costs no more than the limit.
 pub fn inspect(archive: &[u8], limits: &BundleLimits) -> Result<Bundle, BundleError> {
+    read_bundle(archive, limits, Keep::Sizes).map(|(bundle, _)| bundle)
+}
+
+/// [`inspect`], also returning every file's bytes by path: what a runtime loads its logic from.
+pub fn unpack(
+    archive: &[u8],
+    limits: &BundleLimits,
+) -> Result<(Bundle, BTreeMap<String, Vec<u8>>), BundleError> {
+    read_bundle(archive, limits, Keep::Contents)
+}
+
+/// Whether reading a bundle keeps the files' bytes or only their sizes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Sizes,
+    Contents,
+}
+
+fn read_bundle(
+    archive: &[u8],
+    limits: &BundleLimits,
+    keep: Keep,
+) -> Result<(Bundle, BTreeMap<String, Vec<u8>>), BundleError> {
     let archive_bytes = archive.len() as u64;
     if archive_bytes > limits.max_archive_bytes {
         return Err(BundleError::ArchiveTooLarge {
@@ -192,7 +215,7 @@ pub fn inspect(archive: &[u8], limits: &BundleLimits) -> Result<Bundle, BundleEr
         }
     };
     let mut tar = tar::Archive::new(meter);
-    let contents = read_entries(&mut tar, limits, &inflated, &classify)?;
+    let mut contents = read_entries(&mut tar, limits, &inflated, &classify, keep)?;
     // Reading to the end checks the gzip trailer (CRC and length): a corrupted upload is
     // refused here rather than found out when it is unpacked.
     io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(classify)?;
@@ -210,7 +233,8 @@ pub fn inspect(archive: &[u8], limits: &BundleLimits) -> Result<Bundle, BundleEr
         }
     }
 
-    Ok(Bundle {
+    let data = std::mem::take(&mut contents.data);
+    let bundle = Bundle {
         manifest,
         manifest_text,
         sha256: sha256_hex(archive),
@@ -221,7 +245,8 @@ pub fn inspect(archive: &[u8], limits: &BundleLimits) -> Result<Bundle, BundleEr
             .into_iter()
             .map(|(path, size)| BundleFile { path, size })
             .collect(),
-    })
+    };
+    Ok((bundle, data))
 }
 
 /// What the tar stream holds, once every entry has been checked.
@@ -229,6 +254,8 @@ struct Contents {
     files: BTreeMap<String, u64>,
     directories: BTreeSet<String>,
     manifest_text: Option<String>,
+    /// The files' bytes, when asked for.
+    data: BTreeMap<String, Vec<u8>>,
 }
 
 fn read_entries<R: Read>(
@@ -236,11 +263,13 @@ fn read_entries<R: Read>(
     limits: &BundleLimits,
     inflated: &Cell<u64>,
     classify: &dyn Fn(io::Error) -> BundleError,
+    keep: Keep,
 ) -> Result<Contents, BundleError> {
     let mut contents = Contents {
         files: BTreeMap::new(),
         directories: BTreeSet::new(),
         manifest_text: None,
+        data: BTreeMap::new(),
     };
     for entry in tar.entries().map_err(classify)? {
         let mut entry = entry.map_err(classify)?;
@@ -278,7 +307,17 @@ fn read_entries<R: Read>(
                     });
                 }
                 if path == MANIFEST_FILE {
-                    contents.manifest_text = Some(read_manifest(&mut entry, size, classify)?);
+                    let text = read_manifest(&mut entry, size, classify)?;
+                    if keep == Keep::Contents {
+                        contents
+                            .data
+                            .insert(path.clone(), text.clone().into_bytes());
+                    }
+                    contents.manifest_text = Some(text);
+                } else if keep == Keep::Contents {
+                    let mut bytes = Vec::with_capacity(size as usize);
+                    entry.read_to_end(&mut bytes).map_err(classify)?;
+                    contents.data.insert(path.clone(), bytes);
                 }
                 contents.files.insert(path, size);
             }
@@ -1087,5 +1126,20 @@ max_players = 2
         let error = assert_code(&missing, "entry_missing");
         assert!(error.to_string().contains("runtime.match"), "{error}");
         assert!(error.to_string().contains("logic/match.lua"), "{error}");
+    }
+
+    #[test]
+    fn unpack_returns_every_file_as_packed() {
+        let directory = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello"));
+        let archive = pack(directory, &BundleLimits::default()).unwrap();
+        let (bundle, files) = unpack(&archive, &BundleLimits::default()).unwrap();
+        assert_eq!(files.len(), bundle.files.len());
+        for name in ["rally.toml", "lobby.lua", "match.lua"] {
+            assert_eq!(
+                files[name],
+                std::fs::read(directory.join(name)).unwrap(),
+                "{name}"
+            );
+        }
     }
 }

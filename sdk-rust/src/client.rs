@@ -176,6 +176,20 @@ impl RallyClient {
             .await
     }
 
+    /// A runtime trades its one-time secret for tokens (role `runtime`).
+    pub async fn runtime_token(
+        &self,
+        runtime_id: &str,
+        secret: &str,
+    ) -> Result<TokenPair, ClientError> {
+        let body = crate::runtime::RuntimeTokenRequest {
+            runtime_id: runtime_id.to_owned(),
+            secret: secret.to_owned(),
+        };
+        self.call(Method::POST, "/api/v1/runtime/token", Some(&body))
+            .await
+    }
+
     pub async fn me(&self) -> Result<Me, ClientError> {
         self.call(Method::GET, "/api/v1/auth/me", None::<&()>).await
     }
@@ -502,6 +516,42 @@ impl RallyClient {
         );
         self.call(Method::POST, &path, Some(&serde_json::json!({})))
             .await
+    }
+
+    /// Runtimes of a deployment, newest first.
+    pub async fn list_runtimes(
+        &self,
+        tenant: &str,
+        project: &str,
+        stage: &str,
+        deployment: &str,
+    ) -> Result<Vec<crate::wire::RuntimeInfo>, ClientError> {
+        let path = format!(
+            "{}/deployments/{}/runtimes",
+            stage_path(tenant, project, stage),
+            segment(deployment)
+        );
+        let list: crate::wire::RuntimeList = self.call(Method::GET, &path, None::<&()>).await?;
+        Ok(list.runtimes)
+    }
+
+    /// What a runtime printed.
+    pub async fn runtime_logs(
+        &self,
+        tenant: &str,
+        project: &str,
+        stage: &str,
+        deployment: &str,
+        runtime: &str,
+    ) -> Result<String, ClientError> {
+        let path = format!(
+            "{}/deployments/{}/runtimes/{}/logs",
+            stage_path(tenant, project, stage),
+            segment(deployment),
+            segment(runtime)
+        );
+        let response = self.send(Method::GET, &path, None::<&()>).await?;
+        Ok(response.text().await?)
     }
 
     /// The audit log: of the whole platform (staff) when `tenant` is None, else of the tenant.

@@ -450,6 +450,34 @@ pub struct AuditList {
     pub entries: Vec<AuditEntry>,
 }
 
+/// A runtime (one running lobby or match of a deployment) as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RuntimeInfo {
+    pub id: String,
+    pub deployment_id: String,
+    pub qualifier: crate::runtime::Qualifier,
+    pub mode: Option<String>,
+    /// `starting`, `running`, `stopping`, `stopped` or `failed`.
+    pub status: String,
+    /// The platform node that placed it.
+    pub node_id: String,
+    /// `process` or `docker`.
+    pub pool_kind: String,
+    pub pid: Option<i64>,
+    pub created_at: i64,
+    pub connected_at: Option<i64>,
+    pub stopped_at: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub failure: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RuntimeList {
+    pub runtimes: Vec<RuntimeInfo>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

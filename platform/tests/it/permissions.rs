@@ -35,6 +35,8 @@ const OPEN_ROUTES: &[&str] = &[
     "POST /api/v1/users",
     "POST /api/v1/users/sign-in",
     "POST /api/v1/users/device-sign-in",
+    "POST /api/v1/runtime/token",
+    "GET /api/v1/runtime/ws",
 ];
 
 const T: &str = "/api/v1/tenants/{tenant}";
@@ -60,6 +62,16 @@ fn matrix() -> Vec<(&'static str, String, Rule)> {
         ("GET", format!("{P}/versions/{{version}}/bundle"), Granted),
         ("GET", format!("{S}/deployments"), Granted),
         ("GET", format!("{S}/deployments/{{deployment}}"), Granted),
+        (
+            "GET",
+            format!("{S}/deployments/{{deployment}}/runtimes"),
+            Granted,
+        ),
+        (
+            "GET",
+            format!("{S}/deployments/{{deployment}}/runtimes/{{runtime}}/logs"),
+            Granted,
+        ),
         ("GET", "/api/v1/audit".into(), Staff),
         ("GET", format!("{T}/audit"), Granted),
         ("GET", format!("{P}/audit"), Granted),
@@ -105,6 +117,8 @@ struct Fixture {
     stage: String,
     version: String,
     deployment: String,
+    /// A runtime of the deployment (a record is enough: the routes read it).
+    runtime: String,
     /// A developer without grants; also the target of the developer routes.
     bob_id: String,
     admin: RallyClient,
@@ -178,7 +192,19 @@ async fn fixture(app: &TestApp) -> Fixture {
     admin.grant(&tenant_alias, &grant).await.unwrap();
     let (tenant_alias, grant) = manager_of("beta", "mallory");
     admin.grant(&tenant_alias, &grant).await.unwrap();
+    let runtime = rally_platform::storage::new_id();
+    sqlx::query(
+        "INSERT INTO runtimes (id, deployment_id, qualifier, status, secret_hash, node_id, pool_kind, created_at) \
+         VALUES ($1, $2, 'lobby', 'stopped', 'x', $3, 'process', 0)",
+    )
+    .bind(&runtime)
+    .bind(&deployment.id)
+    .bind(&app.state.runtimes.node_id)
+    .execute(app.state.database.writer())
+    .await
+    .unwrap();
     Fixture {
+        runtime,
         tenant: tenant.id,
         project: project.id,
         stage: stage.id,
@@ -203,6 +229,7 @@ impl Fixture {
             .replace("{version}", &self.version)
             .replace("{deployment}", &self.deployment)
             .replace("{developer}", &self.bob_id)
+            .replace("{runtime}", &self.runtime)
     }
 
     /// A body the route would accept from someone allowed to call it.

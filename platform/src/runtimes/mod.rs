@@ -1,0 +1,650 @@
+//! Runtimes: running instances of a deployment's lobby or match logic. This module keeps their
+//! records, exchanges a runtime's one-time secret for tokens, holds each runtime's WebSocket,
+//! and runs the supervisor that keeps every active deployment's lobbies up, replaces runtimes
+//! that die, stops those of draining deployments and cleans up after a platform crash.
+
+mod connection;
+pub mod process_pool;
+
+use crate::auth::{hash_secret, new_secret, refresh};
+use crate::error::{ApiError, Json, Path};
+use crate::permissions::{StagePath, StageScope};
+use crate::server::AppState;
+use crate::storage::{new_id, now_millis, Database, StorageError};
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use process_pool::{Exited, ProcessPool, ProcessSpec};
+use rally_sdk::runtime::{Frame, PlatformMessage, Qualifier, RuntimeTokenRequest};
+use rally_sdk::wire::{ErrorBody, Role, RuntimeInfo, RuntimeList, TokenPair};
+use serde::Deserialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(runtime_token))
+        .routes(routes!(connection::runtime_socket))
+        .routes(routes!(list_runtimes))
+        .routes(routes!(runtime_logs))
+}
+
+const COLUMNS: &str = "id, deployment_id, qualifier, mode, status, node_id, pool_kind, pid, \
+     created_at, connected_at, stopped_at, exit_code, failure";
+
+fn runtime(row: &AnyRow) -> RuntimeInfo {
+    let qualifier: String = row.get("qualifier");
+    RuntimeInfo {
+        id: row.get("id"),
+        deployment_id: row.get("deployment_id"),
+        qualifier: if qualifier == "match" {
+            Qualifier::Match
+        } else {
+            Qualifier::Lobby
+        },
+        mode: row.get("mode"),
+        status: row.get("status"),
+        node_id: row.get("node_id"),
+        pool_kind: row.get("pool_kind"),
+        pid: row.get("pid"),
+        created_at: row.get("created_at"),
+        connected_at: row.get("connected_at"),
+        stopped_at: row.get("stopped_at"),
+        exit_code: row.get("exit_code"),
+        failure: row.get("failure"),
+    }
+}
+
+/// Runtime state of one platform node.
+#[derive(Debug)]
+pub struct Runtimes {
+    pub node_id: String,
+    pool: ProcessPool,
+    exits: Mutex<Option<mpsc::UnboundedReceiver<Exited>>>,
+    /// Open runtime sockets: where to send platform messages for a runtime.
+    connections: Mutex<HashMap<String, mpsc::Sender<Frame<PlatformMessage>>>>,
+    /// When each runtime's socket last closed (ms): a runtime gets the start timeout to come back.
+    disconnected_at: Mutex<HashMap<String, i64>>,
+    /// When this node started (ms): runtimes of a previous run get the start timeout to reconnect.
+    started_at: i64,
+    /// The URL runtimes use to reach this node, known once the listener is bound.
+    platform_url: OnceLock<String>,
+    bundle_dir: PathBuf,
+    start_timeout: Duration,
+    stop_grace: Duration,
+}
+
+impl Runtimes {
+    pub fn new(config: &crate::config::Config) -> std::io::Result<Self> {
+        let node_id = node_id(&config.data_dir)?;
+        let (exits_sender, exits) = mpsc::unbounded_channel();
+        let binary = config
+            .runtime_binary
+            .clone()
+            .unwrap_or_else(process_pool::default_runtime_binary);
+        Ok(Self {
+            node_id,
+            pool: ProcessPool::new(
+                binary,
+                config.data_dir.join("runtimes"),
+                config.runtime_log_max_bytes,
+                exits_sender,
+            ),
+            exits: Mutex::new(Some(exits)),
+            connections: Mutex::default(),
+            disconnected_at: Mutex::default(),
+            started_at: now_millis(),
+            platform_url: OnceLock::new(),
+            bundle_dir: config.data_dir.join("bundles"),
+            start_timeout: Duration::from_secs(config.runtime_start_timeout_secs),
+            stop_grace: Duration::from_secs(config.runtime_stop_grace_secs),
+        })
+    }
+
+    /// Where runtimes reach this node; set once when serving starts.
+    pub fn set_platform_url(&self, url: String) {
+        let _ = self.platform_url.set(url);
+    }
+
+    /// Sends messages to a connected runtime; false when it is not connected here.
+    pub fn send(&self, runtime_id: &str, messages: Vec<PlatformMessage>) -> bool {
+        let sender = self
+            .connections
+            .lock()
+            .expect("connections lock")
+            .get(runtime_id)
+            .cloned();
+        sender.is_some_and(|sender| sender.try_send(Frame { messages }).is_ok())
+    }
+
+    /// Pids of the runtime processes this node runs.
+    pub fn pids(&self) -> Vec<u32> {
+        self.pool.pids()
+    }
+}
+
+/// This node's id, made once and kept in the data directory.
+fn node_id(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = data_dir.join("node_id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            std::fs::create_dir_all(data_dir)?;
+            let id = new_id();
+            std::fs::write(&path, &id)?;
+            Ok(id)
+        }
+    }
+}
+
+/// The runtime's one-time secret for tokens (role `runtime`). A second exchange of the same
+/// secret is refused: a runtime renews its access with the refresh token it got.
+#[utoipa::path(post, path = "/api/v1/runtime/token", tag = "runtimes",
+    request_body = RuntimeTokenRequest,
+    responses((status = 200, body = TokenPair), (status = "4XX", body = ErrorBody)))]
+async fn runtime_token(
+    State(state): State<AppState>,
+    Json(request): Json<RuntimeTokenRequest>,
+) -> Result<Json<TokenPair>, ApiError> {
+    let refused = || ApiError::unauthorized("invalid_credentials", "wrong runtime id or secret");
+    if uuid::Uuid::parse_str(&request.runtime_id).is_err() || request.secret.len() > 256 {
+        return Err(refused());
+    }
+    let spent = sqlx::query(
+        "UPDATE runtimes SET secret_used_at = $3 \
+         WHERE id = $1 AND secret_hash = $2 AND secret_used_at IS NULL \
+         AND status IN ('starting', 'running') RETURNING id",
+    )
+    .bind(&request.runtime_id)
+    .bind(hash_secret(&request.secret))
+    .bind(now_millis())
+    .fetch_optional(state.database.writer())
+    .await?;
+    if spent.is_none() {
+        let used: Option<Option<i64>> = sqlx::query_scalar(
+            "SELECT secret_used_at FROM runtimes WHERE id = $1 AND secret_hash = $2",
+        )
+        .bind(&request.runtime_id)
+        .bind(hash_secret(&request.secret))
+        .fetch_optional(state.database.reader())
+        .await?;
+        return Err(match used {
+            Some(Some(_)) => {
+                tracing::warn!(runtime_id = %request.runtime_id, "runtime secret replayed");
+                ApiError::unauthorized(
+                    "runtime_secret_used",
+                    "this runtime secret was already exchanged; renew with the refresh token",
+                )
+            }
+            _ => refused(),
+        });
+    }
+    let pair = refresh::issue_pair(
+        &state.database,
+        &state.tokens,
+        &request.runtime_id,
+        Role::Runtime,
+        None,
+    )
+    .await?;
+    Ok(Json(pair))
+}
+
+#[derive(Debug, Deserialize)]
+struct DeploymentPath {
+    deployment: String,
+}
+
+/// Runtimes of a deployment, newest first (viewers of the stage).
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/projects/{project}/stages/{stage}/deployments/{deployment}/runtimes",
+    tag = "runtimes",
+    params(StagePath, ("deployment" = String, Path, description = "deployment id")),
+    security(("bearer" = [])),
+    responses((status = 200, body = RuntimeList), (status = "4XX", body = ErrorBody)))]
+async fn list_runtimes(
+    scope: StageScope,
+    State(state): State<AppState>,
+    Path(path): Path<DeploymentPath>,
+) -> Result<Json<RuntimeList>, ApiError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM runtimes WHERE deployment_id = $1 AND deployment_id IN \
+         (SELECT id FROM deployments WHERE stage_id = $2) ORDER BY created_at DESC, id DESC"
+    ))
+    .bind(&path.deployment)
+    .bind(&scope.stage.id)
+    .fetch_all(state.database.reader())
+    .await?;
+    Ok(Json(RuntimeList {
+        runtimes: rows.iter().map(runtime).collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct RuntimePath {
+    deployment: String,
+    runtime: String,
+}
+
+/// What a runtime printed, newest at the end (viewers of the stage). Kept on the node that ran
+/// it, capped in size.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/projects/{project}/stages/{stage}/deployments/{deployment}/runtimes/{runtime}/logs",
+    tag = "runtimes",
+    params(StagePath, ("deployment" = String, Path, description = "deployment id"),
+           ("runtime" = String, Path, description = "runtime id")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "the log as text", content_type = "text/plain"), (status = "4XX", body = ErrorBody)))]
+async fn runtime_logs(
+    scope: StageScope,
+    State(state): State<AppState>,
+    Path(path): Path<RuntimePath>,
+) -> Result<impl IntoResponse, ApiError> {
+    let owner: Option<String> = sqlx::query_scalar(
+        "SELECT r.node_id FROM runtimes r JOIN deployments d ON d.id = r.deployment_id \
+         WHERE r.id = $1 AND r.deployment_id = $2 AND d.stage_id = $3",
+    )
+    .bind(&path.runtime)
+    .bind(&path.deployment)
+    .bind(&scope.stage.id)
+    .fetch_optional(state.database.reader())
+    .await?;
+    let owner = owner.ok_or(ApiError::NotFound { what: "runtime" })?;
+    if owner != state.runtimes.node_id {
+        return Err(ApiError::conflict(
+            "runtime_on_other_node",
+            format!("the runtime ran on node {owner}; ask that node for its logs"),
+        ));
+    }
+    // The id was matched against the database above, so it is a plain UUID.
+    let log = tokio::fs::read(state.runtimes.pool.log_path(&path.runtime))
+        .await
+        .unwrap_or_default();
+    Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], log))
+}
+
+// ---- the supervisor ----
+
+/// At most this many failed runtimes of a deployment in the window before restarts pause.
+const MAX_FAILURES_PER_WINDOW: i64 = 5;
+const RESTART_WINDOW_MILLIS: i64 = 60_000;
+
+/// An active or draining deployment with what starting its runtimes needs.
+struct DeploymentToRun {
+    id: String,
+    status: String,
+    bundle_sha256: String,
+    min_lobbies: i64,
+}
+
+/// Keeps runtimes as the deployments want them, until shutdown. On shutdown it stops every
+/// runtime of this node, with the grace period, so that stopping the platform stops its games.
+pub async fn supervise(state: AppState, shutdown: CancellationToken) {
+    let runtimes = &state.runtimes;
+    let Some(mut exits) = runtimes.exits.lock().expect("exits lock").take() else {
+        return;
+    };
+    if let Err(error) = recover_after_restart(&state).await {
+        tracing::error!(%error, "cannot check runtimes left by a previous run");
+    }
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                if let Err(error) = reconcile(&state).await {
+                    tracing::warn!(%error, "runtime supervision pass failed");
+                }
+            }
+            Some(exited) = exits.recv() => {
+                if let Err(error) = record_exit(&state.database, &exited).await {
+                    tracing::warn!(%error, "cannot record a runtime exit");
+                }
+            }
+            () = shutdown.cancelled() => break,
+        }
+    }
+    stop_all(&state, &mut exits).await;
+}
+
+/// Marks a runtime that ended: `stopped` if it was asked to stop, else `failed`.
+async fn record_exit(database: &Database, exited: &Exited) -> Result<(), StorageError> {
+    let now = now_millis();
+    let result = sqlx::query(
+        "UPDATE runtimes SET status = CASE WHEN status = 'stopping' THEN 'stopped' ELSE 'failed' END, \
+         stopped_at = $2, exit_code = $3, \
+         failure = CASE WHEN status = 'stopping' THEN failure ELSE $4 END \
+         WHERE id = $1 AND status IN ('starting', 'running', 'stopping') RETURNING status",
+    )
+    .bind(&exited.runtime_id)
+    .bind(now)
+    .bind(exited.exit_code.map(i64::from))
+    .bind(match exited.exit_code {
+        Some(code) => format!("exited with code {code}"),
+        None => "killed by a signal".to_owned(),
+    })
+    .fetch_optional(database.writer())
+    .await?;
+    if let Some(row) = result {
+        let status: String = row.get(0);
+        if status == "failed" {
+            tracing::warn!(runtime_id = %exited.runtime_id, exit_code = ?exited.exit_code, "runtime failed; it will be replaced");
+        } else {
+            tracing::info!(runtime_id = %exited.runtime_id, "runtime stopped");
+        }
+    }
+    Ok(())
+}
+
+/// After a crash of this node: runtimes it started are no longer its children. Those still
+/// alive get the reconnect window to come back; the rest are marked failed. Processes that do
+/// not reconnect in time are killed by the next passes.
+async fn recover_after_restart(state: &AppState) -> Result<(), StorageError> {
+    let rows = sqlx::query(
+        "SELECT id, pid FROM runtimes WHERE node_id = $1 AND status IN ('starting', 'running', 'stopping')",
+    )
+    .bind(&state.runtimes.node_id)
+    .fetch_all(state.database.reader())
+    .await?;
+    for row in rows {
+        let runtime_id: String = row.get(0);
+        let pid: Option<i64> = row.get(1);
+        let alive =
+            pid.is_some_and(|pid| process_pool::is_runtime_process(pid as u32, &runtime_id));
+        if alive {
+            tracing::info!(runtime_id = %runtime_id, "runtime from a previous run is alive; waiting for it to reconnect");
+            continue;
+        }
+        record_exit(
+            &state.database,
+            &Exited {
+                runtime_id,
+                exit_code: None,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn reconcile(state: &AppState) -> anyhow::Result<()> {
+    let runtimes = &state.runtimes;
+    let now = now_millis();
+    let deployments = sqlx::query(
+        "SELECT d.id, d.status, v.bundle_sha256, d.config FROM deployments d \
+         JOIN versions v ON v.id = d.version_id WHERE d.status IN ('active', 'draining')",
+    )
+    .fetch_all(state.database.reader())
+    .await?;
+    let deployments: Vec<DeploymentToRun> = deployments
+        .iter()
+        .map(|row| {
+            let config: String = row.get(3);
+            let min_lobbies = serde_json::from_str::<serde_json::Value>(&config)
+                .ok()
+                .and_then(|config| config["min_lobbies"].as_i64())
+                .unwrap_or(1);
+            DeploymentToRun {
+                id: row.get(0),
+                status: row.get(1),
+                bundle_sha256: row.get(2),
+                min_lobbies,
+            }
+        })
+        .collect();
+
+    // Runtimes of this node that are late to connect, or whose process is gone.
+    let mine = sqlx::query(
+        "SELECT id, status, pid, created_at, connected_at FROM runtimes \
+         WHERE node_id = $1 AND status IN ('starting', 'running', 'stopping')",
+    )
+    .bind(&runtimes.node_id)
+    .fetch_all(state.database.reader())
+    .await?;
+    for row in &mine {
+        let id: String = row.get(0);
+        let status: String = row.get(1);
+        let pid: Option<i64> = row.get(2);
+        let created_at: i64 = row.get(3);
+        let child = runtimes.pool.is_running(&id);
+        let alive =
+            child || pid.is_some_and(|pid| process_pool::is_runtime_process(pid as u32, &id));
+        let connected = runtimes
+            .connections
+            .lock()
+            .expect("connections lock")
+            .contains_key(&id);
+        let disconnected_at = runtimes
+            .disconnected_at
+            .lock()
+            .expect("disconnect lock")
+            .get(&id)
+            .copied()
+            .unwrap_or(0);
+        let waiting_since = created_at.max(runtimes.started_at).max(disconnected_at);
+        let late = now - waiting_since > runtimes.start_timeout.as_millis() as i64;
+        if !alive {
+            record_exit(
+                &state.database,
+                &Exited {
+                    runtime_id: id,
+                    exit_code: None,
+                },
+            )
+            .await?;
+        } else if late && !connected && status != "stopping" {
+            // Never connected, or lost and not back within the start timeout.
+            tracing::warn!(runtime_id = %id, "runtime did not connect in time; stopping it");
+            mark_stopping(&state.database, &id, Some("did not connect in time")).await?;
+            stop_process(state, &id, pid);
+        }
+    }
+
+    for deployment in &deployments {
+        let live: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM runtimes WHERE deployment_id = $1 AND qualifier = 'lobby' \
+             AND status IN ('starting', 'running')",
+        )
+        .bind(&deployment.id)
+        .fetch_one(state.database.reader())
+        .await?;
+        if deployment.status == "active" {
+            // A version whose runtimes keep dying is not restarted in a tight loop.
+            let recent_failures: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM runtimes WHERE deployment_id = $1 AND status = 'failed' \
+                 AND stopped_at > $2",
+            )
+            .bind(&deployment.id)
+            .bind(now - RESTART_WINDOW_MILLIS)
+            .fetch_one(state.database.reader())
+            .await?;
+            if recent_failures >= MAX_FAILURES_PER_WINDOW {
+                tracing::debug!(deployment_id = %deployment.id, recent_failures, "runtimes keep failing; waiting before restarting");
+                continue;
+            }
+            for _ in live..deployment.min_lobbies {
+                if let Err(error) = start_runtime(state, deployment, Qualifier::Lobby, None).await {
+                    tracing::error!(deployment_id = %deployment.id, error = %format!("{error:#}"), "cannot start a lobby runtime");
+                    break;
+                }
+            }
+        } else {
+            drain(state, &deployment.id).await?;
+        }
+    }
+    crate::deployments::close_drained(&state.database).await?;
+    Ok(())
+}
+
+/// Asks the runtimes of a draining deployment to stop. (Lobbies with clients will wait for
+/// them to leave once players connect; matches will run to their end.)
+async fn drain(state: &AppState, deployment_id: &str) -> Result<(), StorageError> {
+    let rows = sqlx::query(
+        "SELECT id, pid FROM runtimes WHERE deployment_id = $1 AND node_id = $2 \
+         AND status IN ('starting', 'running')",
+    )
+    .bind(deployment_id)
+    .bind(&state.runtimes.node_id)
+    .fetch_all(state.database.reader())
+    .await?;
+    for row in rows {
+        let id: String = row.get(0);
+        let pid: Option<i64> = row.get(1);
+        mark_stopping(&state.database, &id, None).await?;
+        let deadline_ms = state.runtimes.stop_grace.as_millis() as u64;
+        state
+            .runtimes
+            .send(&id, vec![PlatformMessage::StopRequested { deadline_ms }]);
+        stop_process(state, &id, pid);
+    }
+    Ok(())
+}
+
+async fn mark_stopping(
+    database: &Database,
+    runtime_id: &str,
+    failure: Option<&str>,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "UPDATE runtimes SET status = 'stopping', failure = COALESCE($2, failure) \
+         WHERE id = $1 AND status IN ('starting', 'running')",
+    )
+    .bind(runtime_id)
+    .bind(failure)
+    .execute(database.writer())
+    .await?;
+    Ok(())
+}
+
+/// SIGTERM after the grace period (the runtime was told to stop), SIGKILL after another.
+fn stop_process(state: &AppState, runtime_id: &str, pid: Option<i64>) {
+    let runtimes = state.runtimes.clone();
+    let runtime_id = runtime_id.to_owned();
+    let grace = runtimes.stop_grace;
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        if runtimes.pool.is_running(&runtime_id) {
+            runtimes.pool.terminate(&runtime_id, grace);
+        } else if let Some(pid) = pid {
+            // Left by a previous run of this node: not our child, end it by pid.
+            if process_pool::is_runtime_process(pid as u32, &runtime_id) {
+                process_pool::kill_orphan(pid as u32);
+            }
+        }
+    });
+}
+
+/// Creates the runtime's record and starts its process.
+async fn start_runtime(
+    state: &AppState,
+    deployment: &DeploymentToRun,
+    qualifier: Qualifier,
+    mode: Option<&str>,
+) -> anyhow::Result<String> {
+    let runtimes = &state.runtimes;
+    let platform_url = runtimes
+        .platform_url
+        .get()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the platform URL is not known yet"))?;
+    let bundle = cached_bundle(state, &deployment.bundle_sha256).await?;
+    let id = new_id();
+    let secret = new_secret();
+    sqlx::query(
+        "INSERT INTO runtimes (id, deployment_id, qualifier, mode, status, secret_hash, node_id, pool_kind, created_at) \
+         VALUES ($1, $2, $3, $4, 'starting', $5, $6, 'process', $7)",
+    )
+    .bind(&id)
+    .bind(&deployment.id)
+    .bind(qualifier.as_str())
+    .bind(mode)
+    .bind(hash_secret(&secret))
+    .bind(&runtimes.node_id)
+    .bind(now_millis())
+    .execute(state.database.writer())
+    .await?;
+    let spec = ProcessSpec {
+        runtime_id: id.clone(),
+        secret,
+        qualifier: qualifier.as_str(),
+        platform_url,
+        bundle,
+    };
+    match runtimes.pool.spawn(spec).await {
+        Ok(pid) => {
+            sqlx::query("UPDATE runtimes SET pid = $2 WHERE id = $1")
+                .bind(&id)
+                .bind(i64::from(pid))
+                .execute(state.database.writer())
+                .await?;
+            tracing::info!(runtime_id = %id, deployment_id = %deployment.id, qualifier = qualifier.as_str(), pid, "runtime started");
+            Ok(id)
+        }
+        Err(error) => {
+            sqlx::query(
+                "UPDATE runtimes SET status = 'failed', stopped_at = $2, failure = $3 WHERE id = $1",
+            )
+            .bind(&id)
+            .bind(now_millis())
+            .bind(format!("cannot start the runtime process: {error}"))
+            .execute(state.database.writer())
+            .await?;
+            Err(anyhow::anyhow!("cannot start the runtime process: {error}"))
+        }
+    }
+}
+
+/// The bundle archive on local disk, written from the database the first time it is needed.
+async fn cached_bundle(state: &AppState, sha256: &str) -> anyhow::Result<PathBuf> {
+    let path = state.runtimes.bundle_dir.join(format!("{sha256}.tar.gz"));
+    if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        return Ok(path);
+    }
+    let content: Vec<u8> = sqlx::query_scalar("SELECT content FROM bundles WHERE sha256 = $1")
+        .bind(sha256)
+        .fetch_one(state.database.reader())
+        .await?;
+    tokio::fs::create_dir_all(&state.runtimes.bundle_dir).await?;
+    // Write then rename, so a half-written file is never taken for the bundle.
+    let partial = path.with_extension(format!("partial-{}", new_id()));
+    tokio::fs::write(&partial, content).await?;
+    tokio::fs::rename(&partial, &path).await?;
+    Ok(path)
+}
+
+/// Platform shutdown: every runtime of this node is asked to stop, then terminated.
+async fn stop_all(state: &AppState, exits: &mut mpsc::UnboundedReceiver<Exited>) {
+    let runtimes = &state.runtimes;
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM runtimes WHERE node_id = $1 AND status IN ('starting', 'running', 'stopping')",
+    )
+    .bind(&runtimes.node_id)
+    .fetch_all(state.database.reader())
+    .await
+    .unwrap_or_default();
+    for id in &ids {
+        let _ = mark_stopping(&state.database, id, None).await;
+        runtimes.send(
+            id,
+            vec![PlatformMessage::StopRequested {
+                deadline_ms: runtimes.stop_grace.as_millis() as u64,
+            }],
+        );
+        runtimes.pool.terminate(id, runtimes.stop_grace);
+    }
+    let deadline = tokio::time::Instant::now() + runtimes.stop_grace * 2;
+    while !runtimes.pool.pids().is_empty() && tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline, exits.recv()).await {
+            Ok(Some(exited)) => {
+                let _ = record_exit(&state.database, &exited).await;
+            }
+            _ => break,
+        }
+    }
+    runtimes.pool.kill_all();
+}

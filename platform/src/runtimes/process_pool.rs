@@ -1,0 +1,269 @@
+//! The local-process pool, the embedded default: each runtime is a `rally-runtime` child process
+//! of the platform. Its output goes to a log file per runtime; its exit is reported to the
+//! supervisor; stopping asks nicely (SIGTERM) before it insists (SIGKILL). Every child is
+//! awaited, so none is left a zombie.
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+/// What a runtime process needs to start.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    pub runtime_id: String,
+    pub secret: String,
+    pub qualifier: &'static str,
+    pub platform_url: String,
+    /// The version's bundle archive on local disk.
+    pub bundle: PathBuf,
+}
+
+/// A child that ended: its runtime and how.
+#[derive(Debug, Clone)]
+pub struct Exited {
+    pub runtime_id: String,
+    /// `None` when it was ended by a signal.
+    pub exit_code: Option<i32>,
+}
+
+#[derive(Debug)]
+pub struct ProcessPool {
+    binary: PathBuf,
+    log_dir: PathBuf,
+    log_max_bytes: u64,
+    /// Running children by runtime id: their pids.
+    children: Arc<Mutex<HashMap<String, u32>>>,
+    exits: mpsc::UnboundedSender<Exited>,
+}
+
+impl ProcessPool {
+    pub fn new(
+        binary: PathBuf,
+        log_dir: PathBuf,
+        log_max_bytes: u64,
+        exits: mpsc::UnboundedSender<Exited>,
+    ) -> Self {
+        Self {
+            binary,
+            log_dir,
+            log_max_bytes,
+            children: Arc::default(),
+            exits,
+        }
+    }
+
+    pub fn log_path(&self, runtime_id: &str) -> PathBuf {
+        self.log_dir.join(format!("{runtime_id}.log"))
+    }
+
+    /// Starts the runtime's process and returns its pid.
+    pub async fn spawn(&self, spec: ProcessSpec) -> std::io::Result<u32> {
+        tokio::fs::create_dir_all(&self.log_dir).await?;
+        let mut child = Command::new(&self.binary)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env(rally_sdk::runtime::env::RUNTIME_ID, &spec.runtime_id)
+            .env(rally_sdk::runtime::env::RUNTIME_SECRET, &spec.secret)
+            .env(rally_sdk::runtime::env::QUALIFIER, spec.qualifier)
+            .env(rally_sdk::runtime::env::PLATFORM_URL, &spec.platform_url)
+            .env(rally_sdk::runtime::env::BUNDLE, &spec.bundle)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(false)
+            .spawn()?;
+        let pid = child.id().unwrap_or_default();
+        self.children
+            .lock()
+            .expect("pool lock")
+            .insert(spec.runtime_id.clone(), pid);
+
+        let log = LogFile::open(self.log_path(&spec.runtime_id), self.log_max_bytes).await?;
+        let log = Arc::new(tokio::sync::Mutex::new(log));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|out| Box::new(out) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|err| Box::new(err) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    log.lock().await.append(&line).await;
+                }
+            });
+        }
+
+        let children = self.children.clone();
+        let exits = self.exits.clone();
+        let runtime_id = spec.runtime_id;
+        tokio::spawn(async move {
+            // Awaiting the child reaps it: no zombies.
+            let status = child.wait().await;
+            children.lock().expect("pool lock").remove(&runtime_id);
+            let exit_code = status.ok().and_then(|status| status.code());
+            let _ = exits.send(Exited {
+                runtime_id,
+                exit_code,
+            });
+        });
+        Ok(pid)
+    }
+
+    /// True while the runtime's process is a child of this pool.
+    pub fn is_running(&self, runtime_id: &str) -> bool {
+        self.children
+            .lock()
+            .expect("pool lock")
+            .contains_key(runtime_id)
+    }
+
+    /// SIGTERM now, SIGKILL after `grace` if it is still there.
+    pub fn terminate(&self, runtime_id: &str, grace: Duration) {
+        let Some(pid) = self
+            .children
+            .lock()
+            .expect("pool lock")
+            .get(runtime_id)
+            .copied()
+        else {
+            return;
+        };
+        signal(pid, Signal::SIGTERM);
+        let children = self.children.clone();
+        let runtime_id = runtime_id.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let still_there = children.lock().expect("pool lock").get(&runtime_id) == Some(&pid);
+            if still_there {
+                tracing::warn!(runtime_id = %runtime_id, "runtime ignored SIGTERM; killing it");
+                signal(pid, Signal::SIGKILL);
+            }
+        });
+    }
+
+    /// Kills every child at once (platform shutdown after the grace period).
+    pub fn kill_all(&self) {
+        for pid in self.children.lock().expect("pool lock").values() {
+            signal(*pid, Signal::SIGKILL);
+        }
+    }
+
+    /// Pids of the children still running.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children
+            .lock()
+            .expect("pool lock")
+            .values()
+            .copied()
+            .collect()
+    }
+}
+
+fn signal(pid: u32, signal: Signal) {
+    if let Err(error) = kill(Pid::from_raw(pid as i32), signal) {
+        tracing::debug!(pid, %error, "cannot signal runtime process");
+    }
+}
+
+/// True when a process with `pid` exists and runs `runtime_id` (checked through /proc, so a
+/// recycled pid is not mistaken for the runtime).
+pub fn is_runtime_process(pid: u32, runtime_id: &str) -> bool {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let wanted = format!("{}={runtime_id}", rally_sdk::runtime::env::RUNTIME_ID);
+    environ
+        .split(|byte| *byte == 0)
+        .any(|entry| entry == wanted.as_bytes())
+}
+
+/// Ends a process this platform started before a crash (it is no longer our child).
+pub fn kill_orphan(pid: u32) {
+    signal(pid, Signal::SIGKILL);
+}
+
+/// A runtime's log: appended line by line, cut in half when it grows past its cap so that a
+/// chatty runtime cannot fill the disk.
+struct LogFile {
+    path: PathBuf,
+    file: tokio::fs::File,
+    size: u64,
+    max_bytes: u64,
+}
+
+impl LogFile {
+    async fn open(path: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await?;
+        let size = file.metadata().await?.len();
+        Ok(Self {
+            path,
+            file,
+            size,
+            max_bytes,
+        })
+    }
+
+    async fn append(&mut self, line: &str) {
+        let line = format!("{line}\n");
+        if self.size + line.len() as u64 > self.max_bytes {
+            self.truncate_to_recent().await;
+        }
+        if self.file.write_all(line.as_bytes()).await.is_ok() {
+            self.size += line.len() as u64;
+        }
+    }
+
+    /// Keeps the newest half of the log.
+    async fn truncate_to_recent(&mut self) {
+        let content = tokio::fs::read(&self.path).await.unwrap_or_default();
+        let keep_from = content.len().saturating_sub((self.max_bytes / 2) as usize);
+        let start = content[keep_from..]
+            .iter()
+            .position(|byte| *byte == b'\n')
+            .map_or(keep_from, |offset| keep_from + offset + 1);
+        let kept = &content[start..];
+        if tokio::fs::write(&self.path, kept).await.is_ok() {
+            if let Ok(file) = tokio::fs::OpenOptions::new()
+                .append(true)
+                .open(&self.path)
+                .await
+            {
+                self.file = file;
+                self.size = kept.len() as u64;
+            }
+        }
+    }
+}
+
+/// The `rally-runtime` binary to start: next to the running `rally` binary (or one level up,
+/// for test binaries in `target/*/deps`), else from `PATH`.
+pub fn default_runtime_binary() -> PathBuf {
+    let name = "rally-runtime";
+    if let Ok(exe) = std::env::current_exe() {
+        for directory in exe.ancestors().skip(1).take(2) {
+            let candidate = directory.join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    Path::new(name).to_path_buf()
+}
