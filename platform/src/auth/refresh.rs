@@ -161,7 +161,11 @@ async fn subject_is_active(
             "SELECT disabled_at FROM accounts WHERE id = $1"
         }
         Role::Player => "SELECT disabled_at FROM users WHERE id = $1",
-        Role::Runtime => return Ok(false),
+        // A runtime renews its tokens while its record is alive.
+        Role::Runtime => {
+            "SELECT CASE WHEN status IN ('starting', 'running', 'stopping') THEN NULL \
+             ELSE CAST(1 AS BIGINT) END FROM runtimes WHERE id = $1"
+        }
     };
     let disabled_at: Option<Option<i64>> = sqlx::query_scalar(query)
         .bind(subject)

@@ -411,6 +411,7 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
         let status: String = row.get(1);
         let pid: Option<i64> = row.get(2);
         let created_at: i64 = row.get(3);
+        process_pool::trim_log(&runtimes.pool.log_path(&id), runtimes.pool.log_max_bytes());
         let child = runtimes.pool.is_running(&id);
         let alive =
             child || pid.is_some_and(|pid| process_pool::is_runtime_process(pid as u32, &id));
@@ -617,25 +618,29 @@ async fn cached_bundle(state: &AppState, sha256: &str) -> anyhow::Result<PathBuf
     Ok(path)
 }
 
-/// Platform shutdown: every runtime of this node is asked to stop, then terminated.
+/// Platform shutdown: every runtime of this node is asked to stop, then terminated: children
+/// through the pool, runtimes adopted from a previous run by pid.
 async fn stop_all(state: &AppState, exits: &mut mpsc::UnboundedReceiver<Exited>) {
     let runtimes = &state.runtimes;
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM runtimes WHERE node_id = $1 AND status IN ('starting', 'running', 'stopping')",
+    let rows = sqlx::query(
+        "SELECT id, pid FROM runtimes WHERE node_id = $1 AND status IN ('starting', 'running', 'stopping')",
     )
     .bind(&runtimes.node_id)
     .fetch_all(state.database.reader())
     .await
     .unwrap_or_default();
-    for id in &ids {
-        let _ = mark_stopping(&state.database, id, None).await;
-        runtimes.send(
-            id,
-            vec![PlatformMessage::StopRequested {
-                deadline_ms: runtimes.stop_grace.as_millis() as u64,
-            }],
-        );
-        runtimes.pool.terminate(id, runtimes.stop_grace);
+    let mut adopted = Vec::new();
+    for row in &rows {
+        let id: String = row.get(0);
+        let pid: Option<i64> = row.get(1);
+        let _ = mark_stopping(&state.database, &id, None).await;
+        let deadline_ms = runtimes.stop_grace.as_millis() as u64;
+        runtimes.send(&id, vec![PlatformMessage::StopRequested { deadline_ms }]);
+        if runtimes.pool.is_running(&id) {
+            runtimes.pool.terminate(&id, runtimes.stop_grace);
+        } else if let Some(pid) = pid {
+            adopted.push((id, pid as u32));
+        }
     }
     let deadline = tokio::time::Instant::now() + runtimes.stop_grace * 2;
     while !runtimes.pool.pids().is_empty() && tokio::time::Instant::now() < deadline {
@@ -647,4 +652,22 @@ async fn stop_all(state: &AppState, exits: &mut mpsc::UnboundedReceiver<Exited>)
         }
     }
     runtimes.pool.kill_all();
+    for (runtime_id, pid) in adopted {
+        while process_pool::is_runtime_process(pid, &runtime_id)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if process_pool::is_runtime_process(pid, &runtime_id) {
+            process_pool::kill_orphan(pid);
+        }
+        let _ = record_exit(
+            &state.database,
+            &Exited {
+                runtime_id,
+                exit_code: None,
+            },
+        )
+        .await;
+    }
 }

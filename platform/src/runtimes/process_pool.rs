@@ -1,5 +1,6 @@
 //! The local-process pool, the embedded default: each runtime is a `rally-runtime` child process
-//! of the platform. Its output goes to a log file per runtime; its exit is reported to the
+//! of the platform. Its output goes straight to a log file per runtime (not through a pipe, so a
+//! runtime outlives a crash of the platform and keeps logging); its exit is reported to the
 //! supervisor; stopping asks nicely (SIGTERM) before it insists (SIGKILL). Every child is
 //! awaited, so none is left a zombie.
 
@@ -10,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
@@ -59,6 +59,10 @@ impl ProcessPool {
         }
     }
 
+    pub fn log_max_bytes(&self) -> u64 {
+        self.log_max_bytes
+    }
+
     pub fn log_path(&self, runtime_id: &str) -> PathBuf {
         self.log_dir.join(format!("{runtime_id}.log"))
     }
@@ -66,6 +70,10 @@ impl ProcessPool {
     /// Starts the runtime's process and returns its pid.
     pub async fn spawn(&self, spec: ProcessSpec) -> std::io::Result<u32> {
         tokio::fs::create_dir_all(&self.log_dir).await?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(&spec.runtime_id))?;
         let mut child = Command::new(&self.binary)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -75,8 +83,8 @@ impl ProcessPool {
             .env(rally_sdk::runtime::env::PLATFORM_URL, &spec.platform_url)
             .env(rally_sdk::runtime::env::BUNDLE, &spec.bundle)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
             .kill_on_drop(false)
             .spawn()?;
         let pid = child.id().unwrap_or_default();
@@ -84,30 +92,6 @@ impl ProcessPool {
             .lock()
             .expect("pool lock")
             .insert(spec.runtime_id.clone(), pid);
-
-        let log = LogFile::open(self.log_path(&spec.runtime_id), self.log_max_bytes).await?;
-        let log = Arc::new(tokio::sync::Mutex::new(log));
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|out| Box::new(out) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child
-                .stderr
-                .take()
-                .map(|err| Box::new(err) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    log.lock().await.append(&line).await;
-                }
-            });
-        }
 
         let children = self.children.clone();
         let exits = self.exits.clone();
@@ -196,60 +180,26 @@ pub fn kill_orphan(pid: u32) {
     signal(pid, Signal::SIGKILL);
 }
 
-/// A runtime's log: appended line by line, cut in half when it grows past its cap so that a
-/// chatty runtime cannot fill the disk.
-struct LogFile {
-    path: PathBuf,
-    file: tokio::fs::File,
-    size: u64,
-    max_bytes: u64,
-}
-
-impl LogFile {
-    async fn open(path: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .await?;
-        let size = file.metadata().await?.len();
-        Ok(Self {
-            path,
-            file,
-            size,
-            max_bytes,
-        })
+/// Keeps a runtime's log under its cap: past it, only the newest half stays. (The runtime
+/// appends to the file itself; lines written while it is cut may be lost, which a log can
+/// afford.)
+pub fn trim_log(path: &Path, max_bytes: u64) {
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return;
+    };
+    if metadata.len() <= max_bytes {
+        return;
     }
-
-    async fn append(&mut self, line: &str) {
-        let line = format!("{line}\n");
-        if self.size + line.len() as u64 > self.max_bytes {
-            self.truncate_to_recent().await;
-        }
-        if self.file.write_all(line.as_bytes()).await.is_ok() {
-            self.size += line.len() as u64;
-        }
-    }
-
-    /// Keeps the newest half of the log.
-    async fn truncate_to_recent(&mut self) {
-        let content = tokio::fs::read(&self.path).await.unwrap_or_default();
-        let keep_from = content.len().saturating_sub((self.max_bytes / 2) as usize);
-        let start = content[keep_from..]
-            .iter()
-            .position(|byte| *byte == b'\n')
-            .map_or(keep_from, |offset| keep_from + offset + 1);
-        let kept = &content[start..];
-        if tokio::fs::write(&self.path, kept).await.is_ok() {
-            if let Ok(file) = tokio::fs::OpenOptions::new()
-                .append(true)
-                .open(&self.path)
-                .await
-            {
-                self.file = file;
-                self.size = kept.len() as u64;
-            }
-        }
+    let Ok(content) = std::fs::read(path) else {
+        return;
+    };
+    let keep_from = content.len().saturating_sub((max_bytes / 2) as usize);
+    let start = content[keep_from..]
+        .iter()
+        .position(|byte| *byte == b'\n')
+        .map_or(keep_from, |offset| keep_from + offset + 1);
+    if let Err(error) = std::fs::write(path, &content[start..]) {
+        tracing::debug!(%error, "cannot trim a runtime log");
     }
 }
 
