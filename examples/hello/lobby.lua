@@ -1,11 +1,12 @@
 -- lobby.lua: the lobby of the "hello" example. Every client lands here after connecting.
 -- Sending "duel" asks the matchmaker for a match; anything else is echoed back.
--- The handler names follow the runtime API; a game starts by copying this file.
+-- The module returns its handlers; each receives `ctx`, the runtime's API. A game starts by
+-- copying this file.
 
 local lobby = {}
 
 function lobby.on_start(ctx)
-    ctx.log("lobby started")
+    ctx.log.info("lobby started")
 end
 
 function lobby.on_client_assigned(ctx, client)
@@ -13,20 +14,21 @@ function lobby.on_client_assigned(ctx, client)
     ctx.respond(client.id, ctx.user_data.greeting .. " Send \"duel\" to find an opponent.")
 end
 
-function lobby.on_message(ctx, client_id, payload)
-    if payload == "duel" then
+function lobby.on_message(ctx, client_id, payload, kind)
+    if kind == "text" and payload == "duel" then
         ctx.request_matchmaking(client_id, "duel")
     else
-        ctx.respond(client_id, payload)
+        -- Echo; a binary message goes back as binary.
+        ctx.respond(client_id, payload, kind)
     end
 end
 
-function lobby.on_tick(ctx, dt)
-    -- A lobby has nothing to simulate; matchmaking happens in the platform.
+function lobby.on_client_removed(ctx, client_id, reason)
+    ctx.log.debug("client", client_id, "left the lobby:", reason)
 end
 
 function lobby.on_stop(ctx)
-    ctx.log("lobby stopping")
+    ctx.log.info("lobby stopping")
 end
 
 return lobby
