@@ -9,6 +9,9 @@ pub mod wire;
 #[cfg(feature = "bundle")]
 pub mod bundle;
 
+#[cfg(feature = "guest")]
+pub mod guest;
+
 #[cfg(feature = "client")]
 pub mod client;
 
