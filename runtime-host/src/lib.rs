@@ -3,3 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod engine;
+pub mod loader;
+pub mod lua;
+pub mod session;
+pub mod simulate;
+pub mod wasm;

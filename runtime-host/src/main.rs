@@ -1,14 +1,21 @@
-//! `rally-runtime`: the process that runs one lobby or match of a game's server logic.
+//! `rally-runtime`: the process that runs one lobby or match of a game's server logic and
+//! connects it to the platform. `rally-runtime simulate <bundle> <script>` runs the logic
+//! without a platform, from a scripted session.
 //!
-//! The engines (Lua, WASM) and the runtime protocol arrive with their own issue; until then the
-//! binary only identifies itself, so that packaging and process pools can already be built
-//! around it.
+//! Exit codes: 0 stopped as asked; 1 `simulate` saw a handler fail; 2 bad environment or
+//! command line; 3 the bundle cannot be loaded; 4 the platform refused the credentials;
+//! 5 the platform was unreachable past the reconnect window; 6 protocol version mismatch.
 #![forbid(unsafe_code)]
 
+use rally_runtime_host::engine::Limits;
+use rally_runtime_host::session::{self, Exit, RuntimeEnv};
+use rally_runtime_host::{loader, simulate};
+use std::path::Path;
 use std::process::ExitCode;
 
-/// Exit code for a command line the binary does not understand.
-const EXIT_USAGE: u8 = 2;
+const USAGE: &str = "usage: rally-runtime                        (started by the platform, configured by RALLY_RUNTIME_* variables)\n       \
+                     rally-runtime simulate <bundle> <script> [lobby|match]\n       \
+                     rally-runtime --version";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -17,13 +24,95 @@ fn main() -> ExitCode {
             println!("rally-runtime {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        _ => {
-            eprintln!(
-                "rally-runtime {}: no game engine is built into this version yet; \
-                 usage: rally-runtime --version",
-                env!("CARGO_PKG_VERSION")
-            );
-            ExitCode::from(EXIT_USAGE)
+        Some("simulate") => simulate_command(&args[1..]),
+        None => run_on_platform(),
+        Some(_) => {
+            eprintln!("{USAGE}");
+            ExitCode::from(Exit::Usage as u8)
+        }
+    }
+}
+
+fn run_on_platform() -> ExitCode {
+    let runtime = match RuntimeEnv::from_env() {
+        Ok(runtime) => runtime,
+        Err(problem) => {
+            eprintln!("rally-runtime: {problem}\n{USAGE}");
+            return ExitCode::from(Exit::Usage as u8);
+        }
+    };
+    let loaded = match loader::load(&runtime.bundle, runtime.qualifier, Limits::default()) {
+        Ok(loaded) => loaded,
+        Err(problem) => {
+            eprintln!("rally-runtime: cannot load the bundle: {problem}");
+            return ExitCode::from(Exit::BadBundle as u8);
+        }
+    };
+    let tick_rate = loaded.manifest.runtime.tick_rate;
+    // One thread: the logic runs events in order, and a runtime is one of many on a host.
+    let tokio = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(tokio) => tokio,
+        Err(error) => {
+            eprintln!("rally-runtime: cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "rally-runtime: {} {} starting",
+        runtime.qualifier.as_str(),
+        runtime.runtime_id
+    );
+    let exit = tokio.block_on(session::run(runtime, loaded.engine, tick_rate));
+    ExitCode::from(exit as u8)
+}
+
+fn simulate_command(args: &[String]) -> ExitCode {
+    let (Some(bundle), Some(script)) = (args.first(), args.get(1)) else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(Exit::Usage as u8);
+    };
+    let qualifier = match args.get(2).map(String::as_str) {
+        None | Some("lobby") => rally_sdk::runtime::Qualifier::Lobby,
+        Some("match") => rally_sdk::runtime::Qualifier::Match,
+        Some(other) => {
+            eprintln!("rally-runtime: the qualifier is lobby or match, not {other:?}");
+            return ExitCode::from(Exit::Usage as u8);
+        }
+    };
+    let events = match std::fs::read_to_string(script)
+        .map_err(|error| format!("cannot read {script}: {error}"))
+        .and_then(|text| simulate::parse(&text).map_err(|error| format!("{script}: {error}")))
+    {
+        Ok(events) => events,
+        Err(problem) => {
+            eprintln!("rally-runtime: {problem}");
+            return ExitCode::from(Exit::Usage as u8);
+        }
+    };
+    let mut loaded = match loader::load(Path::new(bundle), qualifier, Limits::default()) {
+        Ok(loaded) => loaded,
+        Err(problem) => {
+            eprintln!("rally-runtime: cannot load the bundle: {problem}");
+            return ExitCode::from(Exit::BadBundle as u8);
+        }
+    };
+    let config = serde_json::to_value(&loaded.manifest.deployment).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    match simulate::run(
+        loaded.engine.as_mut(),
+        &events,
+        &loaded.manifest.user_data,
+        &config,
+        &mut out,
+    ) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("rally-runtime: {error}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -13,6 +13,7 @@ mod developers;
 mod permissions;
 mod progress;
 mod projects;
+mod runtimes;
 mod session;
 mod stages;
 mod table;
@@ -69,6 +70,9 @@ enum Command {
     /// Deploy versions to a stage, list and stop deployments.
     #[command(subcommand)]
     Deployment(deployments::DeploymentCommand),
+    /// List a deployment's runtimes and read their logs.
+    #[command(subcommand)]
+    Runtime(runtimes::RuntimeCommand),
     /// Manage developer accounts (admin or support).
     #[command(subcommand)]
     Developer(developers::DeveloperCommand),
@@ -276,6 +280,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Stage(command) => stages::run(command).await,
         Command::Version(command) => versions::run(command).await,
         Command::Deployment(command) => deployments::run(command).await,
+        Command::Runtime(command) => runtimes::run(command).await,
         Command::Developer(command) => developers::run(command).await,
         Command::Permission(command) => permissions::run(command).await,
         Command::Audit(args) => audit::run(args).await,

@@ -1,0 +1,409 @@
+//! Runtimes as real `rally-runtime` child processes of the platform: started for a deployment's
+//! lobbies, replaced when killed, drained when a new version is deployed, stopped with the
+//! platform, and cleaned up after a platform crash.
+
+use crate::helpers::{assert_api_error, spawn_app_with, Backend, TestApp, ADMIN_PASSWORD};
+use crate::on_both_backends;
+use crate::permissions::hello_bundle;
+use rally_sdk::wire::{DeploymentStatus, RuntimeInfo};
+use rally_sdk::RallyClient;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// `rally-runtime` from the same build as this test.
+pub fn runtime_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|directory| directory.join("rally-runtime"))
+        .find(|candidate| candidate.is_file())
+        .expect("rally-runtime is built next to the tests (cargo test --workspace builds it)")
+}
+
+async fn app_with_runtimes(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |config| {
+        config.runtime_binary = Some(runtime_binary());
+        config.runtime_start_timeout_secs = 10;
+        config.runtime_stop_grace_secs = 1;
+    })
+    .await
+}
+
+/// Tenant `studio`, project `game`, version 1 of the hello example deployed with `min_lobbies`.
+async fn deployed(app: &TestApp, min_lobbies: u32) -> (RallyClient, String) {
+    let admin = app.admin().await;
+    admin.create_tenant("Studio", Some("studio")).await.unwrap();
+    admin
+        .create_project("studio", "Game", Some("game"))
+        .await
+        .unwrap();
+    admin
+        .upload_version("studio", "game", hello_bundle(), None)
+        .await
+        .unwrap();
+    let deployment = admin
+        .deploy(
+            "studio",
+            "game",
+            "default",
+            "1",
+            serde_json::json!({"min_lobbies": min_lobbies}),
+        )
+        .await
+        .unwrap();
+    (admin, deployment.id)
+}
+
+/// Polls the deployment's runtimes until `done` holds, for at most 20 seconds.
+async fn wait_for(
+    admin: &RallyClient,
+    deployment: &str,
+    what: &str,
+    done: impl Fn(&[RuntimeInfo]) -> bool,
+) -> Vec<RuntimeInfo> {
+    let started = Instant::now();
+    loop {
+        let runtimes = admin
+            .list_runtimes("studio", "game", "default", deployment)
+            .await
+            .unwrap();
+        if done(&runtimes) {
+            return runtimes;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}: {runtimes:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn running(runtimes: &[RuntimeInfo]) -> Vec<&RuntimeInfo> {
+    runtimes
+        .iter()
+        .filter(|runtime| runtime.status == "running" && runtime.connected_at.is_some())
+        .collect()
+}
+
+/// The state letter of a process (R, S, Z...), or None when it is gone.
+fn process_state(pid: i64) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim().chars().next()
+}
+
+fn is_rally_runtime(pid: i64) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains("rally-runtime"))
+        .unwrap_or(false)
+}
+
+async fn lobbies_run_as_processes_and_a_killed_one_is_replaced(backend: Backend) {
+    let app = app_with_runtimes(backend).await;
+    let (admin, deployment) = deployed(&app, 2).await;
+    let runtimes = wait_for(&admin, &deployment, "two connected lobbies", |r| {
+        running(r).len() == 2
+    })
+    .await;
+    let pids: Vec<i64> = running(&runtimes).iter().map(|r| r.pid.unwrap()).collect();
+    for pid in &pids {
+        assert!(is_rally_runtime(*pid), "pid {pid} is not rally-runtime");
+    }
+    let victim = running(&runtimes)[0].id.clone();
+    let victim_pid = pids[0];
+    std::process::Command::new("kill")
+        .args(["-KILL", &victim_pid.to_string()])
+        .status()
+        .unwrap();
+
+    let runtimes = wait_for(&admin, &deployment, "the killed lobby replaced", |r| {
+        r.iter()
+            .any(|runtime| runtime.id == victim && runtime.status == "failed")
+            && running(r).len() == 2
+    })
+    .await;
+    let failed = runtimes
+        .iter()
+        .find(|runtime| runtime.id == victim)
+        .unwrap();
+    assert!(failed.failure.is_some());
+    assert_eq!(runtimes.len(), 3, "one replacement, no more");
+    // Reaped, not a zombie.
+    assert_ne!(process_state(victim_pid), Some('Z'));
+
+    // What the runtime printed is readable.
+    let survivor = running(&runtimes)[0].id.clone();
+    let logs = admin
+        .runtime_logs("studio", "game", "default", &deployment, &survivor)
+        .await
+        .unwrap();
+    assert!(logs.contains("starting"), "{logs}");
+
+    // The CLI shows the same, for operators.
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_rally"))
+            .args(args)
+            .args([
+                "--tenant",
+                "studio",
+                "--project",
+                "game",
+                "--deployment",
+                &deployment,
+            ])
+            .env("RALLY_URL", &app.url)
+            .env("RALLY_TOKEN", admin.access_token().unwrap())
+            .env(
+                "RALLY_CONFIG_DIR",
+                std::env::temp_dir().join("rally-cli-unused"),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli(&["runtime", "list", "--json"])).unwrap();
+    assert_eq!(listed["runtimes"].as_array().unwrap().len(), 3);
+    assert!(cli(&["runtime", "logs", &survivor]).contains("starting"));
+
+    // Stopping the platform stops its runtimes.
+    let live: Vec<i64> = running(&runtimes).iter().map(|r| r.pid.unwrap()).collect();
+    app.stop().await;
+    for pid in live {
+        assert!(
+            matches!(process_state(pid), None | Some('Z')) || !is_rally_runtime(pid),
+            "pid {pid} outlived the platform"
+        );
+    }
+}
+
+async fn a_new_deployment_drains_the_old_runtimes(backend: Backend) {
+    let app = app_with_runtimes(backend).await;
+    let (admin, first) = deployed(&app, 1).await;
+    let old = wait_for(&admin, &first, "the first lobby", |r| running(r).len() == 1).await;
+    let old_runtime = running(&old)[0].id.clone();
+
+    admin
+        .upload_version("studio", "game", hello_bundle(), None)
+        .await
+        .unwrap();
+    let second = admin
+        .deploy("studio", "game", "default", "2", serde_json::Value::Null)
+        .await
+        .unwrap();
+    wait_for(&admin, &second.id, "the new version's lobby", |r| {
+        running(r).len() == 1
+    })
+    .await;
+    let old = wait_for(&admin, &first, "the old lobby stopped", |r| {
+        r.iter()
+            .all(|runtime| runtime.status == "stopped" || runtime.status == "failed")
+    })
+    .await;
+    let stopped = old
+        .iter()
+        .find(|runtime| runtime.id == old_runtime)
+        .unwrap();
+    assert_eq!(
+        stopped.status, "stopped",
+        "asked to stop, it stopped: {stopped:?}"
+    );
+    let started = Instant::now();
+    loop {
+        let deployment = admin
+            .get_deployment("studio", "game", "default", &first)
+            .await
+            .unwrap();
+        if deployment.status == DeploymentStatus::Closed {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the old deployment did not close"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+}
+
+async fn runtime_secrets_work_once(backend: Backend) {
+    let app = app_with_runtimes(backend).await;
+    let (admin, deployment) = deployed(&app, 0).await;
+    let secret = rally_platform::auth::new_secret();
+    let id = rally_platform::storage::new_id();
+    sqlx::query(
+        "INSERT INTO runtimes (id, deployment_id, qualifier, status, secret_hash, node_id, pool_kind, created_at) \
+         VALUES ($1, $2, 'lobby', 'starting', $3, $4, 'process', $5)",
+    )
+    .bind(&id)
+    .bind(&deployment)
+    .bind(rally_platform::auth::hash_secret(&secret))
+    .bind(&app.state.runtimes.node_id)
+    .bind(rally_platform::storage::now_millis())
+    .execute(app.state.database.writer())
+    .await
+    .unwrap();
+    let client = app.client();
+    assert_api_error(
+        client.runtime_token(&id, "forged-secret").await,
+        401,
+        "invalid_credentials",
+    );
+    let tokens = client.runtime_token(&id, &secret).await.unwrap();
+    assert_eq!(tokens.role, rally_sdk::wire::Role::Runtime);
+    assert_api_error(
+        client.runtime_token(&id, &secret).await,
+        401,
+        "runtime_secret_used",
+    );
+    // A runtime token opens no management route, and a player token no runtime socket.
+    assert_api_error(
+        client
+            .authenticated(&tokens.access_token)
+            .list_tenants()
+            .await,
+        403,
+        "forbidden",
+    );
+    // The refresh token renews a runtime's access.
+    client.refresh(&tokens.refresh_token).await.unwrap();
+    let _ = admin;
+    app.stop().await;
+}
+
+on_both_backends!(
+    lobbies_run_as_processes_and_a_killed_one_is_replaced,
+    a_new_deployment_drains_the_old_runtimes,
+    runtime_secrets_work_once,
+);
+
+/// The platform as a child process, to crash it for real.
+struct PlatformProcess {
+    child: std::process::Child,
+}
+
+impl PlatformProcess {
+    fn start(data_dir: &std::path::Path, port: u16) -> Self {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rally"))
+            .arg("server")
+            .env("RALLY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RALLY_DATA_DIR", data_dir)
+            .env("RALLY_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("RALLY_RUNTIME_BINARY", runtime_binary())
+            .env("RALLY_RUNTIME_STOP_GRACE_SECS", "1")
+            .env_remove("RALLY_DATABASE_URL")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("rally listening"), "{line}");
+        Self { child }
+    }
+
+    fn signal(&self, signal: &str) {
+        std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    fn wait(mut self) {
+        let started = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the platform did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_platform_crash_runtimes_reconnect_and_none_is_left_behind() {
+    let directory = tempfile::tempdir().unwrap();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let platform = PlatformProcess::start(directory.path(), port);
+    let client = RallyClient::new(&url).unwrap();
+    let tokens = client.login("admin", ADMIN_PASSWORD).await.unwrap();
+    let admin = client.authenticated(&tokens.access_token);
+    admin.create_tenant("Studio", Some("studio")).await.unwrap();
+    admin
+        .create_project("studio", "Game", Some("game"))
+        .await
+        .unwrap();
+    admin
+        .upload_version("studio", "game", hello_bundle(), None)
+        .await
+        .unwrap();
+    let deployment = admin
+        .deploy(
+            "studio",
+            "game",
+            "default",
+            "1",
+            serde_json::json!({"min_lobbies": 2}),
+        )
+        .await
+        .unwrap()
+        .id;
+    let before = wait_for(&admin, &deployment, "two lobbies", |r| {
+        running(r).len() == 2
+    })
+    .await;
+    let pids: Vec<i64> = running(&before).iter().map(|r| r.pid.unwrap()).collect();
+
+    // Crash: the runtimes are orphaned but alive, trying to reconnect.
+    platform.signal("-KILL");
+    platform.wait();
+    for pid in &pids {
+        assert!(
+            is_rally_runtime(*pid),
+            "runtime {pid} died with the platform"
+        );
+    }
+
+    // Restart on the same data and port: the same runtimes come back, none is added.
+    let platform = PlatformProcess::start(directory.path(), port);
+    let after = wait_for(&admin, &deployment, "the lobbies reconnected", |r| {
+        running(r).len() == 2
+            && r.iter()
+                .filter(|runtime| runtime.connected_at.is_some())
+                .count()
+                == 2
+    })
+    .await;
+    let reconnected: Vec<i64> = running(&after).iter().map(|r| r.pid.unwrap()).collect();
+    assert_eq!(reconnected.len(), 2);
+    for pid in &pids {
+        assert!(
+            reconnected.contains(pid),
+            "runtime {pid} was replaced instead of kept"
+        );
+    }
+    // Give the reconnected runtimes a moment on their new sockets, then stop the platform.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    platform.signal("-TERM");
+    platform.wait();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for pid in &pids {
+        assert!(
+            !is_rally_runtime(*pid) || process_state(*pid) == Some('Z'),
+            "runtime {pid} outlived the platform"
+        );
+    }
+}

@@ -1,0 +1,67 @@
+//! From a bundle on disk to a running engine: read the bundle (a directory or a tar.gz) with
+//! the same checks the platform made at upload, then load its lobby or match entry into the
+//! engine its manifest names.
+
+use crate::engine::{Engine, Limits};
+use rally_sdk::bundle::{pack, unpack, BundleLimits};
+use rally_sdk::manifest::{Manifest, RuntimeKind};
+use rally_sdk::runtime::Qualifier;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A bundle's logic, ready to take events.
+pub struct Loaded {
+    pub engine: Box<dyn Engine>,
+    pub manifest: Manifest,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("manifest", &self.manifest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bundle's files by path, and its manifest.
+pub fn read_bundle(path: &Path) -> Result<(Manifest, BTreeMap<String, Vec<u8>>), String> {
+    let limits = BundleLimits::default();
+    let archive = if path.is_dir() {
+        pack(path, &limits).map_err(|error| format!("{}: {error}", path.display()))?
+    } else {
+        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?
+    };
+    let (bundle, files) =
+        unpack(&archive, &limits).map_err(|error| format!("{}: {error}", path.display()))?;
+    Ok((bundle.manifest, files))
+}
+
+/// Loads the entry of `qualifier` into the engine the manifest names.
+pub fn load(path: &Path, qualifier: Qualifier, limits: Limits) -> Result<Loaded, String> {
+    let (manifest, files) = read_bundle(path)?;
+    let entry = match qualifier {
+        Qualifier::Lobby => manifest.runtime.lobby.clone(),
+        Qualifier::Match => manifest.runtime.match_entry.clone(),
+    };
+    let engine: Box<dyn Engine> = match manifest.runtime.kind {
+        RuntimeKind::Lua => {
+            let bundle = crate::lua::LuaBundle::from_files(files);
+            Box::new(
+                crate::lua::LuaEngine::load(&bundle, &entry, limits)
+                    .map_err(|error| error.to_string())?,
+            )
+        }
+        RuntimeKind::Wasm => {
+            let bytes = files
+                .get(&entry)
+                .ok_or_else(|| format!("the bundle has no {entry}"))?;
+            let module = crate::wasm::WasmModule::compile(bytes)
+                .map_err(|error| format!("{entry}: {error}"))?;
+            Box::new(
+                crate::wasm::WasmEngine::instantiate(&module, limits)
+                    .map_err(|error| format!("{entry}: {error}"))?,
+            )
+        }
+    };
+    Ok(Loaded { engine, manifest })
+}
