@@ -838,7 +838,10 @@ max_players = 2
         let limits = BundleLimits::default();
         let bundle = inspect(&pack(&hello, &limits).unwrap(), &limits).unwrap();
         let paths: Vec<&str> = bundle.files.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(paths, ["lobby.lua", "match.lua", "rally.toml", "session.txt"]);
+        assert_eq!(
+            paths,
+            ["lobby.lua", "match.lua", "rally.toml", "session.txt"]
+        );
         assert_eq!(bundle.manifest.modes[0].groups.len(), 2);
         assert!(bundle.manifest.user_data["greeting"].is_string());
     }
