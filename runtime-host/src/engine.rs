@@ -53,7 +53,9 @@ pub enum HandlerError {
 pub struct Limits {
     /// Memory the logic may hold, in bytes.
     pub memory_bytes: usize,
-    /// Work allowed per handler call: Lua VM instructions, or WASM fuel units.
+    /// Work allowed per handler call: Luau interrupt points (calls, returns, loop back-edges,
+    /// pattern-matching steps; the Lua engine also derives a wall-clock bound from it), or WASM
+    /// fuel units.
     pub budget_per_call: u64,
     /// Largest payload the logic may send, in bytes.
     pub max_payload_bytes: usize,
