@@ -85,7 +85,10 @@ impl ProcessPool {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
-            .kill_on_drop(false)
+            // A platform that is dropped without its shutdown (an embedding or a test that
+            // just ends) takes its runtimes along; a crash cannot drop anything, so after a
+            // crash they live on and reconnect.
+            .kill_on_drop(true)
             .spawn()?;
         let pid = child.id().unwrap_or_default();
         self.children

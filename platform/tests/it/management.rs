@@ -182,23 +182,21 @@ async fn oversized_archives_and_bombs_are_refused_early(backend: Backend) {
     })
     .await;
     let admin = studio(&app).await;
-    // Over the archive limit: refused from its length.
-    let big = vec![7u8; 1024 * 1024];
-    assert_api_error(
-        admin.upload_version("studio", "game", big, None).await,
-        413,
-        "payload_too_large",
-    );
-    // A 1 GB upload is answered from its length, before any of it is read.
-    let answer = crate::helpers::announce_body(
-        &app,
-        "/api/v1/tenants/studio/projects/game/versions",
-        "application/gzip",
-        1 << 30,
-        admin.access_token(),
-    )
-    .await;
-    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // Just over the archive limit, and 1 GB: both answered from the announced length, before
+    // the body is read. (A client that pushes the whole body may see its write cut off instead
+    // of the answer, so the raw socket is used.)
+    for length in [256 * 1024 + 1, 1 << 30] {
+        let answer = crate::helpers::announce_body(
+            &app,
+            "/api/v1/tenants/studio/projects/game/versions",
+            "application/gzip",
+            length,
+            admin.access_token(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{length}: {answer}");
+        assert!(answer.contains("payload_too_large"), "{length}: {answer}");
+    }
     // A small archive that inflates to 16 MiB: refused once the limit is passed.
     let mut bomb = RawArchive::new().file("rally.toml", MANIFEST);
     let zeros = vec![0u8; 16 * 1024 * 1024];
