@@ -2,6 +2,8 @@
 //! connects it to the platform. `rally-runtime simulate <bundle> <script>` runs the logic
 //! without a platform, from a scripted session.
 //!
+//! `rally-runtime check <bundle>` loads the lobby and match logic and reports what does not.
+//!
 //! Exit codes: 0 stopped as asked; 1 `simulate` saw a handler fail; 2 bad environment or
 //! command line; 3 the bundle cannot be loaded; 4 the platform refused the credentials;
 //! 5 the platform was unreachable past the reconnect window; 6 protocol version mismatch.
@@ -15,6 +17,7 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: rally-runtime                        (started by the platform, configured by RALLY_RUNTIME_* variables)\n       \
                      rally-runtime simulate <bundle> <script> [lobby|match]\n       \
+                     rally-runtime check <bundle>                 (loads the lobby and match logic, as a runtime would)\n       \
                      rally-runtime --version";
 
 fn main() -> ExitCode {
@@ -25,6 +28,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("simulate") => simulate_command(&args[1..]),
+        Some("check") => check_command(&args[1..]),
         None => run_on_platform(),
         Some(_) => {
             eprintln!("{USAGE}");
@@ -67,6 +71,29 @@ fn run_on_platform() -> ExitCode {
     );
     let exit = tokio.block_on(session::run(runtime, loaded.engine, tick_rate));
     ExitCode::from(exit as u8)
+}
+
+/// Loads the bundle's lobby and match entries into their engine, as runtimes will: compile
+/// errors and a top level that fails are reported with file and line before any upload.
+fn check_command(args: &[String]) -> ExitCode {
+    let Some(bundle) = args.first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(Exit::Usage as u8);
+    };
+    for qualifier in [
+        rally_sdk::runtime::Qualifier::Lobby,
+        rally_sdk::runtime::Qualifier::Match,
+    ] {
+        if let Err(problem) = loader::load(Path::new(bundle), qualifier, Limits::default()) {
+            eprintln!(
+                "rally-runtime: the {} logic does not load: {problem}",
+                qualifier.as_str()
+            );
+            return ExitCode::from(Exit::BadBundle as u8);
+        }
+    }
+    println!("{bundle}: lobby and match logic load");
+    ExitCode::SUCCESS
 }
 
 fn simulate_command(args: &[String]) -> ExitCode {

@@ -112,3 +112,32 @@ fn a_missing_environment_exits_2() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("RALLY_RUNTIME"));
 }
+
+#[test]
+fn check_loads_both_entries_and_names_what_does_not_load() {
+    let output = Command::new(RUNTIME)
+        .args(["check", HELLO])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let directory = tempfile::tempdir().unwrap();
+    for file in ["rally.toml", "lobby.lua"] {
+        std::fs::copy(format!("{HELLO}/{file}"), directory.path().join(file)).unwrap();
+    }
+    std::fs::write(directory.path().join("match.lua"), "return 42\n").unwrap();
+    let output = Command::new(RUNTIME)
+        .args(["check", directory.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("match") && stderr.contains("match.lua"),
+        "{stderr}"
+    );
+}

@@ -106,6 +106,9 @@ pub enum CliError {
     /// The bundle failed the local checks; nothing was sent.
     #[error("{}", bundle_headline(.0))]
     Bundle(BundleError),
+    /// The bundle's logic does not load (`rally-runtime check`); nothing was sent.
+    #[error("{0}")]
+    Logic(String),
     #[error("{}", client_headline(.0))]
     Client(#[from] ClientError),
     #[error("{0:#}")]
@@ -160,7 +163,7 @@ impl CliError {
         match self {
             CliError::NotSignedIn(_) => 3,
             CliError::Usage(_) => 2,
-            CliError::Bundle(_) => 1,
+            CliError::Bundle(_) | CliError::Logic(_) => 1,
             CliError::Client(ClientError::Api { status: 401, .. }) => 3,
             CliError::Client(ClientError::Api { .. } | ClientError::Unexpected { .. }) => 4,
             CliError::Client(ClientError::Transport(_)) => 5,
@@ -187,6 +190,7 @@ impl CliError {
             CliError::Bundle(error) if !error.problems().is_empty() => {
                 Some("fix rally.toml and run the command again")
             }
+            CliError::Logic(_) => Some("fix the script at the file and line above; `rally-runtime simulate` runs it without a platform"),
             CliError::Client(error) => match error.code() {
                 Some(
                     "token_expired"

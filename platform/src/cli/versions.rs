@@ -162,6 +162,7 @@ pub async fn pack_and_check(directory: &Path) -> Result<CheckedBundle, CliError>
     .await
     .context("packing the bundle failed")?
     .map_err(CliError::Bundle)?;
+    check_logic(directory).await?;
     step.finish(format!(
         "packed {} files from {} into {} (sha256 {})",
         checked.bundle.files.len(),
@@ -170,6 +171,31 @@ pub async fn pack_and_check(directory: &Path) -> Result<CheckedBundle, CliError>
         short_sha256(&checked.bundle.sha256)
     ));
     Ok(checked)
+}
+
+/// Loads the bundle's logic with `rally-runtime check` when that binary is at hand (next to
+/// `rally`, or on `PATH`), so that a Lua syntax error is reported with file and line before the
+/// upload rather than when the first runtime starts. Without the binary the platform's own
+/// checks still run.
+async fn check_logic(directory: &Path) -> Result<(), CliError> {
+    let binary = crate::runtimes::process_pool::default_runtime_binary();
+    let output = match tokio::process::Command::new(&binary)
+        .arg("check")
+        .arg(directory)
+        .output()
+        .await
+    {
+        Ok(output) => output,
+        Err(_) => return Ok(()),
+    };
+    if output.status.success() {
+        return Ok(());
+    }
+    let problem = String::from_utf8_lossy(&output.stderr);
+    Err(CliError::Logic(format!(
+        "{}; nothing was uploaded",
+        problem.trim().trim_start_matches("rally-runtime: ")
+    )))
 }
 
 /// Uploads a checked bundle as the project's next version.

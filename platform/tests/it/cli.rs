@@ -421,6 +421,54 @@ async fn a_new_developer_deploys_hello_with_the_cli_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lua_that_does_not_compile_is_refused_before_anything_is_uploaded() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let team = team(&app, Some("manager")).await;
+    rally_ok(
+        team.developer.path(),
+        &[
+            "project", "create", "--tenant", "acme", "--name", "Hello", "--alias", "hello",
+        ],
+        &[],
+    )
+    .await;
+    let broken = tempfile::tempdir().unwrap();
+    for file in ["rally.toml", "match.lua"] {
+        std::fs::copy(format!("{HELLO}/{file}"), broken.path().join(file)).unwrap();
+    }
+    std::fs::write(
+        broken.path().join("lobby.lua"),
+        "local M = {}\nfunction M.on_start(ctx)\n  ctx.log(\"x\"\nend\nreturn M\n",
+    )
+    .unwrap();
+    let output = rally(
+        team.developer.path(),
+        &[
+            "deploy",
+            broken.path().to_str().unwrap(),
+            "--tenant",
+            "acme",
+            "--project",
+            "hello",
+        ],
+        &[],
+    )
+    .await;
+    let printed = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains("lobby.lua:"),
+        "the file and line are named: {printed}"
+    );
+    assert!(printed.contains("nothing was uploaded"), "{printed}");
+    let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM versions")
+        .fetch_one(app.state.database.reader())
+        .await
+        .unwrap();
+    assert_eq!(versions, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_manifest_is_refused_before_anything_is_uploaded() {
     let app = spawn_app(Backend::Sqlite).await;
     let team = team(&app, Some("manager")).await;
