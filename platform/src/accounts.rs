@@ -308,14 +308,9 @@ async fn create_developer(
     let account = insert_account_with(&mut *transaction, &request.username, &hash, Role::Developer)
         .await
         .map_err(|error| {
-            if error.is_unique_violation() {
-                ApiError::conflict(
-                    "username_taken",
-                    format!("an account named {:?} already exists", request.username),
-                )
-            } else {
-                error.into()
-            }
+            ApiError::conflict_on_duplicate(error, "username_taken", || {
+                format!("an account named {:?} already exists", request.username)
+            })
         })?;
     audit::record(
         &mut *transaction,

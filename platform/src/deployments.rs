@@ -137,15 +137,9 @@ async fn create_deployment(
     .execute(&mut *transaction)
     .await
     .map_err(|error| {
-        let error = StorageError::from(error);
-        if error.is_unique_violation() {
-            ApiError::conflict(
-                "deployment_conflict",
-                "another deployment to this stage happened at the same moment; retry",
-            )
-        } else {
-            error.into()
-        }
+        ApiError::conflict_on_duplicate(error, "deployment_conflict", || {
+            "another deployment to this stage happened at the same moment; retry".to_owned()
+        })
     })?;
     audit::record(
         &mut *transaction,

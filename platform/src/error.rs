@@ -66,6 +66,21 @@ impl ApiError {
         }
     }
 
+    /// A duplicate (unique-constraint violation) becomes 409 `code` with `message`; any other
+    /// database error stays internal.
+    pub fn conflict_on_duplicate(
+        error: impl Into<crate::storage::StorageError>,
+        code: &'static str,
+        message: impl FnOnce() -> String,
+    ) -> Self {
+        let error = error.into();
+        if error.is_unique_violation() {
+            ApiError::conflict(code, message())
+        } else {
+            error.into()
+        }
+    }
+
     pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
         ApiError::Internal(cause.into())
     }

@@ -95,7 +95,7 @@ async fn create_project(
     .bind(now)
     .execute(&mut *transaction)
     .await
-    .map_err(|error| alias_conflict(error.into(), project.alias.as_deref()))?;
+    .map_err(|error| alias_conflict(error, project.alias.as_deref()))?;
     sqlx::query(
         "INSERT INTO stages (id, project_id, alias, name, created_at) VALUES ($1, $2, $3, $3, $4)",
     )

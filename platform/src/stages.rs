@@ -93,7 +93,7 @@ async fn create_stage(
     .bind(stage.created_at)
     .execute(&mut *transaction)
     .await
-    .map_err(|error| alias_conflict(error.into(), stage.alias.as_deref()))?;
+    .map_err(|error| alias_conflict(error, stage.alias.as_deref()))?;
     audit::record(
         &mut *transaction,
         &scope.access.principal,

@@ -44,18 +44,13 @@ pub async fn find(database: &Database, segment: &str) -> Result<Option<Tenant>, 
 }
 
 /// Maps a unique violation on an alias to 409 `alias_taken`.
-pub fn alias_conflict(error: StorageError, alias: Option<&str>) -> ApiError {
-    if error.is_unique_violation() {
-        ApiError::conflict(
-            "alias_taken",
-            format!(
-                "the alias {:?} is already in use here",
-                alias.unwrap_or_default()
-            ),
+pub fn alias_conflict(error: impl Into<StorageError>, alias: Option<&str>) -> ApiError {
+    ApiError::conflict_on_duplicate(error, "alias_taken", || {
+        format!(
+            "the alias {:?} is already in use here",
+            alias.unwrap_or_default()
         )
-    } else {
-        error.into()
-    }
+    })
 }
 
 /// Create a tenant (admin, support).
@@ -87,7 +82,7 @@ async fn create_tenant(
         .bind(tenant.created_at)
         .execute(&mut *transaction)
         .await
-        .map_err(|error| alias_conflict(error.into(), tenant.alias.as_deref()))?;
+        .map_err(|error| alias_conflict(error, tenant.alias.as_deref()))?;
     audit::record(
         &mut *transaction,
         &principal,

@@ -166,15 +166,9 @@ async fn upload_version(
     .execute(&mut *transaction)
     .await
     .map_err(|error| {
-        let error = StorageError::from(error);
-        if error.is_unique_violation() {
-            ApiError::conflict(
-                "version_number_conflict",
-                "another version of this project was uploaded at the same moment; retry",
-            )
-        } else {
-            error.into()
-        }
+        ApiError::conflict_on_duplicate(error, "version_number_conflict", || {
+            "another version of this project was uploaded at the same moment; retry".to_owned()
+        })
     })?;
     audit::record(
         &mut *transaction,
