@@ -124,11 +124,6 @@ impl Runtimes {
             .cloned();
         sender.is_some_and(|sender| sender.try_send(Frame { messages }).is_ok())
     }
-
-    /// Pids of the runtime processes this node runs.
-    pub fn pids(&self) -> Vec<u32> {
-        self.pool.pids()
-    }
 }
 
 /// This node's id, made once and kept in the data directory.
