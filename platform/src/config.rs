@@ -53,6 +53,17 @@ pub struct Config {
     /// How long a graceful shutdown waits for requests in flight.
     pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
+    /// Largest frame a player may send (text or binary), in bytes.
+    pub player_max_frame_bytes: usize,
+    /// Sustained messages per second a client may send; one second's worth may burst.
+    pub player_messages_per_sec: u32,
+    /// How long a client that dropped may take to reconnect and keep its assignment.
+    pub player_reconnect_grace_secs: u64,
+    /// Events waiting to go out to one client; a client that falls this far behind is a slow
+    /// reader and is deleted (reason `slow_reader`) rather than buffered without end.
+    pub player_outbox_events: usize,
+    /// How often the platform pings a player socket; twice this in silence drops it.
+    pub player_heartbeat_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -84,6 +95,11 @@ impl Default for Config {
             runtime_log_max_bytes: 1024 * 1024,
             shutdown_grace_secs: 10,
             log_format: LogFormat::Human,
+            player_max_frame_bytes: 64 * 1024,
+            player_messages_per_sec: 50,
+            player_reconnect_grace_secs: 30,
+            player_outbox_events: 1024,
+            player_heartbeat_secs: 15,
         }
     }
 }
@@ -124,6 +140,11 @@ const SETTINGS: &[&str] = &[
     "runtime_log_max_bytes",
     "shutdown_grace_secs",
     "log_format",
+    "player_max_frame_bytes",
+    "player_messages_per_sec",
+    "player_reconnect_grace_secs",
+    "player_outbox_events",
+    "player_heartbeat_secs",
 ];
 
 impl Config {
@@ -214,6 +235,21 @@ impl Config {
         }
         if self.bundle_max_files == 0 {
             return Err(invalid("bundle_max_files", "must be at least 1"));
+        }
+        if !(16..=16 * 1024 * 1024).contains(&self.player_max_frame_bytes) {
+            return Err(invalid(
+                "player_max_frame_bytes",
+                "must be between 16 and 16777216",
+            ));
+        }
+        if self.player_messages_per_sec == 0 {
+            return Err(invalid("player_messages_per_sec", "must be at least 1"));
+        }
+        if self.player_outbox_events < 16 {
+            return Err(invalid("player_outbox_events", "must be at least 16"));
+        }
+        if self.player_heartbeat_secs == 0 {
+            return Err(invalid("player_heartbeat_secs", "must be at least 1"));
         }
         Ok(())
     }

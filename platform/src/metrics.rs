@@ -7,7 +7,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 use std::time::Instant;
 use utoipa_axum::router::OpenApiRouter;
@@ -22,6 +22,8 @@ pub struct Metrics {
     registry: Registry,
     http_requests: IntCounterVec,
     http_request_duration: HistogramVec,
+    clients: IntGauge,
+    clients_connected: IntGauge,
 }
 
 impl Metrics {
@@ -58,10 +60,24 @@ impl Metrics {
         registry
             .register(Box::new(http_request_duration.clone()))
             .expect("metric registers once");
+        let clients =
+            IntGauge::new("rally_clients", "Live clients held by this node").expect("valid metric");
+        let clients_connected = IntGauge::new(
+            "rally_clients_connected",
+            "Clients with an open socket or long-poll on this node",
+        )
+        .expect("valid metric");
+        for gauge in [&clients, &clients_connected] {
+            registry
+                .register(Box::new(gauge.clone()))
+                .expect("metric registers once");
+        }
         Self {
             registry,
             http_requests,
             http_request_duration,
+            clients,
+            clients_connected,
         }
     }
 
@@ -115,6 +131,9 @@ pub async fn track_requests(
 #[utoipa::path(get, path = "/metrics", tag = "meta",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
+    let (live, connected) = state.dispatcher.client_counts();
+    state.metrics.clients.set(live as i64);
+    state.metrics.clients_connected.set(connected as i64);
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         state.metrics.render(),

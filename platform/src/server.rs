@@ -4,13 +4,14 @@
 use crate::accounts::{self, AdminBootstrap};
 use crate::auth::{self, TokenService};
 use crate::config::Config;
+use crate::dispatcher::{Dispatcher, PlayerLimits};
 use crate::error::{self, ApiError};
 use crate::metrics::{self, Metrics};
 use crate::runtimes::{self, Runtimes};
 use crate::storage::{redact_url, Database};
 use crate::{
-    audit, deployments, grants, health, idempotency, openapi, projects, stages, tenants, users,
-    versions,
+    audit, deployments, grants, health, idempotency, openapi, players, projects, stages, tenants,
+    users, versions,
 };
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
@@ -33,6 +34,7 @@ pub struct AppState {
     pub tokens: Arc<TokenService>,
     pub metrics: Arc<Metrics>,
     pub runtimes: Arc<Runtimes>,
+    pub dispatcher: Arc<Dispatcher>,
 }
 
 /// A platform ready to serve: database migrated, signing key loaded, admin in place.
@@ -59,12 +61,24 @@ impl Platform {
             .await
             .context("cannot create the admin account")?;
         let runtimes = Runtimes::new(&config).context("cannot prepare the runtime pool")?;
+        let dispatcher = Dispatcher::new(PlayerLimits::from_config(&config), database.clone());
+        let restored = dispatcher
+            .restore(&database, &runtimes.node_id)
+            .await
+            .context("cannot load the clients of a previous run")?;
+        if restored > 0 {
+            tracing::info!(
+                clients = restored,
+                "clients of the previous run may reconnect"
+            );
+        }
         let state = AppState {
             config: Arc::new(config),
             database,
             tokens: Arc::new(tokens),
             metrics: Arc::new(Metrics::new()),
             runtimes: Arc::new(runtimes),
+            dispatcher: Arc::new(dispatcher),
         };
         Ok(Self { state, admin })
     }
@@ -88,6 +102,7 @@ pub fn api_router(config: &Config) -> OpenApiRouter<AppState> {
         .merge(deployments::routes())
         .merge(audit::routes())
         .merge(runtimes::routes())
+        .merge(players::routes())
         .layer(RequestBodyLimitLayer::new(config.body_limit_bytes));
     let upload_routes = versions::upload_routes()
         .layer(RequestBodyLimitLayer::new(config.bundle_max_bytes as usize));
@@ -161,10 +176,14 @@ pub async fn serve(
             Ok(())
         }
     };
-    // The supervisor stops this node's runtimes before the database goes.
+    // Player sockets close with "restarting" (clients stay, to reconnect to the next run), the
+    // supervisor stops this node's runtimes, and the journal is written, before the database
+    // goes.
+    state.dispatcher.shutdown.cancel();
     if let Err(error) = supervisor.await {
         tracing::error!(%error, "runtime supervisor failed");
     }
+    state.dispatcher.flush().await;
     state.database.close().await;
     result
 }
@@ -183,6 +202,9 @@ async fn clean_expired_tokens(state: AppState, shutdown: CancellationToken) {
         }
         if let Err(error) = idempotency::delete_expired(&state.database).await {
             tracing::warn!(%error, "cannot delete expired idempotency keys");
+        }
+        if let Err(error) = crate::dispatcher::journal::purge_deleted(&state.database).await {
+            tracing::warn!(%error, "cannot purge deleted clients");
         }
     }
 }

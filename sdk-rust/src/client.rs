@@ -568,6 +568,89 @@ impl RallyClient {
         Ok(list.entries)
     }
 
+    // ---- players ----
+
+    /// Creates a client of the calling player (a player token) on the stage's current
+    /// deployment. Open its socket at [`crate::player::CreatedClient::socket_path`].
+    pub async fn create_client(
+        &self,
+        tenant: &str,
+        project: &str,
+        stage: &str,
+    ) -> Result<crate::player::CreatedClient, ClientError> {
+        let path = format!("{}/clients", stage_path(tenant, project, stage));
+        self.call(Method::POST, &path, Some(&serde_json::json!({})))
+            .await
+    }
+
+    /// One of the calling player's clients.
+    pub async fn get_client(&self, client: &str) -> Result<crate::player::ClientInfo, ClientError> {
+        let path = format!("/api/v1/clients/{}", segment(client));
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// Ends one of the calling player's clients (reason `left`).
+    pub async fn delete_client(&self, client: &str) -> Result<(), ClientError> {
+        let path = format!("/api/v1/clients/{}", segment(client));
+        self.call_empty(Method::DELETE, &path, None::<&()>).await
+    }
+
+    /// The calling player's profile on a stage.
+    pub async fn my_player(
+        &self,
+        tenant: &str,
+        project: &str,
+        stage: &str,
+    ) -> Result<crate::player::Player, ClientError> {
+        let path = format!("{}/players/me", stage_path(tenant, project, stage));
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// A player of a stage, by user id (viewers of the stage).
+    pub async fn get_player(
+        &self,
+        tenant: &str,
+        project: &str,
+        stage: &str,
+        user: &str,
+    ) -> Result<crate::player::Player, ClientError> {
+        let path = format!(
+            "{}/players/{}",
+            stage_path(tenant, project, stage),
+            segment(user)
+        );
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// Long-poll: the client's events after `after`, waiting up to `wait_ms` for the first.
+    pub async fn poll_events(
+        &self,
+        client: &str,
+        after: u64,
+        wait_ms: u64,
+    ) -> Result<crate::player::PolledEvents, ClientError> {
+        let path = format!(
+            "/api/v1/clients/{}/events?after={after}&wait_ms={wait_ms}",
+            segment(client)
+        );
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// Long-poll: commands for the client, as the socket would carry them.
+    pub async fn send_commands(
+        &self,
+        client: &str,
+        commands: Vec<crate::player::PlayerCommand>,
+    ) -> Result<(), ClientError> {
+        let path = format!("/api/v1/clients/{}/commands", segment(client));
+        self.call_empty(
+            Method::POST,
+            &path,
+            Some(&crate::player::CommandBatch { commands }),
+        )
+        .await
+    }
+
     async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         method: Method,

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod manifest;
+pub mod player;
 pub mod runtime;
 pub mod wire;
 

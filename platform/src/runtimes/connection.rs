@@ -4,20 +4,18 @@
 
 use super::Runtimes;
 use crate::auth::{Allowed, Caller};
+use crate::dispatcher::{Dispatcher, RuntimeDescription};
 use crate::error::ApiError;
 use crate::server::AppState;
 use crate::storage::now_millis;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
-use rally_sdk::runtime::{
-    Frame, LogLevel, PlatformMessage, Qualifier, RuntimeCommand, PROTOCOL_VERSION,
-};
+use rally_sdk::runtime::{Frame, LogLevel, PlatformMessage, RuntimeCommand, PROTOCOL_VERSION};
 use rally_sdk::wire::{ErrorBody, Role};
 use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// Runtime tokens only.
 #[derive(Debug)]
@@ -29,8 +27,8 @@ impl Allowed for RuntimeRole {
 const HEARTBEAT_SECS: u32 = 10;
 /// Largest frame a runtime may send.
 const MAX_FRAME_BYTES: usize = 1024 * 1024;
-/// Frames waiting to go out to one runtime; past this the runtime is too slow and is dropped.
-const OUTBOX_FRAMES: usize = 1024;
+/// Most platform messages sent in one frame.
+const BATCH: usize = 512;
 
 /// The runtime's socket (WebSocket upgrade; subprotocol `rally.runtime.v1`).
 #[utoipa::path(get, path = "/api/v1/runtime/ws", tag = "runtimes",
@@ -43,7 +41,7 @@ pub async fn runtime_socket(
 ) -> Result<Response, ApiError> {
     let runtime_id = caller.subject;
     let row = sqlx::query(
-        "SELECT r.status, r.qualifier, r.mode, r.connected_at, v.manifest, d.config \
+        "SELECT r.status, r.connected_at, v.manifest, d.config \
          FROM runtimes r JOIN deployments d ON d.id = r.deployment_id \
          JOIN versions v ON v.id = d.version_id WHERE r.id = $1",
     )
@@ -58,13 +56,14 @@ pub async fn runtime_socket(
             format!("this runtime is {status}; it cannot connect again"),
         ));
     }
-    let qualifier: String = row.get(1);
-    let mode: Option<String> = row.get(2);
-    let first_connection = row.get::<Option<i64>, _>(3).is_none();
+    let first_connection = row.get::<Option<i64>, _>(1).is_none();
     let manifest: serde_json::Value =
-        serde_json::from_str(&row.get::<String, _>(4)).unwrap_or_default();
+        serde_json::from_str(&row.get::<String, _>(2)).unwrap_or_default();
     let config: serde_json::Value =
-        serde_json::from_str(&row.get::<String, _>(5)).unwrap_or_default();
+        serde_json::from_str(&row.get::<String, _>(3)).unwrap_or_default();
+    let description = RuntimeDescription::load(&state.database, &runtime_id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid_token", "no such runtime"))?;
 
     sqlx::query(
         "UPDATE runtimes SET status = CASE WHEN status = 'starting' THEN 'running' ELSE status END, \
@@ -82,83 +81,96 @@ pub async fn runtime_socket(
     }];
     if first_connection {
         greeting.push(PlatformMessage::RuntimeCreated {
-            qualifier: if qualifier == "match" {
-                Qualifier::Match
-            } else {
-                Qualifier::Lobby
-            },
+            qualifier: description.qualifier,
             user_data: manifest["user_data"].clone(),
             manifest,
             config,
-            mode,
+            mode: description.mode.clone(),
         });
     }
     let runtimes = state.runtimes.clone();
+    let dispatcher = state.dispatcher.clone();
     Ok(upgrade
         .protocols([rally_sdk::runtime::SUBPROTOCOL])
         .max_message_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| serve(socket, runtimes, runtime_id, qualifier, greeting)))
+        .on_upgrade(move |socket| {
+            serve(
+                socket,
+                runtimes,
+                dispatcher,
+                runtime_id,
+                description,
+                greeting,
+            )
+        }))
 }
 
 async fn serve(
     mut socket: WebSocket,
     runtimes: Arc<Runtimes>,
+    dispatcher: Arc<Dispatcher>,
     runtime_id: String,
-    qualifier: String,
+    description: RuntimeDescription,
     greeting: Vec<PlatformMessage>,
 ) {
-    let (outbox, mut outgoing) = mpsc::channel::<Frame<PlatformMessage>>(OUTBOX_FRAMES);
-    // A newer connection of the same runtime replaces an older one.
-    runtimes
-        .connections
-        .lock()
-        .expect("connections lock")
-        .insert(runtime_id.clone(), outbox.clone());
+    // Registering lets waiting clients in; their `client_assigned` queue behind the greeting,
+    // which goes out first.
+    let attached = dispatcher.runtime_connected(&runtime_id, description);
     tracing::info!(runtime_id = %runtime_id, "runtime connected");
-    let _ = outbox.try_send(Frame { messages: greeting });
-
+    let mut receiver = tokio::select! {
+        receiver = attached.receiver.lock_owned() => receiver,
+        () = attached.hold.replaced.cancelled() => return,
+    };
+    let greeting = serde_json::to_string(&Frame { messages: greeting }).expect("frames serialise");
     let mut heartbeat = tokio::time::interval(Duration::from_secs(u64::from(HEARTBEAT_SECS)));
     let mut last_heard = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            frame = outgoing.recv() => {
-                let Some(frame) = frame else { break };
-                let text = serde_json::to_string(&frame).expect("protocol frames serialise");
-                if socket.send(Message::Text(text.into())).await.is_err() {
-                    break;
+    let mut batch = Vec::with_capacity(BATCH);
+    if socket.send(Message::Text(greeting.into())).await.is_ok() {
+        loop {
+            tokio::select! {
+                biased;
+                () = attached.hold.replaced.cancelled() => break,
+                () = dispatcher.shutdown.cancelled() => break,
+                received = receiver.recv_many(&mut batch, BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                    let frame = Frame { messages: std::mem::take(&mut batch) };
+                    let text = serde_json::to_string(&frame).expect("protocol frames serialise");
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
                 }
-            }
-            incoming = socket.recv() => {
-                let Some(Ok(message)) = incoming else { break };
-                last_heard = tokio::time::Instant::now();
-                let replies = match message {
-                    Message::Text(text) => handle_frame(&runtimes, &runtime_id, &qualifier, text.as_str()),
-                    Message::Binary(_) => vec![error("unsupported_frame", "frames are JSON text")],
-                    Message::Close(_) => break,
-                    Message::Ping(_) | Message::Pong(_) => Vec::new(),
-                };
-                if !replies.is_empty() && outbox.try_send(Frame { messages: replies }).is_err() {
-                    tracing::warn!(runtime_id = %runtime_id, "runtime does not read its socket; closing it");
-                    break;
+                incoming = socket.recv() => {
+                    let Some(Ok(message)) = incoming else { break };
+                    last_heard = tokio::time::Instant::now();
+                    let replies = match message {
+                        Message::Text(text) => handle_frame(&runtimes, &dispatcher, &runtime_id, text.as_str()),
+                        Message::Binary(_) => vec![error("unsupported_frame", "frames are JSON text")],
+                        Message::Close(_) => break,
+                        Message::Ping(_) | Message::Pong(_) => Vec::new(),
+                    };
+                    if !replies.is_empty() {
+                        let text = serde_json::to_string(&Frame { messages: replies }).expect("protocol frames serialise");
+                        if socket.send(Message::Text(text.into())).await.is_err() {
+                            break;
+                        }
+                    }
                 }
-            }
-            _ = heartbeat.tick() => {
-                if last_heard.elapsed() > Duration::from_secs(u64::from(HEARTBEAT_SECS) * 2) {
-                    tracing::warn!(runtime_id = %runtime_id, "runtime silent past two heartbeats; closing its socket");
-                    break;
-                }
-                if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
-                    break;
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > Duration::from_secs(u64::from(HEARTBEAT_SECS) * 2) {
+                        tracing::warn!(runtime_id = %runtime_id, "runtime silent past two heartbeats; closing its socket");
+                        break;
+                    }
+                    if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                        break;
+                    }
                 }
             }
         }
     }
-    let mut connections = runtimes.connections.lock().expect("connections lock");
-    if connections
-        .get(&runtime_id)
-        .is_some_and(|current| current.same_channel(&outbox))
-    {
-        connections.remove(&runtime_id);
+    drop(receiver);
+    if dispatcher.runtime_disconnected(&runtime_id, &attached.hold) {
         runtimes
             .disconnected_at
             .lock()
@@ -178,8 +190,8 @@ fn error(code: &str, message: &str) -> PlatformMessage {
 /// Applies a frame of commands in order; returns the error replies.
 fn handle_frame(
     runtimes: &Runtimes,
+    dispatcher: &Dispatcher,
     runtime_id: &str,
-    qualifier: &str,
     text: &str,
 ) -> Vec<PlatformMessage> {
     let frame: Frame<RuntimeCommand> = match serde_json::from_str(text) {
@@ -191,38 +203,12 @@ fn handle_frame(
             )]
         }
     };
-    let mut replies = Vec::new();
-    for command in frame.messages {
-        match command {
-            RuntimeCommand::Log { level, message } => {
-                append_log(runtimes, runtime_id, level, &message);
-            }
-            RuntimeCommand::StopMatch { .. } if qualifier != "match" => {
-                replies.push(error("not_a_match", "stop_match is for match runtimes"));
-            }
-            // Clients are assigned to runtimes by the dispatcher, which arrives with the player
-            // socket; until then no runtime has clients, so every client id is unknown.
-            RuntimeCommand::RespondClient { client_id, .. }
-            | RuntimeCommand::SetProfile { client_id, .. }
-            | RuntimeCommand::KickClient { client_id, .. }
-            | RuntimeCommand::RequestMatchmaking { client_id, .. } => {
-                replies.push(error(
-                    "unknown_client",
-                    &format!("client {client_id} is not assigned to this runtime"),
-                ));
-            }
-            RuntimeCommand::Multicast { client_ids, .. } => {
-                if !client_ids.is_empty() {
-                    replies.push(error(
-                        "unknown_client",
-                        "these clients are not assigned to this runtime",
-                    ));
-                }
-            }
-            RuntimeCommand::Broadcast { .. } | RuntimeCommand::StopMatch { .. } => {}
+    for command in &frame.messages {
+        if let RuntimeCommand::Log { level, message } = command {
+            append_log(runtimes, runtime_id, *level, message);
         }
     }
-    replies
+    dispatcher.runtime_commands(runtime_id, frame.messages)
 }
 
 /// A `log` command lands in the runtime's log next to what its process printed.

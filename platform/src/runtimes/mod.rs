@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use process_pool::{Exited, ProcessPool, ProcessSpec};
-use rally_sdk::runtime::{Frame, PlatformMessage, Qualifier, RuntimeTokenRequest};
+use rally_sdk::runtime::{PlatformMessage, Qualifier, RuntimeTokenRequest};
 use rally_sdk::wire::{ErrorBody, Role, RuntimeInfo, RuntimeList, TokenPair};
 use serde::Deserialize;
 use sqlx::any::AnyRow;
@@ -69,8 +69,6 @@ pub struct Runtimes {
     pub node_id: String,
     pool: ProcessPool,
     exits: Mutex<Option<mpsc::UnboundedReceiver<Exited>>>,
-    /// Open runtime sockets: where to send platform messages for a runtime.
-    connections: Mutex<HashMap<String, mpsc::Sender<Frame<PlatformMessage>>>>,
     /// When each runtime's socket last closed (ms): a runtime gets the start timeout to come back.
     disconnected_at: Mutex<HashMap<String, i64>>,
     /// When this node started (ms): runtimes of a previous run get the start timeout to reconnect.
@@ -99,7 +97,6 @@ impl Runtimes {
                 exits_sender,
             ),
             exits: Mutex::new(Some(exits)),
-            connections: Mutex::default(),
             disconnected_at: Mutex::default(),
             started_at: now_millis(),
             platform_url: OnceLock::new(),
@@ -112,17 +109,6 @@ impl Runtimes {
     /// Where runtimes reach this node; set once when serving starts.
     pub fn set_platform_url(&self, url: String) {
         let _ = self.platform_url.set(url);
-    }
-
-    /// Sends messages to a connected runtime; false when it is not connected here.
-    pub fn send(&self, runtime_id: &str, messages: Vec<PlatformMessage>) -> bool {
-        let sender = self
-            .connections
-            .lock()
-            .expect("connections lock")
-            .get(runtime_id)
-            .cloned();
-        sender.is_some_and(|sender| sender.try_send(Frame { messages }).is_ok())
     }
 }
 
@@ -276,7 +262,12 @@ struct DeploymentToRun {
     status: String,
     bundle_sha256: String,
     min_lobbies: i64,
+    max_clients_per_lobby: i64,
+    idle_timeout_secs: u64,
 }
+
+/// Most lobbies started for waiting clients in one pass.
+const MAX_LOBBIES_AT_ONCE: i64 = 4;
 
 /// Keeps runtimes as the deployments want them, until shutdown. On shutdown it stops every
 /// runtime of this node, with the grace period, so that stopping the platform stops its games.
@@ -292,12 +283,19 @@ pub async fn supervise(state: AppState, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = every.tick() => {
+                state.dispatcher.sweep();
+                if let Err(error) = reconcile(&state).await {
+                    tracing::warn!(%error, "runtime supervision pass failed");
+                }
+            }
+            // Clients wait for a lobby: start one now rather than at the next tick.
+            () = state.dispatcher.lobby_wanted.notified() => {
                 if let Err(error) = reconcile(&state).await {
                     tracing::warn!(%error, "runtime supervision pass failed");
                 }
             }
             Some(exited) = exits.recv() => {
-                if let Err(error) = record_exit(&state.database, &exited).await {
+                if let Err(error) = record_exit(&state, &exited).await {
                     tracing::warn!(%error, "cannot record a runtime exit");
                 }
             }
@@ -307,8 +305,10 @@ pub async fn supervise(state: AppState, shutdown: CancellationToken) {
     stop_all(&state, &mut exits).await;
 }
 
-/// Marks a runtime that ended: `stopped` if it was asked to stop, else `failed`.
-async fn record_exit(database: &Database, exited: &Exited) -> Result<(), StorageError> {
+/// Marks a runtime that ended: `stopped` if it was asked to stop, else `failed`. Its clients
+/// go to another lobby.
+async fn record_exit(state: &AppState, exited: &Exited) -> Result<(), StorageError> {
+    let database = &state.database;
     let now = now_millis();
     let result = sqlx::query(
         "UPDATE runtimes SET status = CASE WHEN status = 'stopping' THEN 'stopped' ELSE 'failed' END, \
@@ -327,6 +327,9 @@ async fn record_exit(database: &Database, exited: &Exited) -> Result<(), Storage
     .await?;
     if let Some(row) = result {
         let status: String = row.get(0);
+        state
+            .dispatcher
+            .runtime_ended(&exited.runtime_id, status == "failed");
         if status == "failed" {
             tracing::warn!(runtime_id = %exited.runtime_id, exit_code = ?exited.exit_code, "runtime failed; it will be replaced");
         } else {
@@ -356,7 +359,7 @@ async fn recover_after_restart(state: &AppState) -> Result<(), StorageError> {
             continue;
         }
         record_exit(
-            &state.database,
+            state,
             &Exited {
                 runtime_id,
                 exit_code: None,
@@ -379,16 +382,15 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
     let deployments: Vec<DeploymentToRun> = deployments
         .iter()
         .map(|row| {
-            let config: String = row.get(3);
-            let min_lobbies = serde_json::from_str::<serde_json::Value>(&config)
-                .ok()
-                .and_then(|config| config["min_lobbies"].as_i64())
-                .unwrap_or(1);
+            let config: serde_json::Value =
+                serde_json::from_str(&row.get::<String, _>(3)).unwrap_or_default();
             DeploymentToRun {
                 id: row.get(0),
                 status: row.get(1),
                 bundle_sha256: row.get(2),
-                min_lobbies,
+                min_lobbies: config["min_lobbies"].as_i64().unwrap_or(1),
+                max_clients_per_lobby: config["max_clients_per_lobby"].as_i64().unwrap_or(100),
+                idle_timeout_secs: config["idle_timeout_secs"].as_u64().unwrap_or(300),
             }
         })
         .collect();
@@ -410,11 +412,7 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
         let child = runtimes.pool.is_running(&id);
         let alive =
             child || pid.is_some_and(|pid| process_pool::is_runtime_process(pid as u32, &id));
-        let connected = runtimes
-            .connections
-            .lock()
-            .expect("connections lock")
-            .contains_key(&id);
+        let connected = state.dispatcher.runtime_is_connected(&id);
         let disconnected_at = runtimes
             .disconnected_at
             .lock()
@@ -426,7 +424,7 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
         let late = now - waiting_since > runtimes.start_timeout.as_millis() as i64;
         if !alive {
             record_exit(
-                &state.database,
+                state,
                 &Exited {
                     runtime_id: id,
                     exit_code: None,
@@ -441,15 +439,32 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
         }
     }
 
+    let demand = state.dispatcher.lobby_demand();
     for deployment in &deployments {
-        let live: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM runtimes WHERE deployment_id = $1 AND qualifier = 'lobby' \
+        let lobbies = sqlx::query(
+            "SELECT id, status, pid FROM runtimes WHERE deployment_id = $1 AND qualifier = 'lobby' \
              AND status IN ('starting', 'running')",
         )
         .bind(&deployment.id)
-        .fetch_one(state.database.reader())
+        .fetch_all(state.database.reader())
         .await?;
-        if deployment.status == "active" {
+        let live = lobbies.len() as i64;
+        let starting = lobbies
+            .iter()
+            .filter(|row| row.get::<String, _>(1) == "starting")
+            .count() as i64;
+        // Clients waiting for a lobby: enough new lobbies for them, unless some are on the way.
+        let waiting = demand
+            .iter()
+            .find(|demand| demand.deployment_id == deployment.id)
+            .map_or(0, |demand| demand.waiting as i64);
+        let wanted_for_waiting = if waiting > 0 && starting == 0 {
+            let per_lobby = deployment.max_clients_per_lobby.max(1);
+            live + ((waiting + per_lobby - 1) / per_lobby).min(MAX_LOBBIES_AT_ONCE)
+        } else {
+            0
+        };
+        if deployment.status == "active" || waiting > 0 {
             // A version whose runtimes keep dying is not restarted in a tight loop.
             let recent_failures: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM runtimes WHERE deployment_id = $1 AND status = 'failed' \
@@ -463,12 +478,20 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
                 tracing::debug!(deployment_id = %deployment.id, recent_failures, "runtimes keep failing; waiting before restarting");
                 continue;
             }
-            for _ in live..deployment.min_lobbies {
+            let min_lobbies = if deployment.status == "active" {
+                deployment.min_lobbies
+            } else {
+                0
+            };
+            for _ in live..min_lobbies.max(wanted_for_waiting) {
                 if let Err(error) = start_runtime(state, deployment, Qualifier::Lobby, None).await {
                     tracing::error!(deployment_id = %deployment.id, error = %format!("{error:#}"), "cannot start a lobby runtime");
                     break;
                 }
             }
+        }
+        if deployment.status == "active" {
+            close_idle_lobbies(state, deployment, live).await?;
         } else {
             drain(state, &deployment.id).await?;
         }
@@ -477,11 +500,37 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Asks the runtimes of a draining deployment to stop. (Lobbies with clients will wait for
-/// them to leave once players connect; matches will run to their end.)
+/// Lobbies started for a crowd that has gone: those above `min_lobbies` that have been empty
+/// for the deployment's idle timeout are stopped, emptiest-longest first.
+async fn close_idle_lobbies(
+    state: &AppState,
+    deployment: &DeploymentToRun,
+    live: i64,
+) -> Result<(), StorageError> {
+    let surplus = live - deployment.min_lobbies;
+    if surplus <= 0 {
+        return Ok(());
+    }
+    let idle = Duration::from_secs(deployment.idle_timeout_secs);
+    for runtime_id in state
+        .dispatcher
+        .idle_lobbies(&deployment.id, idle)
+        .into_iter()
+        .take(surplus as usize)
+    {
+        if state.dispatcher.retire_if_empty(&runtime_id) {
+            tracing::info!(runtime_id = %runtime_id, "idle lobby above min_lobbies; stopping it");
+            stop_runtime(state, &runtime_id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Asks the empty runtimes of a draining deployment to stop. Lobbies with clients keep them
+/// until they leave (new clients go to the new deployment); matches run to their end.
 async fn drain(state: &AppState, deployment_id: &str) -> Result<(), StorageError> {
     let rows = sqlx::query(
-        "SELECT id, pid FROM runtimes WHERE deployment_id = $1 AND node_id = $2 \
+        "SELECT id FROM runtimes WHERE deployment_id = $1 AND node_id = $2 \
          AND status IN ('starting', 'running')",
     )
     .bind(deployment_id)
@@ -490,14 +539,25 @@ async fn drain(state: &AppState, deployment_id: &str) -> Result<(), StorageError
     .await?;
     for row in rows {
         let id: String = row.get(0);
-        let pid: Option<i64> = row.get(1);
-        mark_stopping(&state.database, &id, None).await?;
-        let deadline_ms = state.runtimes.stop_grace.as_millis() as u64;
-        state
-            .runtimes
-            .send(&id, vec![PlatformMessage::StopRequested { deadline_ms }]);
-        stop_process(state, &id, pid);
+        if state.dispatcher.retire_if_empty(&id) {
+            stop_runtime(state, &id).await?;
+        }
     }
+    Ok(())
+}
+
+/// Marks a runtime stopping, asks it to stop, and ends its process after the grace period.
+async fn stop_runtime(state: &AppState, runtime_id: &str) -> Result<(), StorageError> {
+    let pid: Option<Option<i64>> = sqlx::query_scalar("SELECT pid FROM runtimes WHERE id = $1")
+        .bind(runtime_id)
+        .fetch_optional(state.database.reader())
+        .await?;
+    mark_stopping(&state.database, runtime_id, None).await?;
+    let deadline_ms = state.runtimes.stop_grace.as_millis() as u64;
+    state
+        .dispatcher
+        .send_runtime(runtime_id, PlatformMessage::StopRequested { deadline_ms });
+    stop_process(state, runtime_id, pid.flatten());
     Ok(())
 }
 
@@ -630,7 +690,9 @@ async fn stop_all(state: &AppState, exits: &mut mpsc::UnboundedReceiver<Exited>)
         let pid: Option<i64> = row.get(1);
         let _ = mark_stopping(&state.database, &id, None).await;
         let deadline_ms = runtimes.stop_grace.as_millis() as u64;
-        runtimes.send(&id, vec![PlatformMessage::StopRequested { deadline_ms }]);
+        state
+            .dispatcher
+            .send_runtime(&id, PlatformMessage::StopRequested { deadline_ms });
         if runtimes.pool.is_running(&id) {
             runtimes.pool.terminate(&id, runtimes.stop_grace);
         } else if let Some(pid) = pid {
@@ -641,7 +703,7 @@ async fn stop_all(state: &AppState, exits: &mut mpsc::UnboundedReceiver<Exited>)
     while !runtimes.pool.pids().is_empty() && tokio::time::Instant::now() < deadline {
         match tokio::time::timeout_at(deadline, exits.recv()).await {
             Ok(Some(exited)) => {
-                let _ = record_exit(&state.database, &exited).await;
+                let _ = record_exit(state, &exited).await;
             }
             _ => break,
         }
@@ -657,7 +719,7 @@ async fn stop_all(state: &AppState, exits: &mut mpsc::UnboundedReceiver<Exited>)
             process_pool::kill_orphan(pid);
         }
         let _ = record_exit(
-            &state.database,
+            state,
             &Exited {
                 runtime_id,
                 exit_code: None,

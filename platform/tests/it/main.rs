@@ -10,6 +10,7 @@ mod cli;
 mod errors;
 mod management;
 mod permissions;
+mod players;
 mod runtimes;
 mod server;
 mod storage;

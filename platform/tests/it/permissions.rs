@@ -37,6 +37,14 @@ const OPEN_ROUTES: &[&str] = &[
     "POST /api/v1/users/device-sign-in",
     "POST /api/v1/runtime/token",
     "GET /api/v1/runtime/ws",
+    // Player-token routes: a player reaches only its own clients and player (tests/it/players.rs).
+    "POST /api/v1/tenants/{tenant}/projects/{project}/stages/{stage}/clients",
+    "GET /api/v1/tenants/{tenant}/projects/{project}/stages/{stage}/players/me",
+    "GET /api/v1/clients/{client}",
+    "DELETE /api/v1/clients/{client}",
+    "GET /api/v1/clients/{client}/ws",
+    "GET /api/v1/clients/{client}/events",
+    "POST /api/v1/clients/{client}/commands",
 ];
 
 const T: &str = "/api/v1/tenants/{tenant}";
@@ -75,6 +83,7 @@ fn matrix() -> Vec<(&'static str, String, Rule)> {
         ("GET", "/api/v1/audit".into(), Staff),
         ("GET", format!("{T}/audit"), Granted),
         ("GET", format!("{P}/audit"), Granted),
+        ("GET", format!("{S}/players/{{user}}"), Granted),
         ("POST", "/api/v1/developers".into(), Staff),
         (
             "POST",
@@ -119,6 +128,8 @@ struct Fixture {
     deployment: String,
     /// A runtime of the deployment (a record is enough: the routes read it).
     runtime: String,
+    /// A user with a player on the stage.
+    player_user: String,
     /// A developer without grants; also the target of the developer routes.
     bob_id: String,
     admin: RallyClient,
@@ -203,8 +214,20 @@ async fn fixture(app: &TestApp) -> Fixture {
     .execute(app.state.database.writer())
     .await
     .unwrap();
+    let anonymous = app.client();
+    let user = anonymous.create_user().await.unwrap();
+    let tokens = anonymous
+        .sign_in_user(&user.user_id, &user.secret)
+        .await
+        .unwrap();
+    anonymous
+        .authenticated(&tokens.access_token)
+        .create_client("alpha", "game", "prod")
+        .await
+        .unwrap();
     Fixture {
         runtime,
+        player_user: user.user_id,
         tenant: tenant.id,
         project: project.id,
         stage: stage.id,
@@ -230,6 +253,7 @@ impl Fixture {
             .replace("{deployment}", &self.deployment)
             .replace("{developer}", &self.bob_id)
             .replace("{runtime}", &self.runtime)
+            .replace("{user}", &self.player_user)
     }
 
     /// A body the route would accept from someone allowed to call it.
@@ -284,6 +308,8 @@ async fn snapshot(app: &TestApp) -> Vec<String> {
         "SELECT COUNT(*) FROM grants",
         "SELECT COUNT(*) FROM audit_log",
         "SELECT COUNT(*) FROM idempotency_keys",
+        "SELECT COUNT(*) FROM players",
+        "SELECT COUNT(*) FROM clients",
     ];
     let mut values = Vec::new();
     for query in queries {
