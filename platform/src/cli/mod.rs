@@ -247,6 +247,7 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
 /// Entry point of the `rally` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -268,6 +269,21 @@ pub fn main() -> ExitCode {
                 eprintln!("hint: {hint}");
             }
             ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// Every player holds a socket: the server (and the load tool) may need far more descriptors
+/// than the usual soft limit of 1024, so the soft limit goes up to the hard one.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                eprintln!(
+                    "rally: cannot raise the open-files limit from {soft} to {hard}: {error}"
+                );
+            }
         }
     }
 }

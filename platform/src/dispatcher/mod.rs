@@ -503,7 +503,7 @@ impl Dispatcher {
         let (outbox, receiver) = mpsc::channel(self.limits.outbox_events);
         let id: Arc<str> = Arc::from(client.client_id.as_str());
         let mut state = self.state();
-        let runtime = client.runtime_id.map(|runtime| Arc::<str>::from(runtime));
+        let runtime = client.runtime_id.map(Arc::<str>::from);
         if let Some(slot) = runtime.as_ref().and_then(|id| state.runtimes.get_mut(id)) {
             slot.clients.insert(id.clone());
         }
