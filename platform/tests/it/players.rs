@@ -936,6 +936,53 @@ async fn a_platform_restart_keeps_clients_and_profiles(backend: Backend) {
     socket.echo("after the restart").await;
 }
 
+async fn idle_lobbies_above_the_minimum_close(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let (admin, deployment) = deploy(
+        &app,
+        hello_bundle(),
+        serde_json::json!({"min_lobbies": 1, "max_clients_per_lobby": 1, "idle_timeout_secs": 10}),
+    )
+    .await;
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let player = player(&app).await;
+        let mut socket = connect(&app, &player).await;
+        socket.greeted_and_assigned().await;
+        sockets.push(socket);
+    }
+    let live = |runtimes: &[rally_sdk::wire::RuntimeInfo]| {
+        runtimes
+            .iter()
+            .filter(|runtime| runtime.status == "running")
+            .count()
+    };
+    let runtimes = admin
+        .list_runtimes("studio", "game", "default", &deployment)
+        .await
+        .unwrap();
+    assert_eq!(live(&runtimes), 3, "one lobby per client: {runtimes:#?}");
+    for socket in &mut sockets {
+        socket
+            .send_raw(Message::Text(r#"{"type":"leave"}"#.into()))
+            .await;
+        socket.closed().await;
+    }
+    // Empty for the idle timeout, the two lobbies above min_lobbies stop; one stays.
+    let started = Instant::now();
+    loop {
+        let runtimes = admin
+            .list_runtimes("studio", "game", "default", &deployment)
+            .await
+            .unwrap();
+        if live(&runtimes) == 1 && runtimes.iter().filter(|r| r.status == "stopped").count() == 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(25), "{runtimes:#?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 on_both_backends!(
     a_player_is_greeted_assigned_and_echoed,
     the_long_poll_fallback_carries_the_same_events,
@@ -946,4 +993,5 @@ on_both_backends!(
     a_dead_lobby_sends_its_clients_to_another,
     a_new_version_takes_new_clients_and_the_old_lobby_closes_when_empty,
     a_platform_restart_keeps_clients_and_profiles,
+    idle_lobbies_above_the_minimum_close,
 );
