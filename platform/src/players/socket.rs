@@ -7,6 +7,7 @@ use crate::auth::tokens::TokenError;
 use crate::dispatcher::{Attached, Dispatcher, Outgoing};
 use crate::error::{ApiError, Path};
 use crate::server::AppState;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
@@ -64,7 +65,7 @@ pub async fn player_socket(
     Path(client_id): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let token = socket_token(&headers, query.as_deref())
         .ok_or_else(|| ApiError::unauthorized("missing_token", "no access token was presented"))?;
@@ -81,6 +82,13 @@ pub async fn player_socket(
         return Err(ApiError::Forbidden);
     }
     live_client(&state, &claims.sub, &client_id).await?;
+    // Who is asking is checked first: a plain GET learns nothing about the client.
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::bad_request(
+            "not_a_websocket",
+            format!("open this path as a WebSocket: {rejection}"),
+        )
+    })?;
     let dispatcher = state.dispatcher.clone();
     let limits = dispatcher.limits().clone();
     // Frames somewhat over the limit are read and refused with an error event; far over it, the
