@@ -64,6 +64,8 @@ pub struct Config {
     pub player_outbox_events: usize,
     /// How often the platform pings a player socket; twice this in silence drops it.
     pub player_heartbeat_secs: u64,
+    /// A matchmaking request not matched in this time fails (`matchmaking_failed`).
+    pub matchmaking_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -100,6 +102,7 @@ impl Default for Config {
             player_reconnect_grace_secs: 30,
             player_outbox_events: 1024,
             player_heartbeat_secs: 15,
+            matchmaking_timeout_secs: 60,
         }
     }
 }
@@ -145,6 +148,7 @@ const SETTINGS: &[&str] = &[
     "player_reconnect_grace_secs",
     "player_outbox_events",
     "player_heartbeat_secs",
+    "matchmaking_timeout_secs",
 ];
 
 impl Config {
@@ -247,6 +251,9 @@ impl Config {
         }
         if self.player_outbox_events < 16 {
             return Err(invalid("player_outbox_events", "must be at least 16"));
+        }
+        if self.matchmaking_timeout_secs == 0 {
+            return Err(invalid("matchmaking_timeout_secs", "must be at least 1"));
         }
         if self.player_heartbeat_secs == 0 {
             return Err(invalid("player_heartbeat_secs", "must be at least 1"));

@@ -11,6 +11,7 @@ pub mod dispatcher;
 pub mod error;
 pub mod grants;
 pub mod health;
+pub mod matchmaker;
 pub mod idempotency;
 pub mod loadtest;
 pub mod metrics;

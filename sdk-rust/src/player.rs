@@ -91,6 +91,10 @@ pub enum PlayerEvent {
     /// Something the client sent was refused, or something happened to it; the connection
     /// stays open.
     Error { code: String, message: String },
+    /// A matchmaking request of the lobby logic for this client ended without a match
+    /// (`reason`: `timeout`, or `no_runtime` when no match runtime could be started); the
+    /// client stays in its lobby.
+    MatchmakingFailed { mode: String, reason: String },
     /// The client is gone; the connection closes after this event. `reason` is a stable code
     /// (`left`, `kicked`, `disconnected`, `slow_reader`, ...), `message` may explain it.
     ClientDeleted {

@@ -15,6 +15,9 @@
 //! across an await.
 
 pub mod journal;
+mod matches;
+
+pub use matches::MatchDemand;
 
 use crate::config::Config;
 use crate::storage::{Database, StorageError};
@@ -77,6 +80,7 @@ pub struct PlayerLimits {
     pub reconnect_grace: Duration,
     pub outbox_events: usize,
     pub heartbeat: Duration,
+    pub matchmaking_timeout: Duration,
 }
 
 impl PlayerLimits {
@@ -87,6 +91,7 @@ impl PlayerLimits {
             reconnect_grace: Duration::from_secs(config.player_reconnect_grace_secs),
             outbox_events: config.player_outbox_events,
             heartbeat: Duration::from_secs(config.player_heartbeat_secs),
+            matchmaking_timeout: Duration::from_secs(config.matchmaking_timeout_secs),
         }
     }
 
@@ -206,6 +211,8 @@ pub struct RuntimeDescription {
     /// What `runtime_assigned` carries as `config`.
     pub client_config: serde_json::Value,
     pub max_clients: usize,
+    /// The version's modes, for its matchmaker.
+    pub modes: Arc<Vec<crate::matchmaker::ModeRules>>,
 }
 
 impl RuntimeDescription {
@@ -260,6 +267,7 @@ impl RuntimeDescription {
                 .as_u64()
                 .unwrap_or(100)
                 .max(1) as usize,
+            modes: Arc::new(serde_json::from_value(manifest["modes"].clone()).unwrap_or_default()),
         }
     }
 }
@@ -275,6 +283,10 @@ struct RuntimeSlot {
     accepting: bool,
     /// Since when it has had no clients.
     empty_since: Instant,
+    /// A match runtime's match, once one is bound to it.
+    bound: Option<crate::matchmaker::MatchId>,
+    /// A match whose logic ended it: to be stopped.
+    finished: bool,
 }
 
 impl RuntimeSlot {
@@ -288,6 +300,8 @@ impl RuntimeSlot {
             connection: None,
             accepting: true,
             empty_since: Instant::now(),
+            bound: None,
+            finished: false,
         }
     }
 
@@ -322,6 +336,10 @@ struct State {
     waiting: HashMap<Arc<str>, VecDeque<Arc<str>>>,
     /// Deleted clients whose last events a long-poll may still fetch, for the grace period.
     departed: HashMap<Arc<str>, Departed>,
+    /// Per deployment, its matchmaker.
+    matchmakers: HashMap<Arc<str>, crate::matchmaker::Matchmaker>,
+    /// Formed matches waiting for a match runtime, per deployment.
+    pending_matches: HashMap<Arc<str>, VecDeque<matches::PendingMatch>>,
 }
 
 #[derive(Debug)]
@@ -731,6 +749,14 @@ impl Dispatcher {
     /// Takes clients off their runtime and sends them to a lobby, telling each why.
     fn back_to_lobby(&self, state: &mut State, client_ids: Vec<Arc<str>>, code: &str, why: &str) {
         for client_id in &client_ids {
+            let Some(deployment_id) = state
+                .clients
+                .get(client_id)
+                .map(|client| client.deployment_id.clone())
+            else {
+                continue;
+            };
+            self.leave_matchmaking(state, &deployment_id, client_id);
             let Some(client) = state.clients.get_mut(client_id) else {
                 continue;
             };
@@ -826,6 +852,7 @@ impl Dispatcher {
         let Some((key, client)) = state.clients.remove_entry(client_id) else {
             return;
         };
+        self.leave_matchmaking(state, &client.deployment_id, &key);
         if let Some(slot) = client
             .runtime
             .as_ref()
@@ -907,6 +934,7 @@ impl Dispatcher {
                 false,
             );
         }
+        self.expire_matchmaking(&mut state);
         expired.len()
     }
 
@@ -935,6 +963,7 @@ impl Dispatcher {
             hold,
         };
         self.admit_waiting(state, &key);
+        self.bind_pending(state, &key);
         attached
     }
 
@@ -1068,6 +1097,12 @@ impl Dispatcher {
         if let Some(connection) = &slot.connection {
             connection.replaced.cancel();
         }
+        if let Some(match_id) = slot.bound {
+            let deployment_id: Arc<str> = Arc::from(slot.description.deployment_id.as_str());
+            if let Some(matchmaker) = state.matchmakers.get_mut(&deployment_id) {
+                matchmaker.end(match_id);
+            }
+        }
         let clients: Vec<Arc<str>> = slot.clients.into_iter().collect();
         // Re-insert nothing: back_to_lobby finds the runtime gone and only reassigns.
         for client_id in &clients {
@@ -1194,23 +1229,20 @@ impl Dispatcher {
                         self.delete_locked(state, &client_id, "kicked", Some(reason), false);
                     }
                 }
-                RuntimeCommand::RequestMatchmaking { client_id, .. } => {
-                    if own_client(state, &key, &client_id).is_none() {
-                        replies.push(unknown_client(&client_id));
-                    } else {
-                        replies.push(error(
-                            "matchmaking_unavailable",
-                            "this platform version has no matchmaker yet",
-                        ));
+                RuntimeCommand::RequestMatchmaking { client_id, mode } => {
+                    if let Err(refusal) = self.request_matchmaking(state, &key, &client_id, &mode) {
+                        replies.push(refusal);
                     }
                 }
-                RuntimeCommand::StopMatch { .. } => {
+                RuntimeCommand::StopMatch { reason } => {
                     let qualifier = state
                         .runtimes
                         .get(&key)
                         .map(|slot| slot.description.qualifier);
                     if qualifier != Some(Qualifier::Match) {
                         replies.push(error("not_a_match", "stop_match is for match runtimes"));
+                    } else {
+                        self.stop_match(state, &key, &reason);
                     }
                 }
                 // Written to the runtime's log by its connection.

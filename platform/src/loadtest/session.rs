@@ -279,6 +279,7 @@ impl Player<'_> {
             }
             PlayerEvent::Greeted { .. }
             | PlayerEvent::RuntimeAssigned(_)
+            | PlayerEvent::MatchmakingFailed { .. }
             | PlayerEvent::Message { text: None, .. } => {}
         }
         Ok(())

@@ -264,6 +264,8 @@ struct DeploymentToRun {
     min_lobbies: i64,
     max_clients_per_lobby: i64,
     idle_timeout_secs: u64,
+    /// Idle match runtimes kept started, per mode.
+    warm_matches: Vec<(String, i64)>,
 }
 
 /// Most lobbies started for waiting clients in one pass.
@@ -391,6 +393,15 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
                 min_lobbies: config["min_lobbies"].as_i64().unwrap_or(1),
                 max_clients_per_lobby: config["max_clients_per_lobby"].as_i64().unwrap_or(100),
                 idle_timeout_secs: config["idle_timeout_secs"].as_u64().unwrap_or(300),
+                warm_matches: config["warm_matches"]
+                    .as_object()
+                    .map(|modes| {
+                        modes
+                            .iter()
+                            .map(|(mode, count)| (mode.clone(), count.as_i64().unwrap_or(0)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }
         })
         .collect();
@@ -440,6 +451,7 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
     }
 
     let demand = state.dispatcher.lobby_demand();
+    let match_demand = state.dispatcher.match_demand();
     for deployment in &deployments {
         let lobbies = sqlx::query(
             "SELECT id, status, pid FROM runtimes WHERE deployment_id = $1 AND qualifier = 'lobby' \
@@ -490,13 +502,61 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
                 }
             }
         }
+        if let Err(error) = provide_matches(state, deployment, &match_demand).await {
+            tracing::error!(deployment_id = %deployment.id, error = %format!("{error:#}"), "cannot start a match runtime");
+        }
         if deployment.status == "active" {
             close_idle_lobbies(state, deployment, live).await?;
         } else {
             drain(state, &deployment.id).await?;
         }
     }
+    for runtime_id in state.dispatcher.take_finished() {
+        tracing::info!(runtime_id = %runtime_id, "match over; stopping its runtime");
+        stop_runtime(state, &runtime_id).await?;
+    }
     crate::deployments::close_drained(&state.database).await?;
+    Ok(())
+}
+
+/// Most match runtimes started for one deployment and mode in one pass.
+const MAX_MATCHES_AT_ONCE: i64 = 16;
+
+/// Match runtimes: one for each formed match waiting for a runtime, plus `warm_matches` idle
+/// ones per mode (active deployments only), counting those already starting or idle.
+async fn provide_matches(
+    state: &AppState,
+    deployment: &DeploymentToRun,
+    demand: &[crate::dispatcher::MatchDemand],
+) -> anyhow::Result<()> {
+    let mut modes: Vec<(String, i64)> = if deployment.status == "active" {
+        deployment.warm_matches.clone()
+    } else {
+        Vec::new()
+    };
+    for wanted in demand.iter().filter(|d| d.deployment_id == deployment.id) {
+        if !modes.iter().any(|(mode, _)| *mode == wanted.mode) {
+            modes.push((wanted.mode.clone(), 0));
+        }
+    }
+    for (mode, warm) in modes {
+        let (pending, idle) = demand
+            .iter()
+            .find(|d| d.deployment_id == deployment.id && d.mode == mode)
+            .map_or((0, 0), |d| (d.pending as i64, d.idle as i64));
+        let starting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM runtimes WHERE deployment_id = $1 AND qualifier = 'match' \
+             AND mode = $2 AND status = 'starting'",
+        )
+        .bind(&deployment.id)
+        .bind(&mode)
+        .fetch_one(state.database.reader())
+        .await?;
+        let missing = (warm + pending - idle - starting).min(MAX_MATCHES_AT_ONCE);
+        for _ in 0..missing {
+            start_runtime(state, deployment, Qualifier::Match, Some(&mode)).await?;
+        }
+    }
     Ok(())
 }
 

@@ -37,6 +37,12 @@ function lobby.on_message(ctx, client_id, payload, kind)
     elseif command == "tell" then
         ctx.respond(argument, "psst")
         ctx.respond(client_id, "told")
+    elseif command == "match" then
+        ctx.request_matchmaking(client_id, argument)
+    elseif command == "stop" then
+        ctx.stop_match("done")
+    elseif command == "where" then
+        ctx.respond(client_id, ctx.qualifier)
     elseif command == "flood" then
         for _ = 1, 400 do
             ctx.respond(client_id, string.rep("x", 1000))
@@ -983,6 +989,106 @@ async fn idle_lobbies_above_the_minimum_close(backend: Backend) {
     }
 }
 
+async fn matchmaking_moves_players_into_a_match_and_back(backend: Backend) {
+    let app = app(backend, |config| config.matchmaking_timeout_secs = 2).await;
+    let (admin, deployment) =
+        deploy(&app, lab_bundle(), serde_json::json!({"min_lobbies": 1})).await;
+    let ada = player(&app).await;
+    let bea = player(&app).await;
+    let mut ada_socket = connect(&app, &ada).await;
+    let mut bea_socket = connect(&app, &bea).await;
+    let lobby = ada_socket.greeted_and_assigned().await;
+    bea_socket.greeted_and_assigned().await;
+
+    // Alone, ada's request times out: she hears why and stays in the lobby.
+    ada_socket.say("match:duo").await;
+    let failed = ada_socket
+        .until("matchmaking_failed", |event| {
+            matches!(event, PlayerEvent::MatchmakingFailed { .. })
+        })
+        .await;
+    assert!(
+        matches!(&failed, PlayerEvent::MatchmakingFailed { mode, reason } if mode == "duo" && reason == "timeout"),
+        "{failed:?}"
+    );
+    ada_socket.echo("still in the lobby").await;
+
+    // Both ask: a match forms, a match runtime starts, both move there with their group.
+    ada_socket.say("match:duo").await;
+    bea_socket.say("match:duo").await;
+    let mut matches = Vec::new();
+    for socket in [&mut ada_socket, &mut bea_socket] {
+        let assigned = socket
+            .until("runtime_assigned (match)", |event| {
+                matches!(event, PlayerEvent::RuntimeAssigned(a) if a.qualifier == RuntimeKind::Match)
+            })
+            .await;
+        let PlayerEvent::RuntimeAssigned(assignment) = assigned else {
+            unreachable!()
+        };
+        assert_eq!(assignment.mode.as_deref(), Some("duo"));
+        assert_eq!(assignment.group.as_deref(), Some("all"));
+        matches.push(assignment.runtime_id);
+        socket.echo("in the match").await;
+        socket.say("where").await;
+        socket
+            .until("match", |event| text_of(event) == Some("match"))
+            .await;
+    }
+    assert_eq!(matches[0], matches[1], "one match for both");
+
+    // The match ends: both go back to a lobby, and its runtime stops.
+    ada_socket.say("stop").await;
+    for socket in [&mut ada_socket, &mut bea_socket] {
+        socket
+            .until("match_ended", |event| is_error(event, "match_ended"))
+            .await;
+        socket
+            .until("runtime_assigned (lobby)", |event| {
+                matches!(event, PlayerEvent::RuntimeAssigned(a) if a.qualifier == RuntimeKind::Lobby)
+            })
+            .await;
+        socket.say("where").await;
+        socket
+            .until("lobby", |event| text_of(event) == Some("lobby"))
+            .await;
+    }
+    let started = Instant::now();
+    loop {
+        let runtimes = admin
+            .list_runtimes("studio", "game", "default", &deployment)
+            .await
+            .unwrap();
+        if runtimes
+            .iter()
+            .any(|r| r.id == matches[0] && r.status == "stopped")
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{runtimes:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Refusals reach the lobby logic as errors; the players are not stranded.
+    ada_socket.say("match:chess").await;
+    ada_socket.say("match:duo").await;
+    ada_socket.say("match:duo").await;
+    ada_socket.say("stop").await;
+    ada_socket.echo("fine").await;
+    let started = Instant::now();
+    loop {
+        let log = admin
+            .runtime_logs("studio", "game", "default", &deployment, &lobby)
+            .await
+            .unwrap();
+        if log.contains("unknown_mode") && log.contains("already_queued") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 on_both_backends!(
     a_player_is_greeted_assigned_and_echoed,
     the_long_poll_fallback_carries_the_same_events,
@@ -994,4 +1100,5 @@ on_both_backends!(
     a_new_version_takes_new_clients_and_the_old_lobby_closes_when_empty,
     a_platform_restart_keeps_clients_and_profiles,
     idle_lobbies_above_the_minimum_close,
+    matchmaking_moves_players_into_a_match_and_back,
 );
