@@ -71,7 +71,7 @@ fn lab_bundle() -> Vec<u8> {
     .unwrap()
 }
 
-async fn app(
+pub(crate) async fn app(
     backend: Backend,
     adjust: impl FnOnce(&mut rally_platform::config::Config),
 ) -> TestApp {
@@ -85,7 +85,7 @@ async fn app(
 }
 
 /// Tenant `studio`, project `game`, stage `default` running `bundle` with `overrides`.
-async fn deploy(
+pub(crate) async fn deploy(
     app: &TestApp,
     bundle: Vec<u8>,
     overrides: serde_json::Value,
@@ -116,14 +116,14 @@ async fn deploy(
 }
 
 /// A signed-in player with a client on `studio/game/default`.
-struct Player {
-    api: RallyClient,
-    user_id: String,
-    token: String,
-    client: CreatedClient,
+pub(crate) struct Player {
+    pub(crate) api: RallyClient,
+    pub(crate) user_id: String,
+    pub(crate) token: String,
+    pub(crate) client: CreatedClient,
 }
 
-async fn player(app: &TestApp) -> Player {
+pub(crate) async fn player(app: &TestApp) -> Player {
     let anonymous = app.client();
     let user = anonymous.create_user().await.unwrap();
     let tokens = anonymous
@@ -152,7 +152,7 @@ fn socket_url(app: &TestApp, client: &CreatedClient) -> String {
 }
 
 /// Opens the client's socket with the token in the `Authorization` header.
-async fn connect(app: &TestApp, player: &Player) -> Socket {
+pub(crate) async fn connect(app: &TestApp, player: &Player) -> Socket {
     let mut request = socket_url(app, &player.client)
         .into_client_request()
         .unwrap();
@@ -168,7 +168,7 @@ async fn connect(app: &TestApp, player: &Player) -> Socket {
     Socket::open(request).await
 }
 
-struct Socket {
+pub(crate) struct Socket {
     stream: Stream,
 }
 
@@ -191,7 +191,7 @@ impl Socket {
         Socket { stream }
     }
 
-    async fn receive(&mut self) -> Received {
+    pub(crate) async fn receive(&mut self) -> Received {
         loop {
             let next = tokio::time::timeout(Duration::from_secs(15), self.stream.next())
                 .await
@@ -211,7 +211,7 @@ impl Socket {
         }
     }
 
-    async fn event(&mut self) -> PlayerEvent {
+    pub(crate) async fn event(&mut self) -> PlayerEvent {
         match self.receive().await {
             Received::Event(event) => event,
             other => panic!("expected an event, got {other:?}"),
@@ -219,7 +219,11 @@ impl Socket {
     }
 
     /// Skips events until one matches.
-    async fn until(&mut self, what: &str, matches: impl Fn(&PlayerEvent) -> bool) -> PlayerEvent {
+    pub(crate) async fn until(
+        &mut self,
+        what: &str,
+        matches: impl Fn(&PlayerEvent) -> bool,
+    ) -> PlayerEvent {
         loop {
             match self.receive().await {
                 Received::Event(event) if matches(&event) => return event,
@@ -230,7 +234,7 @@ impl Socket {
     }
 
     /// Waits for the close, skipping what comes before it.
-    async fn closed(&mut self) -> Option<(u16, String)> {
+    pub(crate) async fn closed(&mut self) -> Option<(u16, String)> {
         loop {
             if let Received::Closed(frame) = self.receive().await {
                 return frame;
@@ -238,11 +242,11 @@ impl Socket {
         }
     }
 
-    async fn send_raw(&mut self, message: Message) {
+    pub(crate) async fn send_raw(&mut self, message: Message) {
         self.stream.send(message).await.unwrap();
     }
 
-    async fn say(&mut self, text: &str) {
+    pub(crate) async fn say(&mut self, text: &str) {
         let command = PlayerCommand::Message {
             text: Some(text.to_owned()),
             binary: None,
@@ -254,7 +258,7 @@ impl Socket {
     }
 
     /// Greeted, then assigned to a lobby: returns the lobby's runtime id.
-    async fn greeted_and_assigned(&mut self) -> String {
+    pub(crate) async fn greeted_and_assigned(&mut self) -> String {
         let greeted = self.event().await;
         let PlayerEvent::Greeted { runtime, .. } = &greeted else {
             panic!("expected greeted first, got {greeted:?}");
@@ -277,7 +281,7 @@ impl Socket {
     }
 
     /// Sends `text` and waits for the same text back.
-    async fn echo(&mut self, text: &str) {
+    pub(crate) async fn echo(&mut self, text: &str) {
         self.say(text).await;
         self.until(&format!("the echo of {text:?}"), |event| {
             matches!(event, PlayerEvent::Message { text: Some(echoed), .. } if echoed == text)
@@ -286,11 +290,11 @@ impl Socket {
     }
 }
 
-fn is_error(event: &PlayerEvent, expected: &str) -> bool {
+pub(crate) fn is_error(event: &PlayerEvent, expected: &str) -> bool {
     matches!(event, PlayerEvent::Error { code, .. } if code == expected)
 }
 
-fn text_of(event: &PlayerEvent) -> Option<&str> {
+pub(crate) fn text_of(event: &PlayerEvent) -> Option<&str> {
     match event {
         PlayerEvent::Message { text, .. } => text.as_deref(),
         _ => None,
