@@ -11,7 +11,8 @@
 //! 3. A forming match **starts** once it has the mode's `min_players` and every group its
 //!    minimum: all its members are placed together.
 //! 4. A started match stays **open for backfill** up to `max_players` (and each group's maximum)
-//!    until its logic ends it; a later request placed in it joins the running match at once.
+//!    until its logic ends it or every player has left it; a later request placed in it joins
+//!    the running match at once.
 //! 5. A client is in at most one match or queue; one that leaves a forming match frees its place.
 //!
 //! Example (mode `duel`, groups `red` 1..1 and `blue` 1..1): A opens match 1 in `red`; B joins
@@ -214,7 +215,8 @@ impl Matchmaker {
         open.remove(&(size_before, match_id));
         if found.size() == 0 && !found.started {
             self.matches.remove(&match_id);
-        } else {
+        } else if found.size() > 0 {
+            // A running match everyone left takes nobody new: its logic is about to end it.
             open.insert((found.size(), match_id));
         }
         Some(match_id)

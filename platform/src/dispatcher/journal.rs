@@ -16,6 +16,11 @@ pub enum Change {
         client_id: String,
         reason: String,
     },
+    /// The client moved to a newer deployment of its stage (through a match).
+    Moved {
+        client_id: String,
+        deployment_id: String,
+    },
     Profile {
         player_id: String,
         /// JSON text.
@@ -71,6 +76,18 @@ async fn write_batch(database: &Database, batch: &[Change]) -> Result<(), Storag
                 .bind(client_id)
                 .bind(reason)
                 .bind(now)
+                .execute(&mut *transaction)
+                .await?;
+            }
+            Change::Moved {
+                client_id,
+                deployment_id,
+            } => {
+                sqlx::query(
+                    "UPDATE clients SET deployment_id = $2 WHERE id = $1 AND status = 'active'",
+                )
+                .bind(client_id)
+                .bind(deployment_id)
                 .execute(&mut *transaction)
                 .await?;
             }

@@ -20,6 +20,15 @@ pub(super) struct PendingMatch {
     formed_at: Instant,
 }
 
+/// A running deployment as the supervisor sees it.
+#[derive(Debug, Clone)]
+pub struct DeploymentFacts {
+    pub id: String,
+    pub stage_id: String,
+    pub active: bool,
+    pub modes: Vec<crate::matchmaker::ModeRules>,
+}
+
 /// Match runtimes a deployment needs for one mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MatchDemand {
@@ -32,14 +41,15 @@ pub struct MatchDemand {
 }
 
 impl Dispatcher {
-    /// `request_matchmaking` from the lobby `runtime_id`.
+    /// `request_matchmaking` from the lobby `runtime_id`; a refusal is the error for the
+    /// runtime.
     pub(super) fn request_matchmaking(
         &self,
         state: &mut State,
         runtime_id: &Arc<str>,
         client_id: &str,
         mode: &str,
-    ) -> Result<(), PlatformMessage> {
+    ) -> Result<(), Box<PlatformMessage>> {
         let in_match = state.clients.get(client_id).is_some_and(|client| {
             client
                 .runtime
@@ -48,37 +58,49 @@ impl Dispatcher {
                 .is_some_and(|slot| slot.description.qualifier == Qualifier::Match)
         });
         if in_match {
-            return Err(error(
+            return Err(Box::new(error(
                 "in_match",
                 &format!("client {client_id} is in a match already"),
-            ));
+            )));
         }
         let Some(client) = own_client(state, runtime_id, client_id) else {
-            return Err(super::unknown_client(client_id));
+            return Err(Box::new(super::unknown_client(client_id)));
         };
-        let deployment_id = client.deployment_id.clone();
+        let home = client.deployment_id.clone();
         let key: Arc<str> = Arc::from(client_id);
         let slot = state.runtimes.get(runtime_id).expect("the caller's slot");
         if slot.description.qualifier != Qualifier::Lobby {
-            return Err(error(
+            return Err(Box::new(error(
                 "not_a_lobby",
                 "request_matchmaking is for lobby runtimes",
-            ));
+            )));
         }
-        let modes = slot.description.modes.clone();
+        // New matches form on the stage's current deployment: after a new version is deployed,
+        // players still in an old lobby play their next match on the new version.
+        let deployment_id = state
+            .deployments
+            .get(&home)
+            .and_then(|(stage, _)| state.current.get(stage))
+            .cloned()
+            .unwrap_or(home);
+        let modes = state
+            .deployments
+            .get(&deployment_id)
+            .map(|(_, modes)| modes.clone())
+            .unwrap_or_else(|| slot.description.modes.clone());
         let matchmaker = state
             .matchmakers
             .entry(deployment_id.clone())
             .or_insert_with(|| Matchmaker::new(modes.to_vec()));
         match matchmaker.request(key.clone(), mode) {
-            Err(Refusal::UnknownMode) => Err(error(
+            Err(Refusal::UnknownMode) => Err(Box::new(error(
                 "unknown_mode",
                 &format!("the version has no mode {mode:?}"),
-            )),
-            Err(Refusal::AlreadyQueued) => Err(error(
+            ))),
+            Err(Refusal::AlreadyQueued) => Err(Box::new(error(
                 "already_queued",
                 &format!("client {client_id} is waiting for a match already"),
-            )),
+            ))),
             Ok(Placement::Queued { .. }) => Ok(()),
             Ok(Placement::Formed { match_id, members }) => {
                 let pending = PendingMatch {
@@ -215,23 +237,46 @@ impl Dispatcher {
                 queue.retain(|waiting| waiting != client_id);
             }
         }
+        // A match of a newer deployment takes the client along: afterwards it returns to a
+        // lobby of that deployment.
+        if let Some(slot) = state.runtimes.get(runtime_id) {
+            if *slot.description.deployment_id != *client.deployment_id {
+                client.deployment_id = Arc::from(slot.description.deployment_id.as_str());
+                self.record(super::journal::Change::Moved {
+                    client_id: client_id.to_string(),
+                    deployment_id: slot.description.deployment_id.clone(),
+                });
+            }
+        }
         self.assign(state, client_id, runtime_id, Some(group));
     }
 
     /// A client no longer wants or plays a match: its request or place is withdrawn.
-    pub(super) fn leave_matchmaking(
-        &self,
-        state: &mut State,
-        deployment_id: &Arc<str>,
-        client_id: &Arc<str>,
-    ) {
-        if let Some(matchmaker) = state.matchmakers.get_mut(deployment_id) {
+    pub(super) fn leave_matchmaking(&self, state: &mut State, client_id: &Arc<str>) {
+        // The request may sit with the stage's current deployment rather than the client's.
+        for matchmaker in state.matchmakers.values_mut() {
             matchmaker.leave(client_id);
         }
-        if let Some(queue) = state.pending_matches.get_mut(deployment_id) {
+        for queue in state.pending_matches.values_mut() {
             for pending in queue.iter_mut() {
                 pending.members.retain(|(member, _)| member != client_id);
             }
+        }
+    }
+
+    /// The supervisor's view of the running deployments, each pass: which is current on each
+    /// stage, and the modes of each.
+    pub fn set_deployments(&self, facts: Vec<DeploymentFacts>) {
+        let mut state = self.state();
+        state.deployments.clear();
+        state.current.clear();
+        for fact in facts {
+            let id: Arc<str> = Arc::from(fact.id.as_str());
+            let stage: Arc<str> = Arc::from(fact.stage_id.as_str());
+            if fact.active {
+                state.current.insert(stage.clone(), id.clone());
+            }
+            state.deployments.insert(id, (stage, Arc::new(fact.modes)));
         }
     }
 

@@ -17,7 +17,7 @@
 pub mod journal;
 mod matches;
 
-pub use matches::MatchDemand;
+pub use matches::{DeploymentFacts, MatchDemand};
 
 use crate::config::Config;
 use crate::storage::{Database, StorageError};
@@ -328,6 +328,9 @@ impl RuntimeSlot {
     }
 }
 
+/// A version's modes, shared.
+type Modes = Arc<Vec<crate::matchmaker::ModeRules>>;
+
 #[derive(Debug, Default)]
 struct State {
     clients: HashMap<Arc<str>, Client>,
@@ -340,6 +343,10 @@ struct State {
     matchmakers: HashMap<Arc<str>, crate::matchmaker::Matchmaker>,
     /// Formed matches waiting for a match runtime, per deployment.
     pending_matches: HashMap<Arc<str>, VecDeque<matches::PendingMatch>>,
+    /// Running deployments: their stage and modes (from the supervisor).
+    deployments: HashMap<Arc<str>, (Arc<str>, Modes)>,
+    /// Per stage, its active deployment: where new matches of its players form.
+    current: HashMap<Arc<str>, Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -749,14 +756,7 @@ impl Dispatcher {
     /// Takes clients off their runtime and sends them to a lobby, telling each why.
     fn back_to_lobby(&self, state: &mut State, client_ids: Vec<Arc<str>>, code: &str, why: &str) {
         for client_id in &client_ids {
-            let Some(deployment_id) = state
-                .clients
-                .get(client_id)
-                .map(|client| client.deployment_id.clone())
-            else {
-                continue;
-            };
-            self.leave_matchmaking(state, &deployment_id, client_id);
+            self.leave_matchmaking(state, client_id);
             let Some(client) = state.clients.get_mut(client_id) else {
                 continue;
             };
@@ -852,7 +852,7 @@ impl Dispatcher {
         let Some((key, client)) = state.clients.remove_entry(client_id) else {
             return;
         };
-        self.leave_matchmaking(state, &client.deployment_id, &key);
+        self.leave_matchmaking(state, &key);
         if let Some(slot) = client
             .runtime
             .as_ref()
@@ -1231,7 +1231,7 @@ impl Dispatcher {
                 }
                 RuntimeCommand::RequestMatchmaking { client_id, mode } => {
                     if let Err(refusal) = self.request_matchmaking(state, &key, &client_id, &mode) {
-                        replies.push(refusal);
+                        replies.push(*refusal);
                     }
                 }
                 RuntimeCommand::StopMatch { reason } => {

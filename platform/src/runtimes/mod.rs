@@ -376,11 +376,27 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
     let runtimes = &state.runtimes;
     let now = now_millis();
     let deployments = sqlx::query(
-        "SELECT d.id, d.status, v.bundle_sha256, d.config FROM deployments d \
-         JOIN versions v ON v.id = d.version_id WHERE d.status IN ('active', 'draining')",
+        "SELECT d.id, d.status, v.bundle_sha256, d.config, d.stage_id, v.manifest \
+         FROM deployments d JOIN versions v ON v.id = d.version_id \
+         WHERE d.status IN ('active', 'draining')",
     )
     .fetch_all(state.database.reader())
     .await?;
+    state.dispatcher.set_deployments(
+        deployments
+            .iter()
+            .map(|row| {
+                let manifest: serde_json::Value =
+                    serde_json::from_str(&row.get::<String, _>(5)).unwrap_or_default();
+                crate::dispatcher::DeploymentFacts {
+                    id: row.get(0),
+                    stage_id: row.get(4),
+                    active: row.get::<String, _>(1) == "active",
+                    modes: serde_json::from_value(manifest["modes"].clone()).unwrap_or_default(),
+                }
+            })
+            .collect(),
+    );
     let deployments: Vec<DeploymentToRun> = deployments
         .iter()
         .map(|row| {
@@ -507,7 +523,8 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
         }
         if deployment.status == "active" {
             close_idle_lobbies(state, deployment, live).await?;
-        } else {
+        } else if waiting == 0 {
+            // (Clients back from a match of this deployment wait for the lobby started above.)
             drain(state, &deployment.id).await?;
         }
     }
@@ -520,7 +537,7 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
 }
 
 /// Most match runtimes started for one deployment and mode in one pass.
-const MAX_MATCHES_AT_ONCE: i64 = 16;
+const MAX_MATCHES_AT_ONCE: i64 = 64;
 
 /// Match runtimes: one for each formed match waiting for a runtime, plus `warm_matches` idle
 /// ones per mode (active deployments only), counting those already starting or idle.
@@ -552,9 +569,17 @@ async fn provide_matches(
         .bind(&mode)
         .fetch_one(state.database.reader())
         .await?;
-        let missing = (warm + pending - idle - starting).min(MAX_MATCHES_AT_ONCE);
-        for _ in 0..missing {
-            start_runtime(state, deployment, Qualifier::Match, Some(&mode)).await?;
+        let wanted = warm + pending - idle - starting;
+        if wanted > MAX_MATCHES_AT_ONCE {
+            // More next pass, straight away rather than at the next tick.
+            state.dispatcher.lobby_wanted.notify_one();
+        }
+        let missing = wanted.min(MAX_MATCHES_AT_ONCE);
+        // Started side by side: players wait for these.
+        let starts = (0..missing.max(0))
+            .map(|_| start_runtime(state, deployment, Qualifier::Match, Some(&mode)));
+        for started in futures_util::future::join_all(starts).await {
+            started?;
         }
     }
     Ok(())
