@@ -9,6 +9,7 @@ mod args;
 mod audit;
 mod deploy;
 mod deployments;
+mod dev;
 mod developers;
 mod permissions;
 mod progress;
@@ -47,6 +48,8 @@ pub struct Cli {
 enum Command {
     /// Run the platform server (SQLite in ./rally-data unless configured otherwise).
     Server(ServerArgs),
+    /// Run the platform for one game directory, deploy it, and redeploy it on every change.
+    Dev(dev::DevArgs),
     /// Sign in to a platform as an admin, support or developer account and remember it.
     Login(session::LoginArgs),
     /// Revoke the remembered sign-in and forget it.
@@ -291,6 +294,7 @@ fn raise_open_files_limit() {
 async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Server(args) => run_server(args).await.map_err(CliError::Other),
+        Command::Dev(args) => dev::run(args).await,
         Command::Login(args) => session::login(args).await,
         Command::Logout(args) => session::logout(args).await,
         Command::Whoami(args) => session::whoami(args).await,

@@ -7,6 +7,7 @@ mod helpers;
 
 mod auth;
 mod cli;
+mod dev;
 mod errors;
 mod management;
 mod permissions;
@@ -14,4 +15,5 @@ mod players;
 mod runtimes;
 mod server;
 mod storage;
+mod tictactoe;
 mod users;
