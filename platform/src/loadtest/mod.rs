@@ -7,7 +7,13 @@
 //! - `players` (`players.rs`): N real players on WebSockets, each signed up, assigned to a lobby
 //!   and exchanging echoed messages; reports round trips, latency and the platform's memory per
 //!   connected player.
+//! - `matchmaking` (`matchmaking.rs`): waves of N players asking a lobby for a duel at the same
+//!   moment; reports how long each waited for its match runtime, and how many matches formed.
+//!
+//! `session.rs` sets players up for both of the latter.
 
+mod echo;
+mod matchmaking;
 mod memory;
 mod open_files;
 mod players;
@@ -30,11 +36,16 @@ pub struct LoadtestArgs {
     run: RunArgs,
     #[command(flatten, next_help_heading = "Scenario signup")]
     signup: signup::SignupArgs,
+    #[command(flatten, next_help_heading = "Scenarios players and matchmaking")]
+    game: session::GameArgs,
     #[command(flatten, next_help_heading = "Scenario players")]
     players: players::PlayersArgs,
+    #[command(flatten, next_help_heading = "Scenario matchmaking")]
+    matchmaking: matchmaking::MatchmakingArgs,
 }
 
-/// What every scenario takes: where the platform is and how long to measure.
+/// What every scenario takes: where the platform is and how long to measure (scenario
+/// matchmaking measures its waves instead).
 #[derive(Debug, Args)]
 struct RunArgs {
     /// Platform URL.
@@ -55,6 +66,8 @@ enum Scenario {
     Signup,
     /// Players on WebSockets exchanging echoed messages with a lobby.
     Players,
+    /// Players on WebSockets asking their lobby for a duel, all at once.
+    Matchmaking,
 }
 
 pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
@@ -64,7 +77,8 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
     );
     match args.scenario {
         Scenario::Signup => signup::run(args.run, args.signup).await,
-        Scenario::Players => players::run(args.run, args.players).await,
+        Scenario::Players => players::run(args.run, args.game, args.players).await,
+        Scenario::Matchmaking => matchmaking::run(args.run, args.game, args.matchmaking).await,
     }
 }
 
@@ -131,6 +145,31 @@ fn per_sec(count: u64, elapsed_secs: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Command {
+        #[command(flatten)]
+        loadtest: LoadtestArgs,
+    }
+
+    #[test]
+    fn the_scenarios_share_their_player_options_without_clashing() {
+        Command::command().debug_assert();
+        let command = Command::try_parse_from([
+            "loadtest",
+            "matchmaking",
+            "--players",
+            "20",
+            "--waves",
+            "2",
+            "--tenant",
+            "studio",
+        ])
+        .unwrap();
+        assert!(matches!(command.loadtest.scenario, Scenario::Matchmaking));
+        assert_eq!(command.loadtest.game.players(100).unwrap(), 20);
+    }
 
     #[test]
     fn latency_is_reported_in_milliseconds() {

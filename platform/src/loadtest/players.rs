@@ -7,28 +7,25 @@
 //! through a warm-up and the measured seconds; each echo's round trip is timed. Finally the
 //! players leave.
 
+use super::echo::{self, Pacing, Phase, Plan};
 use super::memory::{self, mib};
-use super::session::{self, Pacing, Phase, Plan};
+use super::session::{self, GameArgs};
 use super::stats::{Stats, Window};
-use super::{latency_histogram, open_files, per_sec, Latency, RunArgs, Scenario};
+use super::{latency_histogram, per_sec, Latency, RunArgs, Scenario};
 use anyhow::Context;
 use clap::Args;
 use hdrhistogram::Histogram;
-use rally_sdk::RallyClient;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// How long players get to leave once the measurement is over.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Players when `--players` is not given.
+const DEFAULT_PLAYERS: u64 = 100;
 
 #[derive(Debug, Args)]
 pub(super) struct PlayersArgs {
-    /// Players to connect.
-    #[arg(long, default_value_t = 100)]
-    players: u64,
     /// Messages per second each player sends; 0 sends the next one as soon as an echo
     /// returns (closed loop). The platform drops what exceeds its per-client limit
     /// (`player_messages_per_sec`, 50 by default).
@@ -37,18 +34,6 @@ pub(super) struct PlayersArgs {
     /// With `--rate 0`: messages each player keeps outstanding.
     #[arg(long, default_value_t = 1)]
     in_flight: usize,
-    /// Players being set up at once; also the size of the HTTP connection pool.
-    #[arg(long, default_value_t = 64)]
-    connect_concurrency: usize,
-    /// Tenant id or alias of the deployed game.
-    #[arg(long, env = "RALLY_TENANT")]
-    tenant: Option<String>,
-    /// Project id or alias of the deployed game.
-    #[arg(long, env = "RALLY_PROJECT")]
-    project: Option<String>,
-    /// Stage id or alias of the deployed game.
-    #[arg(long, env = "RALLY_STAGE", default_value = "default")]
-    stage: String,
     /// Size of each message's text in bytes; it carries a sequence number, padded to this.
     #[arg(long, default_value_t = 32)]
     payload_bytes: usize,
@@ -69,30 +54,6 @@ impl PlayersArgs {
         let period = Duration::try_from_secs_f64(1.0 / self.rate)
             .with_context(|| format!("--rate {} is too low", self.rate))?;
         Ok(Pacing::Rate { period })
-    }
-
-    /// What every player does, from the arguments.
-    fn plan(&self, client: RallyClient) -> anyhow::Result<Plan> {
-        anyhow::ensure!(self.players > 0, "--players must be at least 1");
-        anyhow::ensure!(
-            self.connect_concurrency > 0,
-            "--connect-concurrency must be at least 1"
-        );
-        let tenant = self.tenant.clone().context(
-            "scenario players needs the tenant of a deployed game: --tenant or RALLY_TENANT",
-        )?;
-        let project = self.project.clone().context(
-            "scenario players needs the project of a deployed game: --project or RALLY_PROJECT",
-        )?;
-        Ok(Plan {
-            client,
-            tenant,
-            project,
-            stage: self.stage.clone(),
-            pacing: self.pacing()?,
-            payload_bytes: self.payload_bytes,
-            set_up_slots: Semaphore::new(self.connect_concurrency),
-        })
     }
 }
 
@@ -137,29 +98,26 @@ struct Report {
     rss_end_mib: Option<f64>,
 }
 
-pub(super) async fn run(run: RunArgs, args: PlayersArgs) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.connect_concurrency)
-        .tcp_nodelay(true)
-        .build()?;
-    let client = RallyClient::with_http_client(http.clone(), &run.url)?;
-    let plan = Arc::new(args.plan(client.clone())?);
-    open_files::ensure_room_for(args.players + args.connect_concurrency as u64)?;
-    client
-        .health()
-        .await
-        .with_context(|| format!("the platform at {} does not answer", run.url))?;
+pub(super) async fn run(run: RunArgs, game: GameArgs, args: PlayersArgs) -> anyhow::Result<()> {
+    let player_count = game.players(DEFAULT_PLAYERS)?;
+    let pacing = args.pacing()?;
+    let (http, client) = game.platform(&run.url, player_count).await?;
+    let plan = Arc::new(Plan {
+        game: game.game(client.clone())?,
+        pacing,
+        payload_bytes: args.payload_bytes,
+    });
     let base_url = client.base_url();
 
     let rss_before = platform_memory(&http, base_url).await;
-    let stats = Arc::new(Stats::new(args.players));
+    let stats = Arc::new(Stats::new(player_count));
     let (phase, phase_receiver) = watch::channel(Phase::Connecting);
     let mut players = JoinSet::new();
-    for _ in 0..args.players {
-        let task = session::run_player(plan.clone(), stats.clone(), phase_receiver.clone());
+    for _ in 0..player_count {
+        let task = echo::run_player(plan.clone(), stats.clone(), phase_receiver.clone());
         players.spawn(task);
     }
-    let connect_time = ramp_up(&stats, args.players).await;
+    let connect_time = session::ramp_up(&stats, player_count).await;
     anyhow::ensure!(
         stats.connected() > 0,
         "no player connected (the first errors are above)"
@@ -176,14 +134,14 @@ pub(super) async fn run(run: RunArgs, args: PlayersArgs) -> anyhow::Result<()> {
     let rss_end = platform_memory(&http, base_url).await;
     let connected = stats.connected();
     phase.send_replace(Phase::Stopping);
-    stop(players, &stats).await;
+    session::stop(players, &stats).await;
 
     let elapsed_secs = measured.elapsed.as_secs_f64();
     let round_trips = measured.latency.len();
     let report = Report {
         scenario: Scenario::Players,
         url: run.url,
-        players: args.players,
+        players: player_count,
         connected,
         errors: stats.errors(),
         connect_errors: stats.connect_errors.count(),
@@ -216,32 +174,6 @@ async fn platform_memory(http: &reqwest::Client, base_url: &str) -> Option<f64> 
         .await
         .inspect_err(|error| eprintln!("loadtest: no memory figures: {error:#}"))
         .ok()
-}
-
-/// Waits until every player is connected or has failed to, printing progress once a second.
-async fn ramp_up(stats: &Stats, players: u64) -> Duration {
-    let started = Instant::now();
-    let second = Duration::from_secs(1);
-    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
-    let all_set_up = stats.all_set_up();
-    tokio::pin!(all_set_up);
-    loop {
-        let done = tokio::select! {
-            () = &mut all_set_up => true,
-            _ = progress.tick() => false,
-        };
-        eprintln!(
-            "loadtest: connected {}/{players}, errors {}",
-            stats.connected(),
-            stats.errors()
-        );
-        if done {
-            break;
-        }
-    }
-    let elapsed = started.elapsed();
-    eprintln!("loadtest: ramp-up took {:.1} s", elapsed.as_secs_f64());
-    elapsed
 }
 
 /// What the measured windows add up to.
@@ -300,28 +232,6 @@ fn print_window(label: &str, window: &Window, window_time: Duration, stats: &Sta
     );
 }
 
-/// Waits for the players to leave (the phase says so already), aborting the ones that take
-/// longer than [`STOP_TIMEOUT`].
-async fn stop(mut players: JoinSet<()>, stats: &Stats) {
-    let all_left = async {
-        while let Some(ended) = players.join_next().await {
-            if let Err(error) = ended {
-                stats
-                    .errors
-                    .report(format_args!("a player task failed: {error}"));
-            }
-        }
-    };
-    if tokio::time::timeout(STOP_TIMEOUT, all_left).await.is_err() {
-        eprintln!(
-            "loadtest: {} players had not left after {} s",
-            players.len(),
-            STOP_TIMEOUT.as_secs()
-        );
-        players.shutdown().await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,9 +244,7 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> PlayersArgs {
-        let args = ["loadtest", "--tenant", "studio", "--project", "hello"]
-            .iter()
-            .chain(args);
+        let args = ["loadtest"].iter().chain(args);
         Command::try_parse_from(args).unwrap().players
     }
 

@@ -1,18 +1,18 @@
-//! One simulated player: signs up and in, creates a client, opens its socket and waits for a
-//! lobby; then, once the scenario says so, sends messages at its pace and times their echoes
-//! until told to stop. One task per player owns its socket.
+//! A player's session with a deployed game, as the scenarios that drive players (`players`,
+//! `matchmaking`) set it up: sign-up, sign-in, client, socket, lobby; then events in, commands
+//! out, and leaving. Also the waits for a crowd of players to be set up and to leave.
 
+use super::open_files;
 use super::stats::Stats;
 use anyhow::{anyhow, bail, Context};
+use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use rally_sdk::player::{PlayerCommand, PlayerEvent, SUBPROTOCOL};
 use rally_sdk::RallyClient;
-use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Semaphore};
-use tokio::time::{Interval, MissedTickBehavior};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -20,96 +20,123 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as SocketError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(super) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// From the first request to being in a lobby; beyond it the set-up counts as failed.
 const SET_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// An echo this late is given up on and counted as lost: the platform drops messages beyond a
-/// client's rate limit (with one `rate_limited` error a second, not one per message), and a
-/// closed-loop player waiting for them would stall for good.
-const ECHO_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// For saying goodbye once the measurement is over.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the scenario asks of all players, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Phase {
-    /// Players connect, then wait connected and idle until everyone is.
-    Connecting,
-    /// Players send messages and time the echoes.
-    Sending,
-    /// Players leave.
-    Stopping,
+/// How long players get to leave once the measurement is over.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which deployed game the players join, and how fast they are set up.
+#[derive(Debug, Args)]
+pub(super) struct GameArgs {
+    /// Players to connect (in each wave of scenario matchmaking) [default: 100 for players,
+    /// 200 for matchmaking].
+    #[arg(long)]
+    players: Option<u64>,
+    /// Players being set up at once; also the size of the HTTP connection pool.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// Tenant id or alias of the deployed game.
+    #[arg(long, env = "RALLY_TENANT")]
+    tenant: Option<String>,
+    /// Project id or alias of the deployed game.
+    #[arg(long, env = "RALLY_PROJECT")]
+    project: Option<String>,
+    /// Stage id or alias of the deployed game.
+    #[arg(long, env = "RALLY_STAGE", default_value = "default")]
+    stage: String,
 }
 
-/// How a player paces its messages.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum Pacing {
-    /// One message every `period`, whether echoes came back or not (open loop).
-    Rate { period: Duration },
-    /// The next message as soon as an echo arrives, `in_flight` of them outstanding (closed
-    /// loop).
-    ClosedLoop { in_flight: usize },
+impl GameArgs {
+    /// `--players`, or the scenario's `default`; at least one.
+    pub fn players(&self, default: u64) -> anyhow::Result<u64> {
+        let players = self.players.unwrap_or(default);
+        anyhow::ensure!(players > 0, "--players must be at least 1");
+        Ok(players)
+    }
+
+    /// The game to join through `client`, a client not signed in.
+    pub fn game(&self, client: RallyClient) -> anyhow::Result<Game> {
+        anyhow::ensure!(
+            self.connect_concurrency > 0,
+            "--connect-concurrency must be at least 1"
+        );
+        let tenant = self.tenant.clone().context(
+            "this scenario needs the tenant of a deployed game: --tenant or RALLY_TENANT",
+        )?;
+        let project = self.project.clone().context(
+            "this scenario needs the project of a deployed game: --project or RALLY_PROJECT",
+        )?;
+        Ok(Game {
+            client,
+            tenant,
+            project,
+            stage: self.stage.clone(),
+            set_up_slots: Semaphore::new(self.connect_concurrency),
+        })
+    }
+
+    /// An HTTP client pooling `--connect-concurrency` connections, and the platform at `url`
+    /// behind it, checked to answer; fails first when `players` sockets would not fit under the
+    /// open-files limit.
+    pub async fn platform(
+        &self,
+        url: &str,
+        players: u64,
+    ) -> anyhow::Result<(reqwest::Client, RallyClient)> {
+        open_files::ensure_room_for(players + self.connect_concurrency as u64)?;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(self.connect_concurrency)
+            .tcp_nodelay(true)
+            .build()?;
+        let client = RallyClient::with_http_client(http.clone(), url)?;
+        client
+            .health()
+            .await
+            .with_context(|| format!("the platform at {url} does not answer"))?;
+        Ok((http, client))
+    }
 }
 
-/// What every player does, shared by all of them.
-pub(super) struct Plan {
+/// Where every player of a run joins, shared by all of them.
+pub(super) struct Game {
     /// Not signed in; shares one connection pool among all players.
     pub client: RallyClient,
     pub tenant: String,
     pub project: String,
     pub stage: String,
-    pub pacing: Pacing,
-    pub payload_bytes: usize,
     /// Bounds how many players are being set up at once.
     pub set_up_slots: Semaphore,
 }
 
-/// The whole life of one player; what happens to it is counted in `stats`.
-pub(super) async fn run_player(plan: Arc<Plan>, stats: Arc<Stats>, phase: watch::Receiver<Phase>) {
-    let socket = match set_up(&plan).await {
-        Ok(socket) => socket,
-        Err(error) => return stats.failed_to_join(&error),
-    };
-    stats.joined();
-    let mut player = Player {
-        socket,
-        plan: &plan,
-        stats: &stats,
-        probes: Probes::new(plan.payload_bytes),
-        send_clock: None,
-        loss_check: None,
-        sending: false,
-    };
-    let outcome = player.play(phase).await;
-    stats.left(outcome);
-}
-
 /// Waits for a set-up slot, then joins within [`SET_UP_TIMEOUT`].
-async fn set_up(plan: &Plan) -> anyhow::Result<Socket> {
-    let _slot = plan.set_up_slots.acquire().await?;
-    tokio::time::timeout(SET_UP_TIMEOUT, join(plan))
+pub(super) async fn set_up(game: &Game) -> anyhow::Result<Socket> {
+    let _slot = game.set_up_slots.acquire().await?;
+    tokio::time::timeout(SET_UP_TIMEOUT, join(game))
         .await
         .map_err(|_| anyhow!("took longer than {} s", SET_UP_TIMEOUT.as_secs()))?
 }
 
 /// A new anonymous user's client, connected and assigned to a lobby.
-async fn join(plan: &Plan) -> anyhow::Result<Socket> {
-    let user = plan.client.create_user().await.context("sign-up")?;
-    let tokens = plan
+async fn join(game: &Game) -> anyhow::Result<Socket> {
+    let user = game.client.create_user().await.context("sign-up")?;
+    let tokens = game
         .client
         .sign_in_user(&user.user_id, &user.secret)
         .await
         .context("sign-in")?;
-    let created = plan
+    let created = game
         .client
         .authenticated(&tokens.access_token)
-        .create_client(&plan.tenant, &plan.project, &plan.stage)
+        .create_client(&game.tenant, &game.project, &game.stage)
         .await
         .context("create client")?;
-    let url = socket_url(plan.client.base_url(), &created.socket_path)?;
+    let url = socket_url(game.client.base_url(), &created.socket_path)?;
     let mut socket = open_socket(&url, &tokens.access_token)
         .await
         .with_context(|| format!("open {url}"))?;
@@ -184,7 +211,9 @@ async fn wait_for_lobby(socket: &mut Socket) -> anyhow::Result<()> {
 
 /// The event a frame carries: `None` for control and binary frames; an error when the socket
 /// ended or the text is not an event.
-fn event_in(frame: Option<Result<Message, SocketError>>) -> anyhow::Result<Option<PlayerEvent>> {
+pub(super) fn event_in(
+    frame: Option<Result<Message, SocketError>>,
+) -> anyhow::Result<Option<PlayerEvent>> {
     match frame {
         None | Some(Ok(Message::Close(None))) => bail!("the platform closed the socket"),
         Some(Ok(Message::Close(Some(frame)))) => bail!("the platform closed the socket: {frame}"),
@@ -196,305 +225,89 @@ fn event_in(frame: Option<Result<Message, SocketError>>) -> anyhow::Result<Optio
     }
 }
 
-fn error_event(code: &str, message: &str) -> String {
+pub(super) fn error_event(code: &str, message: &str) -> String {
     format!("error event {code}: {message}")
 }
 
-fn client_deleted(reason: &str, message: Option<&str>) -> String {
+pub(super) fn client_deleted(reason: &str, message: Option<&str>) -> String {
     match message {
         Some(message) => format!("client deleted ({reason}): {message}"),
         None => format!("client deleted ({reason})"),
     }
 }
 
-fn command_frame(command: &PlayerCommand) -> Message {
-    Message::text(serde_json::to_string(command).expect("commands serialize"))
+pub(super) async fn send(socket: &mut Socket, command: &PlayerCommand) -> anyhow::Result<()> {
+    let frame = Message::text(serde_json::to_string(command).expect("commands serialize"));
+    socket.send(frame).await.context("send")
 }
 
-/// A connected player.
-struct Player<'a> {
-    socket: Socket,
-    plan: &'a Plan,
-    stats: &'a Stats,
-    probes: Probes,
-    /// Ticks when the next message is due at a fixed rate; `None` before sending starts and in
-    /// closed loop.
-    send_clock: Option<Interval>,
-    /// Ticks when to look for echoes older than [`ECHO_TIMEOUT`]; `None` before sending
-    /// starts, so that idle players cost no wake-ups.
-    loss_check: Option<Interval>,
-    sending: bool,
+/// Ends the client at once (`leave`) rather than leaving it to the platform's reconnect grace
+/// period, then reads until the platform closes the socket (after `client_deleted`). Closing
+/// from this side right away let some clients wait out their grace period: the close overtook
+/// the `leave`. Failures are not counted: the measurement is over, and the platform drops the
+/// client after the grace period anyway.
+pub(super) async fn leave(socket: &mut Socket) {
+    let goodbye = async {
+        send(socket, &PlayerCommand::Leave).await?;
+        while let Some(frame) = socket.next().await {
+            frame?;
+        }
+        anyhow::Ok(())
+    };
+    let _ = tokio::time::timeout(LEAVE_TIMEOUT, goodbye).await;
 }
 
-impl Player<'_> {
-    /// Until told to stop (`Ok`) or until the socket or the client is lost.
-    async fn play(&mut self, mut phase: watch::Receiver<Phase>) -> anyhow::Result<()> {
-        loop {
-            tokio::select! {
-                frame = self.socket.next() => {
-                    if let Some(event) = event_in(frame)? {
-                        self.on_event(event).await?;
-                    }
-                }
-                () = tick(&mut self.send_clock) => self.send_probe().await?,
-                () = tick(&mut self.loss_check) => self.give_up_on_lost().await?,
-                changed = phase.changed() => {
-                    if changed.is_err() {
-                        return Ok(()); // the scenario is gone
-                    }
-                    // Copied out: the borrow must not be held across the awaits below.
-                    let now = *phase.borrow_and_update();
-                    match now {
-                        Phase::Connecting => {}
-                        Phase::Sending => self.start_sending().await?,
-                        Phase::Stopping => {
-                            self.leave().await;
-                            return Ok(());
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    async fn on_event(&mut self, event: PlayerEvent) -> anyhow::Result<()> {
-        match event {
-            PlayerEvent::Message {
-                text: Some(text), ..
-            } => {
-                // Texts this player did not send (the lobby's greeting) are no echo.
-                let Some(latency) = self.probes.answered(&text, Instant::now()) else {
-                    return Ok(());
-                };
-                self.stats.echoed(latency);
-                if self.in_closed_loop() {
-                    self.send_probe().await?;
-                }
-            }
-            PlayerEvent::Error { code, message } => {
-                self.stats.errors.report(error_event(&code, &message));
-            }
-            PlayerEvent::ClientDeleted { reason, message } => {
-                bail!(client_deleted(&reason, message.as_deref()))
-            }
-            PlayerEvent::Greeted { .. }
-            | PlayerEvent::RuntimeAssigned(_)
-            | PlayerEvent::MatchmakingFailed { .. }
-            | PlayerEvent::Message { text: None, .. } => {}
-        }
-        Ok(())
-    }
-
-    async fn start_sending(&mut self) -> anyhow::Result<()> {
-        self.sending = true;
-        self.loss_check = Some(every_second());
-        match self.plan.pacing {
-            Pacing::Rate { period } => self.send_clock = Some(send_clock(period)),
-            Pacing::ClosedLoop { in_flight } => {
-                for _ in 0..in_flight {
-                    self.send_probe().await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Counts echoes older than [`ECHO_TIMEOUT`] as lost; in closed loop, sends a new message
-    /// for each.
-    async fn give_up_on_lost(&mut self) -> anyhow::Result<()> {
-        let Some(deadline) = Instant::now().checked_sub(ECHO_TIMEOUT) else {
-            return Ok(()); // the clock is younger than the timeout: nothing can be that old
-        };
-        let lost = self.probes.forget_sent_before(deadline);
-        self.stats.lost(lost);
-        if self.in_closed_loop() {
-            for _ in 0..lost {
-                self.send_probe().await?;
-            }
-        }
-        Ok(())
-    }
-
-    fn in_closed_loop(&self) -> bool {
-        self.sending && matches!(self.plan.pacing, Pacing::ClosedLoop { .. })
-    }
-
-    async fn send_probe(&mut self) -> anyhow::Result<()> {
-        let text = self.probes.next(Instant::now());
-        let command = PlayerCommand::Message {
-            text: Some(text),
-            binary: None,
-        };
-        self.socket
-            .send(command_frame(&command))
-            .await
-            .context("send")?;
-        self.stats.sent();
-        Ok(())
-    }
-
-    /// Ends the client at once (`leave`) rather than leaving it to the platform's reconnect
-    /// grace period, then reads until the platform closes the socket (after `client_deleted`).
-    /// Closing from this side right away let some clients wait out their grace period: the
-    /// close overtook the `leave`. Failures are not counted: the measurement is over, and the
-    /// platform drops the client after the grace period anyway.
-    async fn leave(&mut self) {
-        let goodbye = async {
-            self.socket
-                .send(command_frame(&PlayerCommand::Leave))
-                .await?;
-            while let Some(frame) = self.socket.next().await {
-                frame?;
-            }
-            Ok::<_, SocketError>(())
-        };
-        let _ = tokio::time::timeout(LEAVE_TIMEOUT, goodbye).await;
-    }
-}
-
-/// A clock ticking every `period`, its first tick at a random point of the first period so that
-/// players do not send in lockstep. A player that falls behind skips ticks rather than
-/// bursting to catch up.
-fn send_clock(period: Duration) -> Interval {
-    skipping_clock(period.mul_f64(rand::random::<f64>()), period)
-}
-
-fn every_second() -> Interval {
+/// Waits until every player is connected or has failed to, printing progress once a second.
+pub(super) async fn ramp_up(stats: &Stats, players: u64) -> Duration {
+    let started = Instant::now();
     let second = Duration::from_secs(1);
-    skipping_clock(second, second)
-}
-
-/// A clock ticking every `period` from `first_tick_in`, which skips the ticks it missed.
-fn skipping_clock(first_tick_in: Duration, period: Duration) -> Interval {
-    let first_tick = tokio::time::Instant::now() + first_tick_in;
-    let mut clock = tokio::time::interval_at(first_tick, period);
-    clock.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    clock
-}
-
-/// The next tick of `clock`; never, without one.
-async fn tick(clock: &mut Option<Interval>) {
-    match clock {
-        Some(clock) => {
-            clock.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// The messages a player sent and still waits to see echoed. Each text carries a sequence
-/// number, so an echo finds its send time whatever the order echoes come back in.
-struct Probes {
-    payload_bytes: usize,
-    next_seq: u64,
-    /// Sequence numbers ascending, oldest first.
-    waiting: VecDeque<(u64, Instant)>,
-}
-
-/// Starts every probe text; what follows is the sequence number, then padding.
-const PROBE_PREFIX: &str = "probe#";
-
-impl Probes {
-    fn new(payload_bytes: usize) -> Self {
-        Self {
-            payload_bytes,
-            next_seq: 0,
-            waiting: VecDeque::new(),
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
+    let all_set_up = stats.all_set_up();
+    tokio::pin!(all_set_up);
+    loop {
+        let done = tokio::select! {
+            () = &mut all_set_up => true,
+            _ = progress.tick() => false,
+        };
+        eprintln!(
+            "loadtest: connected {}/{players}, errors {}",
+            stats.connected(),
+            stats.errors()
+        );
+        if done {
+            break;
         }
     }
+    let elapsed = started.elapsed();
+    eprintln!("loadtest: ramp-up took {:.1} s", elapsed.as_secs_f64());
+    elapsed
+}
 
-    /// The text of the next message, remembered as sent at `now`.
-    fn next(&mut self, now: Instant) -> String {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.waiting.push_back((seq, now));
-        let mut text = format!("{PROBE_PREFIX}{seq}");
-        let padding = self.payload_bytes.saturating_sub(text.len());
-        text.extend(std::iter::repeat_n('.', padding));
-        text
-    }
-
-    /// Forgets the messages sent before `deadline`, returning how many.
-    fn forget_sent_before(&mut self, deadline: Instant) -> u64 {
-        // Sent in order, so the oldest are in front.
-        let late = self.waiting.partition_point(|&(_, sent)| sent < deadline);
-        self.waiting.drain(..late);
-        late as u64
-    }
-
-    /// How long before `now` the message that `text` echoes was sent; `None` when this player
-    /// did not send `text` or already saw its echo.
-    fn answered(&mut self, text: &str, now: Instant) -> Option<Duration> {
-        let seq: u64 = text
-            .strip_prefix(PROBE_PREFIX)?
-            .trim_end_matches('.')
-            .parse()
-            .ok()?;
-        let index = self
-            .waiting
-            .binary_search_by_key(&seq, |&(seq, _)| seq)
-            .ok()?;
-        let (_, sent) = self.waiting.remove(index)?;
-        Some(now.saturating_duration_since(sent))
+/// Waits for the players to leave (they were told to already), aborting the ones that take
+/// longer than [`STOP_TIMEOUT`].
+pub(super) async fn stop(mut players: JoinSet<()>, stats: &Stats) {
+    let all_left = async {
+        while let Some(ended) = players.join_next().await {
+            if let Err(error) = ended {
+                stats
+                    .errors
+                    .report(format_args!("a player task failed: {error}"));
+            }
+        }
+    };
+    if tokio::time::timeout(STOP_TIMEOUT, all_left).await.is_err() {
+        eprintln!(
+            "loadtest: {} players had not left after {} s",
+            players.len(),
+            STOP_TIMEOUT.as_secs()
+        );
+        players.shutdown().await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn probes_are_padded_to_the_payload_size() {
-        let mut probes = Probes::new(32);
-        let now = Instant::now();
-        assert_eq!(probes.next(now), "probe#0.........................");
-        assert_eq!(probes.next(now).len(), 32);
-        // Too small a payload does not cut the sequence number.
-        assert_eq!(Probes::new(4).next(now), "probe#0");
-    }
-
-    #[test]
-    fn an_echo_finds_its_send_time_in_any_order() {
-        let mut probes = Probes::new(16);
-        let start = Instant::now();
-        let first = probes.next(start);
-        let second = probes.next(start + Duration::from_millis(5));
-        let now = start + Duration::from_millis(12);
-        assert_eq!(
-            probes.answered(&second, now),
-            Some(Duration::from_millis(7))
-        );
-        assert_eq!(
-            probes.answered(&first, now),
-            Some(Duration::from_millis(12))
-        );
-        assert_eq!(probes.answered(&first, now), None, "seen already");
-    }
-
-    #[test]
-    fn late_echoes_are_forgotten() {
-        let mut probes = Probes::new(16);
-        let start = Instant::now();
-        let old = probes.next(start);
-        let recent = probes.next(start + Duration::from_secs(3));
-        let later = start + Duration::from_secs(5);
-        assert_eq!(probes.forget_sent_before(later - ECHO_TIMEOUT / 2), 1);
-        assert_eq!(probes.answered(&old, later), None, "given up on");
-        assert_eq!(
-            probes.answered(&recent, later),
-            Some(Duration::from_secs(2))
-        );
-    }
-
-    #[test]
-    fn texts_that_are_no_echo_are_ignored() {
-        let mut probes = Probes::new(16);
-        probes.next(Instant::now());
-        let now = Instant::now();
-        assert_eq!(probes.answered("Welcome! Send \"duel\"", now), None);
-        assert_eq!(probes.answered("probe#7", now), None, "never sent");
-        assert_eq!(probes.answered("probe#x", now), None);
-    }
 
     #[test]
     fn socket_urls_follow_the_platform_scheme() {

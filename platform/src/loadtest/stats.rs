@@ -1,5 +1,5 @@
 //! What the players of a run saw, written by their tasks and read by the scenario: connection
-//! counts, errors, and the latencies of the current one-second window.
+//! counts, errors, and (scenario `players`) the echo latencies of the current one-second window.
 
 use super::{latency_histogram, Errors};
 use hdrhistogram::Histogram;
