@@ -174,7 +174,7 @@ pub(crate) struct Socket {
 
 /// What arrives on a player socket, events decoded.
 #[derive(Debug)]
-enum Received {
+pub(crate) enum Received {
     Event(PlayerEvent),
     Binary(Vec<u8>),
     Closed(Option<(u16, String)>),
@@ -192,10 +192,16 @@ impl Socket {
     }
 
     pub(crate) async fn receive(&mut self) -> Received {
+        self.receive_for("an event").await
+    }
+
+    async fn receive_for(&mut self, what: &str) -> Received {
+        // Pings do not count: an event must come within 15 s.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
-            let next = tokio::time::timeout(Duration::from_secs(15), self.stream.next())
+            let next = tokio::time::timeout_at(deadline, self.stream.next())
                 .await
-                .expect("something arrives within 15 s");
+                .unwrap_or_else(|_| panic!("nothing within 15 s while waiting for {what}"));
             return match next {
                 Some(Ok(Message::Text(text))) => Received::Event(
                     serde_json::from_str(text.as_str())
@@ -225,7 +231,7 @@ impl Socket {
         matches: impl Fn(&PlayerEvent) -> bool,
     ) -> PlayerEvent {
         loop {
-            match self.receive().await {
+            match self.receive_for(what).await {
                 Received::Event(event) if matches(&event) => return event,
                 Received::Event(_) | Received::Binary(_) => {}
                 Received::Closed(frame) => panic!("closed ({frame:?}) while waiting for {what}"),
@@ -1093,6 +1099,139 @@ async fn matchmaking_moves_players_into_a_match_and_back(backend: Backend) {
     }
 }
 
+/// The lab logic with a match file that does not compile: every match runtime dies at start.
+fn lab_bundle_with_a_broken_match() -> Vec<u8> {
+    let directory = tempfile::tempdir().unwrap();
+    std::fs::write(
+        directory.path().join("rally.toml"),
+        "[runtime]\nkind = \"lua\"\nlobby = \"lobby.lua\"\nmatch = \"broken.lua\"\n\n\
+         [[modes]]\nname = \"duo\"\nmin_players = 2\nmax_players = 2\n\n\
+         [[modes.groups]]\nname = \"all\"\nmin_players = 2\nmax_players = 2\n",
+    )
+    .unwrap();
+    std::fs::write(directory.path().join("lobby.lua"), LAB_LOBBY).unwrap();
+    std::fs::write(
+        directory.path().join("broken.lua"),
+        "error(\"this match cannot start\")",
+    )
+    .unwrap();
+    rally_sdk::bundle::pack(
+        directory.path(),
+        &rally_sdk::bundle::BundleLimits::default(),
+    )
+    .unwrap()
+}
+
+async fn matches_outlive_a_new_deployment_and_broken_ones_strand_nobody(backend: Backend) {
+    let app = app(backend, |config| config.matchmaking_timeout_secs = 3).await;
+    let (admin, first) = deploy(&app, lab_bundle(), serde_json::json!({"min_lobbies": 1})).await;
+    let ada = player(&app).await;
+    let bea = player(&app).await;
+    let cy = player(&app).await;
+    let mut ada_socket = connect(&app, &ada).await;
+    let mut bea_socket = connect(&app, &bea).await;
+    let mut cy_socket = connect(&app, &cy).await;
+    for socket in [&mut ada_socket, &mut bea_socket, &mut cy_socket] {
+        socket.greeted_and_assigned().await;
+    }
+    // Cy asks and leaves: her request goes with her, so ada and bea are matched together.
+    cy_socket.say("match:duo").await;
+    cy_socket
+        .send_raw(Message::Text(r#"{"type":"leave"}"#.into()))
+        .await;
+    cy_socket.closed().await;
+    ada_socket.say("match:duo").await;
+    bea_socket.say("match:duo").await;
+    let mut match_runtime = String::new();
+    for socket in [&mut ada_socket, &mut bea_socket] {
+        let assigned = socket
+            .until("runtime_assigned (match)", |event| {
+                matches!(event, PlayerEvent::RuntimeAssigned(a) if a.qualifier == RuntimeKind::Match)
+            })
+            .await;
+        if let PlayerEvent::RuntimeAssigned(assignment) = assigned {
+            match_runtime = assignment.runtime_id;
+        }
+    }
+
+    // A new version while they play: the match runs on, on version 1.
+    let (_, second) = deploy(&app, lab_bundle(), serde_json::json!({"min_lobbies": 1})).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ada_socket.echo("still playing").await;
+    let old = admin
+        .list_runtimes("studio", "game", "default", &first)
+        .await
+        .unwrap();
+    assert!(
+        old.iter()
+            .any(|r| r.id == match_runtime && r.status == "running"),
+        "{old:#?}"
+    );
+    // When it ends they go back to a lobby of their deployment, and play on.
+    ada_socket.say("stop").await;
+    for socket in [&mut ada_socket, &mut bea_socket] {
+        socket
+            .until("runtime_assigned (lobby)", |event| {
+                matches!(event, PlayerEvent::RuntimeAssigned(a) if a.qualifier == RuntimeKind::Lobby && a.version == 1)
+            })
+            .await;
+        socket.echo("back").await;
+    }
+    // Their next match forms on the current version, and takes them along to it.
+    ada_socket.say("match:duo").await;
+    bea_socket.say("match:duo").await;
+    for socket in [&mut ada_socket, &mut bea_socket] {
+        socket
+            .until("runtime_assigned (v2 match)", |event| {
+                matches!(event, PlayerEvent::RuntimeAssigned(a) if a.qualifier == RuntimeKind::Match && a.version == 2)
+            })
+            .await;
+    }
+    ada_socket.say("stop").await;
+    for socket in [&mut ada_socket, &mut bea_socket] {
+        socket
+            .until("runtime_assigned (v2 lobby)", |event| {
+                matches!(event, PlayerEvent::RuntimeAssigned(a) if a.qualifier == RuntimeKind::Lobby && a.version == 2)
+            })
+            .await;
+    }
+    drop(ada_socket);
+    drop(bea_socket);
+
+    // Version 3's match logic does not compile: its match runtimes die at start. The players
+    // hear that no match could be made, and stay in their lobby.
+    let (_, third) = deploy(
+        &app,
+        lab_bundle_with_a_broken_match(),
+        serde_json::json!({"min_lobbies": 1}),
+    )
+    .await;
+    assert_ne!(second, third);
+    let dan = player(&app).await;
+    let eve = player(&app).await;
+    let mut dan_socket = connect(&app, &dan).await;
+    let mut eve_socket = connect(&app, &eve).await;
+    dan_socket.greeted_and_assigned().await;
+    eve_socket.greeted_and_assigned().await;
+    dan_socket.say("match:duo").await;
+    eve_socket.say("match:duo").await;
+    for socket in [&mut dan_socket, &mut eve_socket] {
+        let failed = socket
+            .until("matchmaking_failed", |event| {
+                matches!(event, PlayerEvent::MatchmakingFailed { .. })
+            })
+            .await;
+        assert!(
+            matches!(&failed, PlayerEvent::MatchmakingFailed { reason, .. } if reason == "no_runtime"),
+            "{failed:?}"
+        );
+        socket.say("where").await;
+        socket
+            .until("lobby", |event| text_of(event) == Some("lobby"))
+            .await;
+    }
+}
+
 on_both_backends!(
     a_player_is_greeted_assigned_and_echoed,
     the_long_poll_fallback_carries_the_same_events,
@@ -1105,4 +1244,5 @@ on_both_backends!(
     a_platform_restart_keeps_clients_and_profiles,
     idle_lobbies_above_the_minimum_close,
     matchmaking_moves_players_into_a_match_and_back,
+    matches_outlive_a_new_deployment_and_broken_ones_strand_nobody,
 );
