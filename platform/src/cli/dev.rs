@@ -74,6 +74,11 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         config.listen = listen;
     }
     config.data_dir = data_directory(&directory, args.data_dir, &config.data_dir)?;
+    // Development runs on its own SQLite file, whatever `database_url` the shell exports for
+    // another platform: `rally dev` must never migrate or fill a shared database.
+    if config.database_url.take().is_some() {
+        eprintln!("rally dev: ignoring database_url; development data lives in SQLite");
+    }
     let credentials = DevCredentials::load_or_create(&config.data_dir)?;
     // The platform's admin is `rally dev`'s own: its password is the one kept beside the data,
     // whatever `admin_password` the environment holds for another platform.
@@ -92,17 +97,10 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         })?;
     let address = listener.local_addr().map_err(anyhow::Error::from)?;
     let url = local_url(address);
-    // A database configured elsewhere (`database_url`) is used as configured: say which.
-    let database = match &platform.state.config.database_url {
-        Some(_) => format!(
-            ", database {}",
-            redact_url(&platform.state.config.effective_database_url())
-        ),
-        None => String::new(),
-    };
     eprintln!(
-        "rally dev: platform on {url}, data in {}{database}",
-        data_dir.display()
+        "rally dev: platform on {url}, data in {} ({})",
+        data_dir.display(),
+        redact_url(&platform.state.config.effective_database_url())
     );
 
     let shutdown = CancellationToken::new();
