@@ -221,10 +221,7 @@ impl Dispatcher {
             .take()
             .and_then(|lobby_id| state.runtimes.get_mut(&lobby_id))
         {
-            lobby.clients.remove(client_id);
-            if lobby.clients.is_empty() {
-                lobby.empty_since = Instant::now();
-            }
+            lobby.remove_client(client_id);
             let _ = lobby.outbox.try_send(PlatformMessage::ClientRemoved {
                 client_id: client_id.to_string(),
                 reason: "matched".to_owned(),

@@ -320,6 +320,14 @@ impl RuntimeSlot {
         }
     }
 
+    /// Takes a client off this runtime, noting when it became empty.
+    fn remove_client(&mut self, client_id: &str) {
+        self.clients.remove(client_id);
+        if self.clients.is_empty() {
+            self.empty_since = Instant::now();
+        }
+    }
+
     fn has_room(&self) -> bool {
         self.accepting
             && self.connection.is_some()
@@ -765,10 +773,7 @@ impl Dispatcher {
                 .take()
                 .and_then(|runtime_id| state.runtimes.get_mut(&runtime_id))
             {
-                slot.clients.remove(client_id);
-                if slot.clients.is_empty() {
-                    slot.empty_since = Instant::now();
-                }
+                slot.remove_client(client_id);
             }
             client.group = None;
             let _ = client.outbox.try_send(Outgoing::event(&PlayerEvent::Error {
@@ -858,10 +863,7 @@ impl Dispatcher {
             .as_ref()
             .and_then(|runtime_id| state.runtimes.get_mut(runtime_id))
         {
-            slot.clients.remove(&key);
-            if slot.clients.is_empty() {
-                slot.empty_since = Instant::now();
-            }
+            slot.remove_client(&key);
             let _ = slot.outbox.try_send(PlatformMessage::ClientRemoved {
                 client_id: client_id.to_owned(),
                 reason: reason.to_owned(),

@@ -41,8 +41,8 @@ pub async fn runtime_socket(
 ) -> Result<Response, ApiError> {
     let runtime_id = caller.subject;
     let row = sqlx::query(
-        "SELECT r.status, r.connected_at, v.manifest, d.config \
-         FROM runtimes r JOIN deployments d ON d.id = r.deployment_id \
+        "SELECT r.status, r.connected_at, v.manifest, d.config, r.deployment_id, r.qualifier, \
+         r.mode, v.number FROM runtimes r JOIN deployments d ON d.id = r.deployment_id \
          JOIN versions v ON v.id = d.version_id WHERE r.id = $1",
     )
     .bind(&runtime_id)
@@ -61,9 +61,14 @@ pub async fn runtime_socket(
         serde_json::from_str(&row.get::<String, _>(2)).unwrap_or_default();
     let config: serde_json::Value =
         serde_json::from_str(&row.get::<String, _>(3)).unwrap_or_default();
-    let description = RuntimeDescription::load(&state.database, &runtime_id)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("invalid_token", "no such runtime"))?;
+    let description = RuntimeDescription::new(
+        row.get(4),
+        &row.get::<String, _>(5),
+        row.get(6),
+        row.get(7),
+        &manifest,
+        &config,
+    );
 
     sqlx::query(
         "UPDATE runtimes SET status = CASE WHEN status = 'starting' THEN 'running' ELSE status END, \
