@@ -1,7 +1,7 @@
 //! The `Caller<A>` extractor: a handler that takes `Caller<Staff>` admits only admin and support
 //! tokens. A missing, tampered or expired token answers 401; a valid token of another role 403.
 
-use super::tokens::TokenError;
+use super::tokens::{Claims, TokenError};
 use crate::error::ApiError;
 use crate::server::AppState;
 use axum::extract::FromRequestParts;
@@ -39,23 +39,30 @@ pub struct Caller<A: Allowed> {
     allowed: PhantomData<fn() -> A>,
 }
 
+/// Verifies an access token for a route admitting `A`: 401 for a bad or expired token, 403 for
+/// a valid token of another role. For tokens that do not come in the `Authorization` header.
+pub fn verify_for<A: Allowed>(state: &AppState, token: &str) -> Result<Claims, ApiError> {
+    let claims = state.tokens.verify(token).map_err(|error| match error {
+        TokenError::Expired => ApiError::unauthorized(
+            "token_expired",
+            "the access token has expired; refresh it or sign in again",
+        ),
+        TokenError::Invalid => {
+            ApiError::unauthorized("invalid_token", "the access token is not valid")
+        }
+    })?;
+    if !A::ROLES.contains(&claims.role) {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(claims)
+}
+
 impl<A: Allowed> FromRequestParts<AppState> for Caller<A> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer_token(parts)?;
-        let claims = state.tokens.verify(token).map_err(|error| match error {
-            TokenError::Expired => ApiError::unauthorized(
-                "token_expired",
-                "the access token has expired; refresh it or sign in again",
-            ),
-            TokenError::Invalid => {
-                ApiError::unauthorized("invalid_token", "the access token is not valid")
-            }
-        })?;
-        if !A::ROLES.contains(&claims.role) {
-            return Err(ApiError::Forbidden);
-        }
+        let claims = verify_for::<A>(state, token)?;
         Ok(Caller {
             subject: claims.sub,
             role: claims.role,

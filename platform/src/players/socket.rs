@@ -2,8 +2,8 @@
 //! commands and binary frames to its runtime and the client's events out, in order, pinging to
 //! notice a dead peer. A newer connection of the same client replaces this one.
 
-use super::{frame_too_large, handle_command, live_client, parse_command};
-use crate::auth::tokens::TokenError;
+use super::{frame_too_large, handle_command, live_client, parse_command, Players};
+use crate::auth::verify_for;
 use crate::dispatcher::{Attached, Dispatcher, Outgoing};
 use crate::error::{ApiError, Path};
 use crate::server::AppState;
@@ -17,7 +17,7 @@ use base64::Engine as _;
 use futures_util::SinkExt;
 use rally_sdk::player::{SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX};
 use rally_sdk::runtime::Payload;
-use rally_sdk::wire::{ErrorBody, Role};
+use rally_sdk::wire::ErrorBody;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,18 +69,7 @@ pub async fn player_socket(
 ) -> Result<Response, ApiError> {
     let token = socket_token(&headers, query.as_deref())
         .ok_or_else(|| ApiError::unauthorized("missing_token", "no access token was presented"))?;
-    let claims = state.tokens.verify(&token).map_err(|error| match error {
-        TokenError::Expired => ApiError::unauthorized(
-            "token_expired",
-            "the access token has expired; refresh it and reconnect",
-        ),
-        TokenError::Invalid => {
-            ApiError::unauthorized("invalid_token", "the access token is not valid")
-        }
-    })?;
-    if claims.role != Role::Player {
-        return Err(ApiError::Forbidden);
-    }
+    let claims = verify_for::<Players>(&state, &token)?;
     live_client(&state, &claims.sub, &client_id).await?;
     // Who is asking is checked first: a plain GET learns nothing about the client.
     let upgrade = upgrade.map_err(|rejection| {
