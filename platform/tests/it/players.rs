@@ -55,15 +55,26 @@ return lobby
 "#;
 
 fn lab_bundle() -> Vec<u8> {
+    lab_bundle_with_match("lobby.lua", None)
+}
+
+/// The lab logic; its match entry is `match_file`, written with `match_source` unless it is the
+/// lobby's own file.
+fn lab_bundle_with_match(match_file: &str, match_source: Option<&str>) -> Vec<u8> {
     let directory = tempfile::tempdir().unwrap();
     std::fs::write(
         directory.path().join("rally.toml"),
-        "[runtime]\nkind = \"lua\"\nlobby = \"lobby.lua\"\nmatch = \"lobby.lua\"\n\n\
-         [[modes]]\nname = \"duo\"\nmin_players = 2\nmax_players = 2\n\n\
-         [[modes.groups]]\nname = \"all\"\nmin_players = 2\nmax_players = 2\n",
+        format!(
+            "[runtime]\nkind = \"lua\"\nlobby = \"lobby.lua\"\nmatch = \"{match_file}\"\n\n\
+             [[modes]]\nname = \"duo\"\nmin_players = 2\nmax_players = 2\n\n\
+             [[modes.groups]]\nname = \"all\"\nmin_players = 2\nmax_players = 2\n"
+        ),
     )
     .unwrap();
     std::fs::write(directory.path().join("lobby.lua"), LAB_LOBBY).unwrap();
+    if let Some(source) = match_source {
+        std::fs::write(directory.path().join(match_file), source).unwrap();
+    }
     rally_sdk::bundle::pack(
         directory.path(),
         &rally_sdk::bundle::BundleLimits::default(),
@@ -1099,27 +1110,9 @@ async fn matchmaking_moves_players_into_a_match_and_back(backend: Backend) {
     }
 }
 
-/// The lab logic with a match file that does not compile: every match runtime dies at start.
+/// The lab logic with a match file that fails when loaded: every match runtime dies at start.
 fn lab_bundle_with_a_broken_match() -> Vec<u8> {
-    let directory = tempfile::tempdir().unwrap();
-    std::fs::write(
-        directory.path().join("rally.toml"),
-        "[runtime]\nkind = \"lua\"\nlobby = \"lobby.lua\"\nmatch = \"broken.lua\"\n\n\
-         [[modes]]\nname = \"duo\"\nmin_players = 2\nmax_players = 2\n\n\
-         [[modes.groups]]\nname = \"all\"\nmin_players = 2\nmax_players = 2\n",
-    )
-    .unwrap();
-    std::fs::write(directory.path().join("lobby.lua"), LAB_LOBBY).unwrap();
-    std::fs::write(
-        directory.path().join("broken.lua"),
-        "error(\"this match cannot start\")",
-    )
-    .unwrap();
-    rally_sdk::bundle::pack(
-        directory.path(),
-        &rally_sdk::bundle::BundleLimits::default(),
-    )
-    .unwrap()
+    lab_bundle_with_match("broken.lua", Some("error(\"this match cannot start\")"))
 }
 
 async fn matches_outlive_a_new_deployment_and_broken_ones_strand_nobody(backend: Backend) {

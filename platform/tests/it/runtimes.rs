@@ -2,7 +2,7 @@
 //! lobbies, replaced when killed, drained when a new version is deployed, stopped with the
 //! platform, and cleaned up after a platform crash.
 
-use crate::helpers::{assert_api_error, spawn_app_with, Backend, TestApp, ADMIN_PASSWORD};
+use crate::helpers::{assert_api_error, Backend, TestApp, ADMIN_PASSWORD};
 use crate::on_both_backends;
 use crate::permissions::hello_bundle;
 use rally_sdk::wire::{DeploymentStatus, RuntimeInfo};
@@ -22,12 +22,7 @@ pub fn runtime_binary() -> PathBuf {
 }
 
 async fn app_with_runtimes(backend: Backend) -> TestApp {
-    spawn_app_with(backend, |config| {
-        config.runtime_binary = Some(runtime_binary());
-        config.runtime_start_timeout_secs = 10;
-        config.runtime_stop_grace_secs = 1;
-    })
-    .await
+    crate::players::app(backend, |_| {}).await
 }
 
 /// Tenant `studio`, project `game`, version 1 of the hello example deployed with `min_lobbies`.
