@@ -46,6 +46,10 @@ pub struct Config {
     /// A runtime that has not connected this long after starting (or reconnected after losing
     /// its socket) is stopped and replaced.
     pub runtime_start_timeout_secs: u64,
+    /// Runtime processes started and not yet connected at any one time, on this node. A burst
+    /// of matches then starts in order, each fast, rather than all at once, each slowly, and
+    /// the platform keeps the CPU it needs to greet them. Twice the cores by default.
+    pub runtime_starts_at_once: u32,
     /// How long a runtime asked to stop has before SIGTERM, and then before SIGKILL.
     pub runtime_stop_grace_secs: u64,
     /// Cap on each runtime's log file; older lines are dropped past it.
@@ -93,6 +97,8 @@ impl Default for Config {
             runtime_binary: None,
             runtime_platform_url: None,
             runtime_start_timeout_secs: 30,
+            runtime_starts_at_once: std::thread::available_parallelism()
+                .map_or(4, |cores| 2 * cores.get() as u32),
             runtime_stop_grace_secs: 5,
             runtime_log_max_bytes: 1024 * 1024,
             shutdown_grace_secs: 10,
@@ -139,6 +145,7 @@ const SETTINGS: &[&str] = &[
     "runtime_binary",
     "runtime_platform_url",
     "runtime_start_timeout_secs",
+    "runtime_starts_at_once",
     "runtime_stop_grace_secs",
     "runtime_log_max_bytes",
     "shutdown_grace_secs",
@@ -225,6 +232,9 @@ impl Config {
         }
         if self.runtime_start_timeout_secs == 0 {
             return Err(invalid("runtime_start_timeout_secs", "must be at least 1"));
+        }
+        if self.runtime_starts_at_once == 0 {
+            return Err(invalid("runtime_starts_at_once", "must be at least 1"));
         }
         if self.runtime_log_max_bytes < 4096 {
             return Err(invalid("runtime_log_max_bytes", "must be at least 4096"));

@@ -106,6 +106,9 @@ impl Database {
                 .max_connections(connections)
                 .min_connections(1)
                 .acquire_timeout(Duration::from_secs(10))
+                // A connection to a local file cannot go stale: no ping before each use, which
+                // would cost every query a second round trip to the connection's thread.
+                .test_before_acquire(false)
                 .after_connect(|connection, _| {
                     Box::pin(async move {
                         // WAL lets readers run beside the writer; NORMAL sync is durable across

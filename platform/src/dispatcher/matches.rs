@@ -117,7 +117,7 @@ impl Dispatcher {
                             .entry(deployment_id)
                             .or_default()
                             .push_back(pending);
-                        self.lobby_wanted.notify_one();
+                        self.match_wanted.notify_one();
                     }
                 }
                 Ok(())

@@ -437,6 +437,8 @@ pub struct Dispatcher {
     limits: PlayerLimits,
     /// Wakes the supervisor when clients wait for a lobby.
     pub lobby_wanted: Notify,
+    /// Wakes the match starter when a formed match waits for a runtime.
+    pub match_wanted: Notify,
     /// Cancelled when the platform shuts down: every connection closes.
     pub shutdown: CancellationToken,
 }
@@ -451,6 +453,7 @@ impl Dispatcher {
             journal,
             limits,
             lobby_wanted: Notify::new(),
+            match_wanted: Notify::new(),
             shutdown: CancellationToken::new(),
         }
     }

@@ -121,6 +121,7 @@ async fn serve(
     // Registering lets waiting clients in; their `client_assigned` queue behind the greeting,
     // which goes out first.
     let attached = dispatcher.runtime_connected(&runtime_id, description);
+    runtimes.connected(&runtime_id);
     tracing::info!(runtime_id = %runtime_id, "runtime connected");
     let mut receiver = tokio::select! {
         receiver = attached.receiver.lock_owned() => receiver,

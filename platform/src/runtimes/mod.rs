@@ -78,6 +78,11 @@ pub struct Runtimes {
     bundle_dir: PathBuf,
     start_timeout: Duration,
     stop_grace: Duration,
+    /// Held while a pass decides how many match runtimes to start, so that the supervisor and
+    /// the match starter never both start runtimes for the same matches.
+    providing: tokio::sync::Mutex<()>,
+    /// The deployments as the last supervision pass found them, for the match starter.
+    deployments: Mutex<Vec<DeploymentToRun>>,
 }
 
 impl Runtimes {
@@ -95,6 +100,8 @@ impl Runtimes {
                 config.data_dir.join("runtimes"),
                 config.runtime_log_max_bytes,
                 exits_sender,
+                config.runtime_starts_at_once,
+                Duration::from_secs(config.runtime_start_timeout_secs),
             ),
             exits: Mutex::new(Some(exits)),
             disconnected_at: Mutex::default(),
@@ -103,7 +110,14 @@ impl Runtimes {
             bundle_dir: config.data_dir.join("bundles"),
             start_timeout: Duration::from_secs(config.runtime_start_timeout_secs),
             stop_grace: Duration::from_secs(config.runtime_stop_grace_secs),
+            providing: tokio::sync::Mutex::new(()),
+            deployments: Mutex::default(),
         })
+    }
+
+    /// The runtime's socket is up: its start is over.
+    pub fn connected(&self, runtime_id: &str) {
+        self.pool.connected(runtime_id);
     }
 
     /// Where runtimes reach this node; set once when serving starts.
@@ -257,6 +271,7 @@ const MAX_FAILURES_PER_WINDOW: i64 = 5;
 const RESTART_WINDOW_MILLIS: i64 = 60_000;
 
 /// An active or draining deployment with what starting its runtimes needs.
+#[derive(Debug, Clone)]
 struct DeploymentToRun {
     id: String,
     status: String,
@@ -281,6 +296,7 @@ pub async fn supervise(state: AppState, shutdown: CancellationToken) {
     if let Err(error) = recover_after_restart(&state).await {
         tracing::error!(%error, "cannot check runtimes left by a previous run");
     }
+    tokio::spawn(start_matches(state.clone(), shutdown.clone()));
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -421,6 +437,7 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
             }
         })
         .collect();
+    *runtimes.deployments.lock().expect("deployments lock") = deployments.clone();
 
     // Runtimes of this node that are late to connect, or whose process is gone.
     let mine = sqlx::query(
@@ -518,8 +535,11 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
                 }
             }
         }
-        if let Err(error) = provide_matches(state, deployment, &match_demand).await {
-            tracing::error!(deployment_id = %deployment.id, error = %format!("{error:#}"), "cannot start a match runtime");
+        // (While the match starter is at work, matches are its business.)
+        if let Ok(_providing) = runtimes.providing.try_lock() {
+            if let Err(error) = provide_matches(state, deployment, &match_demand).await {
+                tracing::error!(deployment_id = %deployment.id, error = %format!("{error:#}"), "cannot start a match runtime");
+            }
         }
         if deployment.status == "active" {
             close_idle_lobbies(state, deployment, live).await?;
@@ -538,6 +558,44 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
 
 /// Most match runtimes started for one deployment and mode in one pass.
 const MAX_MATCHES_AT_ONCE: i64 = 64;
+
+/// Formed matches that wait for a runtime get one started at once, without waiting for the
+/// supervisor's next pass (which is busy with everything else and may take a while under load).
+async fn start_matches(state: AppState, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = state.dispatcher.match_wanted.notified() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let providing = async {
+            let _providing = state.runtimes.providing.lock().await;
+            // Read under the lock: a pass that held it may have started some already.
+            let demand = state.dispatcher.match_demand();
+            let deployments: Vec<DeploymentToRun> = state
+                .runtimes
+                .deployments
+                .lock()
+                .expect("deployments lock")
+                .iter()
+                .filter(|deployment| {
+                    demand
+                        .iter()
+                        .any(|wanted| wanted.deployment_id == deployment.id && wanted.pending > 0)
+                })
+                .cloned()
+                .collect();
+            for deployment in &deployments {
+                if let Err(error) = provide_matches(&state, deployment, &demand).await {
+                    tracing::error!(deployment_id = %deployment.id, error = %format!("{error:#}"), "cannot start a match runtime");
+                }
+            }
+        };
+        tokio::select! {
+            () = providing => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
 
 /// Match runtimes: one for each formed match waiting for a runtime, plus `warm_matches` idle
 /// ones per mode (active deployments only), counting those already starting or idle.
@@ -572,14 +630,30 @@ async fn provide_matches(
         let wanted = warm + pending - idle - starting;
         if wanted > MAX_MATCHES_AT_ONCE {
             // More next pass, straight away rather than at the next tick.
-            state.dispatcher.lobby_wanted.notify_one();
+            state.dispatcher.match_wanted.notify_one();
         }
         let missing = wanted.min(MAX_MATCHES_AT_ONCE);
-        // Started side by side: players wait for these.
-        let starts = (0..missing.max(0))
-            .map(|_| start_runtime(state, deployment, Qualifier::Match, Some(&mode)));
-        for started in futures_util::future::join_all(starts).await {
-            started?;
+        // Started side by side, each in a task of its own: players wait for these.
+        let mut starts = tokio::task::JoinSet::new();
+        for _ in 0..missing.max(0) {
+            let state = state.clone();
+            let deployment = deployment.clone();
+            let mode = mode.clone();
+            starts.spawn(async move {
+                start_runtime(&state, &deployment, Qualifier::Match, Some(&mode)).await
+            });
+        }
+        let mut failure = None;
+        while let Some(started) = starts.join_next().await {
+            if let Err(error) = started
+                .map_err(anyhow::Error::from)
+                .and_then(|started| started)
+            {
+                failure.get_or_insert(error);
+            }
+        }
+        if let Some(error) = failure {
+            return Err(error);
         }
     }
     Ok(())
@@ -694,6 +768,7 @@ async fn start_runtime(
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("the platform URL is not known yet"))?;
     let bundle = cached_bundle(state, &deployment.bundle_sha256).await?;
+    let slot = runtimes.pool.start_slot().await;
     let id = new_id();
     let secret = new_secret();
     sqlx::query(
@@ -716,7 +791,7 @@ async fn start_runtime(
         platform_url,
         bundle,
     };
-    match runtimes.pool.spawn(spec).await {
+    match runtimes.pool.spawn(spec, slot).await {
         Ok(pid) => {
             sqlx::query("UPDATE runtimes SET pid = $2 WHERE id = $1")
                 .bind(&id)

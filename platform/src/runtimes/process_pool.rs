@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::process::Command;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// What a runtime process needs to start.
 #[derive(Debug, Clone)]
@@ -41,6 +41,14 @@ pub struct ProcessPool {
     /// Running children by runtime id: their pids.
     children: Arc<Mutex<HashMap<String, u32>>>,
     exits: mpsc::UnboundedSender<Exited>,
+    /// Children started and not yet connected hold one of these each (see
+    /// `runtime_starts_at_once`).
+    starts: Arc<Semaphore>,
+    /// The permits of those children, given back when they connect or end.
+    starting: Arc<Mutex<HashMap<String, OwnedSemaphorePermit>>>,
+    /// Longest wait for a permit: past it a runtime starts anyway, so a few runtimes that
+    /// never connect cannot hold every start back.
+    start_wait: Duration,
 }
 
 impl ProcessPool {
@@ -49,6 +57,8 @@ impl ProcessPool {
         log_dir: PathBuf,
         log_max_bytes: u64,
         exits: mpsc::UnboundedSender<Exited>,
+        starts_at_once: u32,
+        start_wait: Duration,
     ) -> Self {
         Self {
             binary,
@@ -56,7 +66,24 @@ impl ProcessPool {
             log_max_bytes,
             children: Arc::default(),
             exits,
+            starts: Arc::new(Semaphore::new(starts_at_once.max(1) as usize)),
+            starting: Arc::default(),
+            start_wait,
         }
+    }
+
+    /// Waits until fewer than `runtime_starts_at_once` children are on their way up (or the
+    /// start timeout has passed); the permit goes to [`Self::spawn`].
+    pub async fn start_slot(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(self.start_wait, self.starts.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// The runtime has connected: its start is over, and another may begin.
+    pub fn connected(&self, runtime_id: &str) {
+        self.starting.lock().expect("pool lock").remove(runtime_id);
     }
 
     pub fn log_max_bytes(&self) -> u64 {
@@ -67,14 +94,20 @@ impl ProcessPool {
         self.log_dir.join(format!("{runtime_id}.log"))
     }
 
-    /// Starts the runtime's process and returns its pid.
-    pub async fn spawn(&self, spec: ProcessSpec) -> std::io::Result<u32> {
+    /// Starts the runtime's process and returns its pid. `slot` (from [`Self::start_slot`]) is
+    /// held until the runtime connects or its process ends.
+    pub async fn spawn(
+        &self,
+        spec: ProcessSpec,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> std::io::Result<u32> {
         tokio::fs::create_dir_all(&self.log_dir).await?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path(&spec.runtime_id))?;
-        let mut child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env(rally_sdk::runtime::env::RUNTIME_ID, &spec.runtime_id)
@@ -88,8 +121,30 @@ impl ProcessPool {
             // A platform that is dropped without its shutdown (an embedding or a test that
             // just ends) takes its runtimes along; a crash cannot drop anything, so after a
             // crash they live on and reconnect.
-            .kill_on_drop(true)
-            .spawn()?;
+            .kill_on_drop(true);
+        // Held from before the process exists, so that even the quickest connection finds it.
+        if let Some(slot) = slot {
+            self.starting
+                .lock()
+                .expect("pool lock")
+                .insert(spec.runtime_id.clone(), slot);
+        }
+        // Spawning waits for the child's exec, which takes a while under load: off the async
+        // threads, so that a burst of starts proceeds side by side and nothing waits behind it.
+        let spawned = tokio::task::spawn_blocking(move || command.spawn())
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|spawned| spawned);
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(error) => {
+                self.starting
+                    .lock()
+                    .expect("pool lock")
+                    .remove(&spec.runtime_id);
+                return Err(error);
+            }
+        };
         let pid = child.id().unwrap_or_default();
         self.children
             .lock()
@@ -97,12 +152,14 @@ impl ProcessPool {
             .insert(spec.runtime_id.clone(), pid);
 
         let children = self.children.clone();
+        let starting = self.starting.clone();
         let exits = self.exits.clone();
         let runtime_id = spec.runtime_id;
         tokio::spawn(async move {
             // Awaiting the child reaps it: no zombies.
             let status = child.wait().await;
             children.lock().expect("pool lock").remove(&runtime_id);
+            starting.lock().expect("pool lock").remove(&runtime_id);
             let exit_code = status.ok().and_then(|status| status.code());
             let _ = exits.send(Exited {
                 runtime_id,

@@ -1110,6 +1110,42 @@ async fn matchmaking_moves_players_into_a_match_and_back(backend: Backend) {
     }
 }
 
+/// Six players ask at once on a node that starts one runtime at a time: the three matches start
+/// one after the other, and every player ends in a match with its partner.
+async fn a_burst_of_matches_starts_in_turn_and_strands_nobody(backend: Backend) {
+    let app = app(backend, |config| config.runtime_starts_at_once = 1).await;
+    deploy(&app, lab_bundle(), serde_json::json!({"min_lobbies": 1})).await;
+    let mut sockets = Vec::new();
+    for _ in 0..6 {
+        let player = player(&app).await;
+        let mut socket = connect(&app, &player).await;
+        socket.greeted_and_assigned().await;
+        sockets.push(socket);
+    }
+    for socket in &mut sockets {
+        socket.say("match:duo").await;
+    }
+    let mut players_per_match: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::new();
+    for socket in &mut sockets {
+        let assigned = socket
+            .until("runtime_assigned (match)", |event| {
+                matches!(event, PlayerEvent::RuntimeAssigned(a) if a.qualifier == RuntimeKind::Match)
+            })
+            .await;
+        let PlayerEvent::RuntimeAssigned(assignment) = assigned else {
+            unreachable!()
+        };
+        *players_per_match.entry(assignment.runtime_id).or_default() += 1;
+        socket.say("where").await;
+        socket
+            .until("match", |event| text_of(event) == Some("match"))
+            .await;
+    }
+    assert_eq!(players_per_match.len(), 3, "{players_per_match:?}");
+    assert!(players_per_match.values().all(|&players| players == 2));
+}
+
 /// The lab logic with a match file that fails when loaded: every match runtime dies at start.
 fn lab_bundle_with_a_broken_match() -> Vec<u8> {
     lab_bundle_with_match("broken.lua", Some("error(\"this match cannot start\")"))
@@ -1238,4 +1274,5 @@ on_both_backends!(
     idle_lobbies_above_the_minimum_close,
     matchmaking_moves_players_into_a_match_and_back,
     matches_outlive_a_new_deployment_and_broken_ones_strand_nobody,
+    a_burst_of_matches_starts_in_turn_and_strands_nobody,
 );

@@ -137,6 +137,11 @@ fn invalid_settings_fail_at_start_naming_the_setting() {
         ("RALLY_JWT_SECRET", "too-short", "jwt_secret"),
         ("RALLY_ADMIN_PASSWORD", "short", "admin_password"),
         ("RALLY_LOG_FORMAT", "xml", "log_format"),
+        (
+            "RALLY_RUNTIME_STARTS_AT_ONCE",
+            "0",
+            "runtime_starts_at_once",
+        ),
     ];
     for (variable, value, named) in cases {
         let output = Command::new(RALLY)
