@@ -1018,7 +1018,7 @@ async fn matchmaking_moves_players_into_a_match_and_back(backend: Backend) {
     let bea = player(&app).await;
     let mut ada_socket = connect(&app, &ada).await;
     let mut bea_socket = connect(&app, &bea).await;
-    let lobby = ada_socket.greeted_and_assigned().await;
+    ada_socket.greeted_and_assigned().await;
     bea_socket.greeted_and_assigned().await;
 
     // Alone, ada's request times out: she hears why and stays in the lobby.
@@ -1060,15 +1060,20 @@ async fn matchmaking_moves_players_into_a_match_and_back(backend: Backend) {
 
     // The match ends: both go back to a lobby, and its runtime stops.
     ada_socket.say("stop").await;
+    let mut lobbies_after = Vec::new();
     for socket in [&mut ada_socket, &mut bea_socket] {
         socket
             .until("match_ended", |event| is_error(event, "match_ended"))
             .await;
-        socket
+        let assigned = socket
             .until("runtime_assigned (lobby)", |event| {
                 matches!(event, PlayerEvent::RuntimeAssigned(a) if a.qualifier == RuntimeKind::Lobby)
             })
             .await;
+        let PlayerEvent::RuntimeAssigned(assignment) = assigned else {
+            unreachable!()
+        };
+        lobbies_after.push(assignment.runtime_id);
         socket.say("where").await;
         socket
             .until("lobby", |event| text_of(event) == Some("lobby"))
@@ -1090,7 +1095,8 @@ async fn matchmaking_moves_players_into_a_match_and_back(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Refusals reach the lobby logic as errors; the players are not stranded.
+    // Refusals reach the logic of ada's lobby as errors; the players are not stranded.
+    let lobby = &lobbies_after[0];
     ada_socket.say("match:chess").await;
     ada_socket.say("match:duo").await;
     ada_socket.say("match:duo").await;
@@ -1099,7 +1105,7 @@ async fn matchmaking_moves_players_into_a_match_and_back(backend: Backend) {
     let started = Instant::now();
     loop {
         let log = admin
-            .runtime_logs("studio", "game", "default", &deployment, &lobby)
+            .runtime_logs("studio", "game", "default", &deployment, lobby)
             .await
             .unwrap();
         if log.contains("unknown_mode") && log.contains("already_queued") {
