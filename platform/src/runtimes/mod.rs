@@ -494,9 +494,17 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
         .fetch_all(state.database.reader())
         .await?;
         let live = lobbies.len() as i64;
+        // On the way: not yet `running`, or `running` but not yet (or no longer) holding its
+        // socket. A lobby between the two moments would otherwise look full to waiting clients
+        // and get a needless twin.
         let starting = lobbies
             .iter()
-            .filter(|row| row.get::<String, _>(1) == "starting")
+            .filter(|row| {
+                row.get::<String, _>(1) == "starting"
+                    || !state
+                        .dispatcher
+                        .runtime_is_connected(&row.get::<String, _>(0))
+            })
             .count() as i64;
         // Clients waiting for a lobby: enough new lobbies for them, unless some are on the way.
         let waiting = demand
