@@ -7,7 +7,9 @@ use crate::on_both_backends;
 use crate::permissions::hello_bundle;
 use crate::runtimes::runtime_binary;
 use futures_util::{SinkExt, StreamExt};
-use rally_sdk::player::{CreatedClient, PlayerCommand, PlayerEvent, RuntimeKind, SUBPROTOCOL};
+use rally_sdk::player::{
+    Assignment, CreatedClient, PlayerCommand, PlayerEvent, RuntimeKind, SUBPROTOCOL,
+};
 use rally_sdk::RallyClient;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -272,6 +274,21 @@ impl Socket {
             serde_json::to_string(&command).unwrap().into(),
         ))
         .await;
+    }
+
+    /// Skips events until the client is assigned to a runtime of `kind`; returns the assignment.
+    pub(crate) async fn assigned_to(&mut self, kind: RuntimeKind) -> Assignment {
+        let what = format!("runtime_assigned ({kind:?})");
+        match self
+            .until(
+                &what,
+                |event| matches!(event, PlayerEvent::RuntimeAssigned(a) if a.qualifier == kind),
+            )
+            .await
+        {
+            PlayerEvent::RuntimeAssigned(assignment) => assignment,
+            _ => unreachable!(),
+        }
     }
 
     /// Greeted, then assigned to a lobby: returns the lobby's runtime id.
@@ -1039,14 +1056,7 @@ async fn matchmaking_moves_players_into_a_match_and_back(backend: Backend) {
     bea_socket.say("match:duo").await;
     let mut matches = Vec::new();
     for socket in [&mut ada_socket, &mut bea_socket] {
-        let assigned = socket
-            .until("runtime_assigned (match)", |event| {
-                matches!(event, PlayerEvent::RuntimeAssigned(a) if a.qualifier == RuntimeKind::Match)
-            })
-            .await;
-        let PlayerEvent::RuntimeAssigned(assignment) = assigned else {
-            unreachable!()
-        };
+        let assignment = socket.assigned_to(RuntimeKind::Match).await;
         assert_eq!(assignment.mode.as_deref(), Some("duo"));
         assert_eq!(assignment.group.as_deref(), Some("all"));
         matches.push(assignment.runtime_id);
@@ -1065,14 +1075,7 @@ async fn matchmaking_moves_players_into_a_match_and_back(backend: Backend) {
         socket
             .until("match_ended", |event| is_error(event, "match_ended"))
             .await;
-        let assigned = socket
-            .until("runtime_assigned (lobby)", |event| {
-                matches!(event, PlayerEvent::RuntimeAssigned(a) if a.qualifier == RuntimeKind::Lobby)
-            })
-            .await;
-        let PlayerEvent::RuntimeAssigned(assignment) = assigned else {
-            unreachable!()
-        };
+        let assignment = socket.assigned_to(RuntimeKind::Lobby).await;
         lobbies_after.push(assignment.runtime_id);
         socket.say("where").await;
         socket
@@ -1134,14 +1137,7 @@ async fn a_burst_of_matches_starts_in_turn_and_strands_nobody(backend: Backend) 
     let mut players_per_match: std::collections::HashMap<String, usize> =
         std::collections::HashMap::new();
     for socket in &mut sockets {
-        let assigned = socket
-            .until("runtime_assigned (match)", |event| {
-                matches!(event, PlayerEvent::RuntimeAssigned(a) if a.qualifier == RuntimeKind::Match)
-            })
-            .await;
-        let PlayerEvent::RuntimeAssigned(assignment) = assigned else {
-            unreachable!()
-        };
+        let assignment = socket.assigned_to(RuntimeKind::Match).await;
         *players_per_match.entry(assignment.runtime_id).or_default() += 1;
         socket.say("where").await;
         socket
@@ -1179,14 +1175,7 @@ async fn matches_outlive_a_new_deployment_and_broken_ones_strand_nobody(backend:
     bea_socket.say("match:duo").await;
     let mut match_runtime = String::new();
     for socket in [&mut ada_socket, &mut bea_socket] {
-        let assigned = socket
-            .until("runtime_assigned (match)", |event| {
-                matches!(event, PlayerEvent::RuntimeAssigned(a) if a.qualifier == RuntimeKind::Match)
-            })
-            .await;
-        if let PlayerEvent::RuntimeAssigned(assignment) = assigned {
-            match_runtime = assignment.runtime_id;
-        }
+        match_runtime = socket.assigned_to(RuntimeKind::Match).await.runtime_id;
     }
 
     // A new version while they play: the match runs on, on version 1.

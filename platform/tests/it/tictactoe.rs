@@ -49,11 +49,7 @@ async fn start_match<'a>(
     send(second, json!({"type": "play"})).await;
     let mut marks = Vec::new();
     for socket in [&mut *first, &mut *second] {
-        socket
-            .until("runtime_assigned (match)", |event| {
-                matches!(event, PlayerEvent::RuntimeAssigned(a) if a.qualifier == RuntimeKind::Match)
-            })
-            .await;
+        socket.assigned_to(RuntimeKind::Match).await;
         let start = next_game_message(socket, "start").await;
         assert_eq!(start["board"], "---------");
         assert_eq!(start["turn"], "x");
@@ -89,11 +85,7 @@ async fn play(x: &mut Socket, o: &mut Socket, moves: &[i64]) {
 }
 
 async fn back_in_lobby(socket: &mut Socket) -> Value {
-    socket
-        .until("runtime_assigned (lobby)", |event| {
-            matches!(event, PlayerEvent::RuntimeAssigned(a) if a.qualifier == RuntimeKind::Lobby)
-        })
-        .await;
+    socket.assigned_to(RuntimeKind::Lobby).await;
     next_game_message(socket, "welcome").await
 }
 
