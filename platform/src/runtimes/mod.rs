@@ -487,23 +487,22 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
     let match_demand = state.dispatcher.match_demand();
     for deployment in &deployments {
         let lobbies = sqlx::query(
-            "SELECT id, status, pid FROM runtimes WHERE deployment_id = $1 AND qualifier = 'lobby' \
+            "SELECT id FROM runtimes WHERE deployment_id = $1 AND qualifier = 'lobby' \
              AND status IN ('starting', 'running')",
         )
         .bind(&deployment.id)
         .fetch_all(state.database.reader())
         .await?;
         let live = lobbies.len() as i64;
-        // On the way: not yet `running`, or `running` but not yet (or no longer) holding its
-        // socket. A lobby between the two moments would otherwise look full to waiting clients
-        // and get a needless twin.
+        // On the way: every lobby not (yet, or any longer) holding its socket. That covers
+        // `starting` ones, and `running` ones between their row's update and their socket's
+        // registration, which would otherwise look full to waiting clients and get a twin.
         let starting = lobbies
             .iter()
             .filter(|row| {
-                row.get::<String, _>(1) == "starting"
-                    || !state
-                        .dispatcher
-                        .runtime_is_connected(&row.get::<String, _>(0))
+                !state
+                    .dispatcher
+                    .runtime_is_connected(&row.get::<String, _>(0))
             })
             .count() as i64;
         // Clients waiting for a lobby: enough new lobbies for them, unless some are on the way.
