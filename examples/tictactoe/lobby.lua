@@ -2,26 +2,10 @@
 -- comes back here after each game. It greets the player with its record and, on request, asks
 -- the matchmaker for a `duel`. Messages are JSON text; README.md describes them.
 
+local messages = require("messages")
+local send, decode = messages.send, messages.decode
+
 local lobby = {}
-
--- Sends `message` (a table) to one client as JSON text.
-local function send(ctx, client_id, message)
-    ctx.respond(client_id, ctx.json.encode(message))
-end
-
--- Reads a client's message: a JSON object with a string `type`, or nil for anything else.
--- json.decode raises an error on bad JSON, so it runs under pcall: a bad message must never
--- make the handler fail.
-local function decode(ctx, payload, kind)
-    if kind ~= "text" then
-        return nil
-    end
-    local ok, message = pcall(ctx.json.decode, payload)
-    if ok and type(message) == "table" and type(message.type) == "string" then
-        return message
-    end
-    return nil
-end
 
 function lobby.on_start(ctx)
     ctx.log.info("lobby started for", ctx.user_data.game)

@@ -15,6 +15,9 @@ local LINES = {
     { 1, 5, 9 }, { 3, 5, 7 },              -- diagonals
 }
 
+local messages = require("messages")
+local send, broadcast, decode = messages.send, messages.broadcast, messages.decode
+
 local match = {}
 
 local players = {}           -- by mark ("x" or "o"): { id =, user_id =, profile = }
@@ -40,26 +43,6 @@ end
 
 local function board_text()
     return table.concat(board)
-end
-
-local function send(ctx, client_id, message)
-    ctx.respond(client_id, ctx.json.encode(message))
-end
-
-local function broadcast(ctx, message)
-    ctx.broadcast(ctx.json.encode(message))
-end
-
--- Same as in lobby.lua: a JSON object with a string `type`, or nil; never raises.
-local function decode(ctx, payload, kind)
-    if kind ~= "text" then
-        return nil
-    end
-    local ok, message = pcall(ctx.json.decode, payload)
-    if ok and type(message) == "table" and type(message.type) == "string" then
-        return message
-    end
-    return nil
 end
 
 -- The winning mark, "draw" when the board is full, or nil while the game goes on.
