@@ -23,8 +23,11 @@ impl std::fmt::Debug for Loaded {
     }
 }
 
+/// A bundle's manifest, and its files by path.
+pub type ReadBundle = (Manifest, BTreeMap<String, Vec<u8>>);
+
 /// The bundle's files by path, and its manifest.
-pub fn read_bundle(path: &Path) -> Result<(Manifest, BTreeMap<String, Vec<u8>>), String> {
+pub fn read_bundle(path: &Path) -> Result<ReadBundle, String> {
     let limits = BundleLimits::default();
     let archive = if path.is_dir() {
         pack(path, &limits).map_err(|error| format!("{}: {error}", path.display()))?
@@ -39,6 +42,16 @@ pub fn read_bundle(path: &Path) -> Result<(Manifest, BTreeMap<String, Vec<u8>>),
 /// Loads the entry of `qualifier` into the engine the manifest names.
 pub fn load(path: &Path, qualifier: Qualifier, limits: Limits) -> Result<Loaded, String> {
     let (manifest, files) = read_bundle(path)?;
+    load_files(manifest, files, qualifier, limits)
+}
+
+/// [`load`] for a bundle already read with [`read_bundle`].
+pub fn load_files(
+    manifest: Manifest,
+    files: BTreeMap<String, Vec<u8>>,
+    qualifier: Qualifier,
+    limits: Limits,
+) -> Result<Loaded, String> {
     let entry = match qualifier {
         Qualifier::Lobby => manifest.runtime.lobby.clone(),
         Qualifier::Match => manifest.runtime.match_entry.clone(),

@@ -226,6 +226,13 @@ impl LuaEngine {
             | StdLib::BUFFER;
         let lua = Lua::new_with(libraries, LuaOptions::new()).map_err(setup)?;
         lua.set_memory_limit(limits.memory_bytes).map_err(setup)?;
+        // Luau seeds `math.random` from the state's address and the clock, which runtimes
+        // forked from one launcher share: each logic gets a seed of its own.
+        lua.globals()
+            .get::<Table>("math")
+            .and_then(|math| math.get::<Function>("randomseed"))
+            .and_then(|randomseed| randomseed.call::<()>(fresh_seed()))
+            .map_err(setup)?;
 
         let host = Rc::new(HostState::new(limits));
         let modules = Rc::new(Modules::default());
@@ -642,4 +649,21 @@ fn render(err: &mlua::Error) -> String {
         mlua::Error::ExternalError(inner) => inner.to_string(),
         other => other.to_string(),
     }
+}
+
+/// 31 bits from the operating system's random source (the clock and pid if it cannot be read).
+fn fresh_seed() -> i32 {
+    use std::io::Read;
+    let mut bytes = [0u8; 4];
+    let read =
+        std::fs::File::open("/dev/urandom").and_then(|mut random| random.read_exact(&mut bytes));
+    let seed = if read.is_ok() {
+        u32::from_ne_bytes(bytes)
+    } else {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.subsec_nanos());
+        nanos ^ std::process::id().rotate_left(16)
+    };
+    (seed >> 1) as i32
 }

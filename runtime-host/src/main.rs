@@ -4,6 +4,9 @@
 //!
 //! `rally-runtime check <bundle>` loads the lobby and match logic and reports what does not.
 //!
+//! `rally-runtime launcher` is what the platform's local-process pool keeps running to start
+//! runtimes quickly: each is forked from it rather than loaded anew (see [`launcher`]).
+//!
 //! Exit codes: 0 stopped as asked; 1 `simulate` saw a handler fail; 2 bad environment or
 //! command line; 3 the bundle cannot be loaded; 4 the platform refused the credentials;
 //! 5 the platform was unreachable past the reconnect window; 6 protocol version mismatch.
@@ -11,13 +14,15 @@
 
 use rally_runtime_host::engine::Limits;
 use rally_runtime_host::session::{self, Exit, RuntimeEnv};
-use rally_runtime_host::{loader, simulate};
+use rally_runtime_host::{launcher, loader, simulate};
+use rally_sdk::runtime::launch;
 use std::path::Path;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: rally-runtime                        (started by the platform, configured by RALLY_RUNTIME_* variables)\n       \
                      rally-runtime simulate <bundle> <script> [lobby|match]\n       \
                      rally-runtime check <bundle>                 (loads the lobby and match logic, as a runtime would)\n       \
+                     rally-runtime launcher                       (started by the platform: starts runtimes on request)\n       \
                      rally-runtime --version";
 
 fn main() -> ExitCode {
@@ -29,6 +34,7 @@ fn main() -> ExitCode {
         }
         Some("simulate") => simulate_command(&args[1..]),
         Some("check") => check_command(&args[1..]),
+        Some(launch::COMMAND) if args.len() == 1 => launcher::serve(),
         None => run_on_platform(),
         Some(_) => {
             eprintln!("{USAGE}");
@@ -45,32 +51,8 @@ fn run_on_platform() -> ExitCode {
             return ExitCode::from(Exit::Usage as u8);
         }
     };
-    let loaded = match loader::load(&runtime.bundle, runtime.qualifier, Limits::default()) {
-        Ok(loaded) => loaded,
-        Err(problem) => {
-            eprintln!("rally-runtime: cannot load the bundle: {problem}");
-            return ExitCode::from(Exit::BadBundle as u8);
-        }
-    };
-    let tick_rate = loaded.manifest.runtime.tick_rate;
-    // One thread: the logic runs events in order, and a runtime is one of many on a host.
-    let tokio = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(tokio) => tokio,
-        Err(error) => {
-            eprintln!("rally-runtime: cannot start: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    eprintln!(
-        "rally-runtime: {} {} starting",
-        runtime.qualifier.as_str(),
-        runtime.runtime_id
-    );
-    let exit = tokio.block_on(session::run(runtime, loaded.engine, tick_rate));
-    ExitCode::from(exit as u8)
+    let bundle = loader::read_bundle(&runtime.bundle);
+    ExitCode::from(session::run_process(runtime, bundle))
 }
 
 /// Loads the bundle's lobby and match entries into their engine, as runtimes will: compile

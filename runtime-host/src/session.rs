@@ -4,7 +4,8 @@
 //! goes away, keeping the game state. Ends with an [`Exit`] code the platform and operators
 //! can read.
 
-use crate::engine::{Engine, Event};
+use crate::engine::{Engine, Event, Limits};
+use crate::loader::ReadBundle;
 use futures_util::{SinkExt, StreamExt};
 use rally_sdk::runtime::{
     env, Frame, LogLevel, PlatformMessage, Qualifier, RuntimeCommand, PROTOCOL_VERSION, SUBPROTOCOL,
@@ -78,6 +79,38 @@ enum Ended {
     Exit(Exit),
     /// The connection broke; reconnect.
     Lost,
+}
+
+/// A runtime process's whole life, from its bundle (as [`crate::loader::read_bundle`] read
+/// it) to its exit code: load the logic, then [`run`] it on a single-threaded tokio runtime.
+pub fn run_process(runtime: RuntimeEnv, bundle: Result<ReadBundle, String>) -> u8 {
+    let loaded = match bundle.and_then(|(manifest, files)| {
+        crate::loader::load_files(manifest, files, runtime.qualifier, Limits::default())
+    }) {
+        Ok(loaded) => loaded,
+        Err(problem) => {
+            eprintln!("rally-runtime: cannot load the bundle: {problem}");
+            return Exit::BadBundle as u8;
+        }
+    };
+    let tick_rate = loaded.manifest.runtime.tick_rate;
+    // One thread: the logic runs events in order, and a runtime is one of many on a host.
+    let tokio = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(tokio) => tokio,
+        Err(error) => {
+            eprintln!("rally-runtime: cannot start: {error}");
+            return 1;
+        }
+    };
+    eprintln!(
+        "rally-runtime: {} {} starting",
+        runtime.qualifier.as_str(),
+        runtime.runtime_id
+    );
+    tokio.block_on(run(runtime, loaded.engine, tick_rate)) as u8
 }
 
 /// Runs the runtime until it is stopped or cannot go on.

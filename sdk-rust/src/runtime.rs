@@ -29,6 +29,58 @@ pub mod env {
     pub const BUNDLE: &str = "RALLY_BUNDLE";
 }
 
+/// The launcher protocol: the platform's local-process pool keeps one `rally-runtime launcher`
+/// process and asks it, on its standard input, to start runtimes; the launcher forks each one
+/// from itself (no new program to load) and reports, on its standard output, the pid of each
+/// runtime it started and the exit of each that ended. One JSON object per line either way.
+pub mod launch {
+    use super::Qualifier;
+    use serde::{Deserialize, Serialize};
+    use std::path::PathBuf;
+
+    /// The argument that makes `rally-runtime` a launcher.
+    pub const COMMAND: &str = "launcher";
+
+    /// Start one runtime: what a runtime process otherwise reads from its environment, and the
+    /// file its output goes to.
+    #[derive(Clone, Serialize, Deserialize)]
+    pub struct Start {
+        pub runtime_id: String,
+        pub secret: String,
+        pub qualifier: Qualifier,
+        pub platform_url: String,
+        /// The version's bundle on local disk (a directory or a tar.gz).
+        pub bundle: PathBuf,
+        /// The runtime's log: its standard output and error, appended to.
+        pub log: PathBuf,
+    }
+
+    impl std::fmt::Debug for Start {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Start")
+                .field("runtime_id", &self.runtime_id)
+                .field("qualifier", &self.qualifier)
+                .field("platform_url", &self.platform_url)
+                .field("bundle", &self.bundle)
+                .field("log", &self.log)
+                .finish_non_exhaustive()
+        }
+    }
+
+    /// What the launcher reports.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    pub enum Report {
+        /// The runtime's process exists.
+        Started { runtime_id: String, pid: u32 },
+        /// The runtime's process could not be created.
+        Failed { runtime_id: String, error: String },
+        /// A process the launcher started has ended; `exit_code` is `None` when a signal ended
+        /// it. Always after its `Started`.
+        Exited { pid: u32, exit_code: Option<i32> },
+    }
+}
+
 /// Which logic a runtime runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

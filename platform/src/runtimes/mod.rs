@@ -794,7 +794,7 @@ async fn start_runtime(
     let spec = ProcessSpec {
         runtime_id: id.clone(),
         secret,
-        qualifier: qualifier.as_str(),
+        qualifier,
         platform_url,
         bundle,
     };

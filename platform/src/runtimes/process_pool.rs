@@ -1,31 +1,40 @@
-//! The local-process pool, the embedded default: each runtime is a `rally-runtime` child process
-//! of the platform. Its output goes straight to a log file per runtime (not through a pipe, so a
-//! runtime outlives a crash of the platform and keeps logging); its exit is reported to the
-//! supervisor; stopping asks nicely (SIGTERM) before it insists (SIGKILL). Every child is
-//! awaited, so none is left a zombie.
+//! The local-process pool, the embedded default: each runtime is a `rally-runtime` process of
+//! its own on this machine. The pool keeps one `rally-runtime launcher` child, which forks each
+//! runtime from itself (see the runtime host's `launcher`): a fork starts in a fraction of the
+//! time a new program takes to load. The launcher reports each runtime's pid and exit; the pool
+//! signals runtimes by pid. A runtime's output goes straight to a log file of its own (not
+//! through a pipe, so a runtime outlives a crash of the platform and keeps logging); its exit is
+//! reported to the supervisor; stopping asks nicely (SIGTERM) before it insists (SIGKILL).
+//!
+//! If the launcher itself ends, the runtimes it started live on as orphans: the supervisor
+//! watches them by pid, as it does runtimes left by a previous run, and the next start brings
+//! up a new launcher.
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use rally_sdk::runtime::launch::{self, Report, Start};
+use rally_sdk::runtime::Qualifier;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::process::Command;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{ChildStdin, Command};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// What a runtime process needs to start.
 #[derive(Debug, Clone)]
 pub struct ProcessSpec {
     pub runtime_id: String,
     pub secret: String,
-    pub qualifier: &'static str,
+    pub qualifier: Qualifier,
     pub platform_url: String,
     /// The version's bundle archive on local disk.
     pub bundle: PathBuf,
 }
 
-/// A child that ended: its runtime and how.
+/// A runtime process that ended: its runtime and how.
 #[derive(Debug, Clone)]
 pub struct Exited {
     pub runtime_id: String,
@@ -38,17 +47,131 @@ pub struct ProcessPool {
     binary: PathBuf,
     log_dir: PathBuf,
     log_max_bytes: u64,
-    /// Running children by runtime id: their pids.
-    children: Arc<Mutex<HashMap<String, u32>>>,
-    exits: mpsc::UnboundedSender<Exited>,
+    /// The launcher's standard input and number, once it runs; `None` before the first
+    /// start and after the launcher ended.
+    launcher: tokio::sync::Mutex<Option<(u64, ChildStdin)>>,
+    /// Launchers started so far.
+    launchers: std::sync::atomic::AtomicU64,
+    processes: Arc<Processes>,
     /// Children started and not yet connected hold one of these each (see
     /// `runtime_starts_at_once`).
     starts: Arc<Semaphore>,
-    /// The permits of those children, given back when they connect or end.
-    starting: Arc<Mutex<HashMap<String, OwnedSemaphorePermit>>>,
     /// Longest wait for a permit: past it a runtime starts anyway, so a few runtimes that
-    /// never connect cannot hold every start back.
+    /// never connect cannot hold every start back. Also the longest wait for the launcher to
+    /// report a start.
     start_wait: Duration,
+}
+
+/// The runtime processes of the current launcher, shared with the task that reads its reports.
+#[derive(Debug)]
+struct Processes {
+    exits: mpsc::UnboundedSender<Exited>,
+    state: Mutex<ProcessState>,
+}
+
+#[derive(Debug, Default)]
+struct ProcessState {
+    /// Running runtimes: their pids.
+    pids: HashMap<String, u32>,
+    /// The same, by pid.
+    runtimes: HashMap<u32, String>,
+    /// Starts sent to a launcher (by its number) and not reported yet.
+    reports: HashMap<String, (u64, oneshot::Sender<Result<u32, String>>)>,
+    /// The launcher (by number) each running runtime was started by.
+    launched_by: HashMap<String, u64>,
+    /// The permits of runtimes not connected yet, given back when they connect or end.
+    starting: HashMap<String, OwnedSemaphorePermit>,
+}
+
+impl Processes {
+    fn state(&self) -> std::sync::MutexGuard<'_, ProcessState> {
+        self.state.lock().expect("pool lock")
+    }
+
+    /// A report of launcher number `launcher`.
+    fn report(&self, launcher: u64, report: Report) {
+        let mut state = self.state();
+        match report {
+            Report::Started { runtime_id, pid } => {
+                state.pids.insert(runtime_id.clone(), pid);
+                state.runtimes.insert(pid, runtime_id.clone());
+                state.launched_by.insert(runtime_id.clone(), launcher);
+                if let Some((_, waiting)) = state.reports.remove(&runtime_id) {
+                    let _ = waiting.send(Ok(pid));
+                }
+            }
+            Report::Failed { runtime_id, error } => {
+                state.starting.remove(&runtime_id);
+                if let Some((_, waiting)) = state.reports.remove(&runtime_id) {
+                    let _ = waiting.send(Err(error));
+                }
+            }
+            Report::Exited { pid, exit_code } => {
+                let Some(runtime_id) = state.runtimes.remove(&pid) else {
+                    return;
+                };
+                state.pids.remove(&runtime_id);
+                state.starting.remove(&runtime_id);
+                state.launched_by.remove(&runtime_id);
+                let _ = self.exits.send(Exited {
+                    runtime_id,
+                    exit_code,
+                });
+            }
+        }
+    }
+
+    /// Launcher number `launcher` ended: its runtimes are no longer reported on, so the pool
+    /// lets go of them (the supervisor watches them by pid), and starts it had not answered
+    /// fail.
+    fn orphan(&self, launcher: u64) {
+        let mut state = self.state();
+        let orphans: Vec<String> = state
+            .launched_by
+            .iter()
+            .filter(|(_, by)| **by == launcher)
+            .map(|(runtime_id, _)| runtime_id.clone())
+            .collect();
+        if !orphans.is_empty() {
+            tracing::warn!(
+                runtimes = orphans.len(),
+                "the runtime launcher ended; its runtimes are watched by pid"
+            );
+        }
+        for runtime_id in orphans {
+            state.launched_by.remove(&runtime_id);
+            state.starting.remove(&runtime_id);
+            if let Some(pid) = state.pids.remove(&runtime_id) {
+                state.runtimes.remove(&pid);
+            }
+        }
+        state.reports.retain(|_, (by, _)| *by != launcher);
+    }
+
+    fn kill_all(&self) {
+        for pid in self.state().pids.values() {
+            signal(*pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Held by the task that reads the launcher: a platform that is dropped without its shutdown
+/// (an embedding or a test that just ends) takes its runtimes along. A crash drops nothing, so
+/// after a crash they live on and reconnect.
+struct KillOnDrop(Option<Arc<Processes>>);
+
+impl KillOnDrop {
+    fn processes(&self) -> &Processes {
+        self.0.as_ref().expect("armed until the launcher ends")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(processes) = self.0.take() {
+            processes.kill_all();
+        }
+    }
 }
 
 impl ProcessPool {
@@ -64,10 +187,13 @@ impl ProcessPool {
             binary,
             log_dir,
             log_max_bytes,
-            children: Arc::default(),
-            exits,
+            launcher: tokio::sync::Mutex::new(None),
+            launchers: std::sync::atomic::AtomicU64::new(0),
+            processes: Arc::new(Processes {
+                exits,
+                state: Mutex::default(),
+            }),
             starts: Arc::new(Semaphore::new(starts_at_once.max(1) as usize)),
-            starting: Arc::default(),
             start_wait,
         }
     }
@@ -83,7 +209,7 @@ impl ProcessPool {
 
     /// The runtime has connected: its start is over, and another may begin.
     pub fn connected(&self, runtime_id: &str) {
-        self.starting.lock().expect("pool lock").remove(runtime_id);
+        self.processes.state().starting.remove(runtime_id);
     }
 
     pub fn log_max_bytes(&self) -> u64 {
@@ -102,98 +228,135 @@ impl ProcessPool {
         slot: Option<OwnedSemaphorePermit>,
     ) -> std::io::Result<u32> {
         tokio::fs::create_dir_all(&self.log_dir).await?;
+        let runtime_id = spec.runtime_id.clone();
+        let mut line = serde_json::to_vec(&Start {
+            log: self.log_path(&spec.runtime_id),
+            runtime_id: spec.runtime_id,
+            secret: spec.secret,
+            qualifier: spec.qualifier,
+            platform_url: spec.platform_url.clone(),
+            bundle: spec.bundle,
+        })
+        .map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let (report, reported) = oneshot::channel();
+        {
+            let mut state = self.processes.state();
+            // The launcher's number is set when the start is sent.
+            state.reports.insert(runtime_id.clone(), (0, report));
+            // Held from before the process exists, so that even the quickest connection
+            // finds it.
+            if let Some(slot) = slot {
+                state.starting.insert(runtime_id.clone(), slot);
+            }
+        }
+        let sent = self.send(&runtime_id, &line, &spec.platform_url).await;
+        let outcome = match sent {
+            Ok(()) => match tokio::time::timeout(self.start_wait, reported).await {
+                Ok(Ok(Ok(pid))) => Ok(pid),
+                Ok(Ok(Err(error))) => Err(std::io::Error::other(error)),
+                Ok(Err(_)) => Err(std::io::Error::other(
+                    "the runtime launcher ended before it started the runtime",
+                )),
+                Err(_) => Err(std::io::Error::other(
+                    "the runtime launcher did not start the runtime in time",
+                )),
+            },
+            Err(error) => Err(error),
+        };
+        if outcome.is_err() {
+            let mut state = self.processes.state();
+            state.reports.remove(&runtime_id);
+            state.starting.remove(&runtime_id);
+        }
+        outcome
+    }
+
+    /// Hands a start to the launcher, bringing one up first if none runs.
+    async fn send(&self, runtime_id: &str, line: &[u8], platform_url: &str) -> std::io::Result<()> {
+        let mut launcher = self.launcher.lock().await;
+        for _ in 0..2 {
+            if launcher.is_none() {
+                *launcher = Some(self.start_launcher(platform_url).await?);
+            }
+            let (number, stdin) = launcher.as_mut().expect("a launcher runs");
+            if let Some((sent_to, _)) = self.processes.state().reports.get_mut(runtime_id) {
+                *sent_to = *number;
+            }
+            if stdin.write_all(line).await.is_ok() {
+                return Ok(());
+            }
+            // It ended (its reader lets go of its runtimes): once more, with a new one.
+            *launcher = None;
+        }
+        Err(std::io::Error::other(
+            "the runtime launcher ends as it starts; see launcher.log",
+        ))
+    }
+
+    async fn start_launcher(&self, platform_url: &str) -> std::io::Result<(u64, ChildStdin)> {
+        let number = self
+            .launchers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log_path(&spec.runtime_id))?;
-        let mut command = Command::new(&self.binary);
-        command
+            .open(self.log_dir.join("launcher.log"))?;
+        let mut child = Command::new(&self.binary)
+            .arg(launch::COMMAND)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env(rally_sdk::runtime::env::RUNTIME_ID, &spec.runtime_id)
-            .env(rally_sdk::runtime::env::RUNTIME_SECRET, &spec.secret)
-            .env(rally_sdk::runtime::env::QUALIFIER, spec.qualifier)
-            .env(rally_sdk::runtime::env::PLATFORM_URL, &spec.platform_url)
-            .env(rally_sdk::runtime::env::BUNDLE, &spec.bundle)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
+            // Not read by the launcher; it names the platform a runtime process belongs to
+            // for whoever looks at the process.
+            .env(rally_sdk::runtime::env::PLATFORM_URL, platform_url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
-            // A platform that is dropped without its shutdown (an embedding or a test that
-            // just ends) takes its runtimes along; a crash cannot drop anything, so after a
-            // crash they live on and reconnect.
-            .kill_on_drop(true);
-        // Held from before the process exists, so that even the quickest connection finds it.
-        if let Some(slot) = slot {
-            self.starting
-                .lock()
-                .expect("pool lock")
-                .insert(spec.runtime_id.clone(), slot);
-        }
-        // Spawning waits for the child's exec, which takes a while under load: off the async
-        // threads, so that a burst of starts proceeds side by side and nothing waits behind it.
-        let spawned = tokio::task::spawn_blocking(move || command.spawn())
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|spawned| spawned);
-        let mut child = match spawned {
-            Ok(child) => child,
-            Err(error) => {
-                self.starting
-                    .lock()
-                    .expect("pool lock")
-                    .remove(&spec.runtime_id);
-                return Err(error);
-            }
-        };
-        let pid = child.id().unwrap_or_default();
-        self.children
-            .lock()
-            .expect("pool lock")
-            .insert(spec.runtime_id.clone(), pid);
-
-        let children = self.children.clone();
-        let starting = self.starting.clone();
-        let exits = self.exits.clone();
-        let runtime_id = spec.runtime_id;
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        tracing::info!(pid = child.id(), "runtime launcher started");
+        let processes = self.processes.clone();
         tokio::spawn(async move {
-            // Awaiting the child reaps it: no zombies.
+            let mut guard = KillOnDrop(Some(processes));
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<Report>(&line) {
+                    Ok(report) => guard.processes().report(number, report),
+                    Err(error) => {
+                        tracing::warn!(%error, "unreadable report from the runtime launcher")
+                    }
+                }
+            }
+            // Awaiting the launcher reaps it.
             let status = child.wait().await;
-            children.lock().expect("pool lock").remove(&runtime_id);
-            starting.lock().expect("pool lock").remove(&runtime_id);
-            let exit_code = status.ok().and_then(|status| status.code());
-            let _ = exits.send(Exited {
-                runtime_id,
-                exit_code,
-            });
+            tracing::warn!(?status, "the runtime launcher ended");
+            // Nothing of this launcher is left to kill.
+            if let Some(processes) = guard.0.take() {
+                processes.orphan(number);
+            }
         });
-        Ok(pid)
+        Ok((number, stdin))
     }
 
-    /// True while the runtime's process is a child of this pool.
+    /// True while the runtime's process is one this pool started and saw no end of.
     pub fn is_running(&self, runtime_id: &str) -> bool {
-        self.children
-            .lock()
-            .expect("pool lock")
-            .contains_key(runtime_id)
+        self.processes.state().pids.contains_key(runtime_id)
     }
 
     /// SIGTERM now, SIGKILL after `grace` if it is still there.
     pub fn terminate(&self, runtime_id: &str, grace: Duration) {
-        let Some(pid) = self
-            .children
-            .lock()
-            .expect("pool lock")
-            .get(runtime_id)
-            .copied()
-        else {
+        let Some(pid) = self.processes.state().pids.get(runtime_id).copied() else {
             return;
         };
         signal(pid, Signal::SIGTERM);
-        let children = self.children.clone();
+        let processes = self.processes.clone();
         let runtime_id = runtime_id.to_owned();
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            let still_there = children.lock().expect("pool lock").get(&runtime_id) == Some(&pid);
+            let still_there = processes.state().pids.get(&runtime_id) == Some(&pid);
             if still_there {
                 tracing::warn!(runtime_id = %runtime_id, "runtime ignored SIGTERM; killing it");
                 signal(pid, Signal::SIGKILL);
@@ -201,21 +364,14 @@ impl ProcessPool {
         });
     }
 
-    /// Kills every child at once (platform shutdown after the grace period).
+    /// Kills every runtime process at once (platform shutdown after the grace period).
     pub fn kill_all(&self) {
-        for pid in self.children.lock().expect("pool lock").values() {
-            signal(*pid, Signal::SIGKILL);
-        }
+        self.processes.kill_all();
     }
 
-    /// Pids of the children still running.
+    /// Pids of the runtime processes still running.
     pub fn pids(&self) -> Vec<u32> {
-        self.children
-            .lock()
-            .expect("pool lock")
-            .values()
-            .copied()
-            .collect()
+        self.processes.state().pids.values().copied().collect()
     }
 }
 
@@ -226,8 +382,19 @@ fn signal(pid: u32, signal: Signal) {
 }
 
 /// True when a process with `pid` exists and runs `runtime_id` (checked through /proc, so a
-/// recycled pid is not mistaken for the runtime).
+/// recycled pid is not mistaken for the runtime): its standard error is the runtime's log.
+/// A runtime forked by a launcher shares the launcher's environment; one started as a program
+/// of its own (by an earlier platform) also carries its id in its environment.
 pub fn is_runtime_process(pid: u32, runtime_id: &str) -> bool {
+    let log_name = format!("{runtime_id}.log");
+    let logs_to_its_file = std::fs::read_link(format!("/proc/{pid}/fd/2")).is_ok_and(|target| {
+        let target = target.to_string_lossy();
+        let target = target.strip_suffix(" (deleted)").unwrap_or(&target);
+        Path::new(target).file_name() == Some(std::ffi::OsStr::new(&log_name))
+    });
+    if logs_to_its_file {
+        return true;
+    }
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
     let wanted = format!("{}={runtime_id}", rally_sdk::runtime::env::RUNTIME_ID);
     environ

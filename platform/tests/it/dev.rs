@@ -98,10 +98,19 @@ impl Dev {
     /// SIGTERM, as Ctrl-C would: exits 0 and leaves none of its runtimes behind.
     async fn stop(mut self) {
         let pid = self.child.id().expect("still running") as i32;
-        let runtimes = runtimes_of(&self.url);
+        let processes = runtimes_of(&self.url);
+        let launchers: Vec<i32> = processes
+            .iter()
+            .filter(|&&(_, parent)| parent == pid)
+            .map(|&(launcher, _)| launcher)
+            .collect();
         assert!(
-            !runtimes.is_empty() && runtimes.iter().all(|&(_, parent)| parent == pid),
-            "rally dev runs its lobby runtimes as its own children: {runtimes:?}"
+            launchers.len() == 1
+                && processes.len() > 1
+                && processes
+                    .iter()
+                    .all(|(_, parent)| *parent == pid || launchers.contains(parent)),
+            "rally dev runs its lobby runtimes under its own launcher: {processes:?}"
         );
         kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
         let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
@@ -116,7 +125,15 @@ impl Dev {
             "exit status {status}; rally dev printed:\n{}",
             self.printed.join("\n")
         );
-        let left = runtimes_of(&self.url);
+        // The launcher notices on its own that rally dev is gone; runtimes were stopped.
+        let mut left = runtimes_of(&self.url);
+        for _ in 0..50 {
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            left = runtimes_of(&self.url);
+        }
         assert!(left.is_empty(), "runtimes outlived rally dev: {left:?}");
     }
 }
@@ -130,8 +147,9 @@ impl Drop for Dev {
     }
 }
 
-/// `(pid, parent pid)` of every `rally-runtime` process started for the platform at `url`,
-/// wherever it ended up (an orphan has another parent).
+/// `(pid, parent pid)` of every `rally-runtime` process started for the platform at `url`
+/// (its launcher and the runtimes forked from it), wherever it ended up (an orphan has another
+/// parent).
 fn runtimes_of(url: &str) -> Vec<(i32, i32)> {
     let platform = format!("RALLY_PLATFORM_URL={url}");
     std::fs::read_dir("/proc")

@@ -1,6 +1,7 @@
-//! Runtimes as real `rally-runtime` child processes of the platform: started for a deployment's
-//! lobbies, replaced when killed, drained when a new version is deployed, stopped with the
-//! platform, and cleaned up after a platform crash.
+//! Runtimes as real `rally-runtime` processes, forked by the platform's launcher: started for a
+//! deployment's lobbies, replaced when killed, drained when a new version is deployed, stopped
+//! with the platform, watched by pid when the launcher dies, and cleaned up after a platform
+//! crash.
 
 use crate::helpers::{assert_api_error, Backend, TestApp, ADMIN_PASSWORD};
 use crate::on_both_backends;
@@ -271,8 +272,80 @@ async fn runtime_secrets_work_once(backend: Backend) {
     app.stop().await;
 }
 
+/// Pids of this test process's `rally-runtime launcher` children.
+fn launchers() -> Vec<i64> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i64>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let parent = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1));
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            parent == Some(me.as_str()) && cmdline.ends_with(b"rally-runtime\0launcher\0")
+        })
+        .collect()
+}
+
+async fn a_dead_launcher_leaves_its_runtimes_running_and_is_replaced(backend: Backend) {
+    let app = app_with_runtimes(backend).await;
+    let (admin, deployment) = deployed(&app, 2).await;
+    let runtimes = wait_for(&admin, &deployment, "two connected lobbies", |r| {
+        running(r).len() == 2
+    })
+    .await;
+    let launcher = launchers();
+    assert_eq!(launcher.len(), 1, "one launcher per node: {launcher:?}");
+    std::process::Command::new("kill")
+        .args(["-KILL", &launcher[0].to_string()])
+        .status()
+        .unwrap();
+
+    // The lobbies live on, now watched by pid; when one dies it is noticed and replaced
+    // through a new launcher.
+    let victim = running(&runtimes)[0].id.clone();
+    let victim_pid = running(&runtimes)[0].pid.unwrap();
+    let survivor = running(&runtimes)[1].id.clone();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let runtimes = wait_for(&admin, &deployment, "both lobbies still up", |r| {
+        running(r).len() == 2
+    })
+    .await;
+    assert_eq!(runtimes.len(), 2, "nothing was replaced: {runtimes:#?}");
+    std::process::Command::new("kill")
+        .args(["-KILL", &victim_pid.to_string()])
+        .status()
+        .unwrap();
+    let runtimes = wait_for(&admin, &deployment, "the killed lobby replaced", |r| {
+        r.iter()
+            .any(|runtime| runtime.id == victim && runtime.status == "failed")
+            && running(r).len() == 2
+    })
+    .await;
+    assert!(running(&runtimes).iter().any(|r| r.id == survivor));
+    let relaunched = launchers();
+    assert!(
+        relaunched.len() == 1 && relaunched != launcher,
+        "a new launcher started the replacement: {relaunched:?}, before {launcher:?}"
+    );
+
+    // Stopping the platform stops its runtimes, the orphan included.
+    let live: Vec<i64> = running(&runtimes).iter().map(|r| r.pid.unwrap()).collect();
+    app.stop().await;
+    for pid in live {
+        assert!(
+            matches!(process_state(pid), None | Some('Z')) || !is_rally_runtime(pid),
+            "pid {pid} outlived the platform"
+        );
+    }
+}
+
 on_both_backends!(
     lobbies_run_as_processes_and_a_killed_one_is_replaced,
+    a_dead_launcher_leaves_its_runtimes_running_and_is_replaced,
     a_new_deployment_drains_the_old_runtimes,
     runtime_secrets_work_once,
 );
