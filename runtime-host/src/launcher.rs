@@ -48,7 +48,7 @@ struct Launcher {
     /// SIGCHLD, read as data rather than handled, so the loop stays single-threaded and needs
     /// no handler. `None` only in a child, which closes it.
     sigchld: Option<SignalFd>,
-    /// The signal mask from before SIGCHLD was blocked: a child restores it.
+    /// The signal mask from before SIGCHLD and SIGINT were blocked: a child restores it.
     mask: SigSet,
     bundles: BundleCache,
     /// Standard input read so far that does not end a line yet.
@@ -64,7 +64,12 @@ impl Launcher {
         }
         let mut chld = SigSet::empty();
         chld.add(Signal::SIGCHLD);
-        let mask = chld.thread_swap_mask(SigmaskHow::SIG_BLOCK)?;
+        // Ctrl-C in a terminal reaches the platform's whole process group: the runtimes take it
+        // as a stop, the platform shuts down and reaps them through the launcher, which must
+        // stay until it ends on its own (its input closes).
+        let mut blocked = chld;
+        blocked.add(Signal::SIGINT);
+        let mask = blocked.thread_swap_mask(SigmaskHow::SIG_BLOCK)?;
         let sigchld = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         Ok(Self {
             sigchld: Some(sigchld),

@@ -8,13 +8,15 @@ use crate::engine::{Engine, Event, Limits};
 use crate::loader::ReadBundle;
 use futures_util::{SinkExt, StreamExt};
 use rally_sdk::runtime::{
-    env, Frame, LogLevel, PlatformMessage, Qualifier, RuntimeCommand, PROTOCOL_VERSION, SUBPROTOCOL,
+    env, Frame, LogLevel, PlatformMessage, Qualifier, RuntimeCommand, PROTOCOL_VERSION,
+    SOCKET_READ_BUFFER, SUBPROTOCOL,
 };
 use rally_sdk::{ClientError, RallyClient};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 /// How a runtime process ends. The numbers are its exit codes.
@@ -203,7 +205,9 @@ async fn connect(platform_url: &str, access_token: &str) -> Result<Socket, Strin
         "sec-websocket-protocol",
         HeaderValue::from_static(SUBPROTOCOL),
     );
-    let (socket, _) = tokio_tungstenite::connect_async(request)
+    let config = WebSocketConfig::default().read_buffer_size(SOCKET_READ_BUFFER);
+    // No Nagle delay: a batch of commands is one frame, written at once, and should leave now.
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
         .await
         .map_err(|error| error.to_string())?;
     Ok(socket)

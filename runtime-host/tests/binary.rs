@@ -242,6 +242,12 @@ fn the_launcher_forks_runtimes_and_reports_their_pids_and_exits() {
     let written = std::fs::read_to_string(&log).unwrap();
     assert!(written.contains("lobby.lua:"), "{written}");
 
+    // Ctrl-C in a terminal reaches the launcher too; it stays for the platform to shut down.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(launcher.child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     // A log that cannot be opened: no process, and the start fails with the reason.
     let nowhere = directory.path().join("missing/x.log");
     launcher.start_runtime("nowhere", HELLO, &nowhere, "http://127.0.0.1:9");

@@ -14,6 +14,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The WebSocket subprotocol naming the version, offered by the runtime when it connects.
 pub const SUBPROTOCOL: &str = "rally.runtime.v1";
 
+/// Bytes a runtime link reads from its socket at a time, on either end. Tungstenite's default
+/// (128 KiB) is zero-filled before every read: most of a fresh runtime's time on its socket, and
+/// the platform's too, for frames of a few hundred bytes. Bigger frames take more reads.
+pub const SOCKET_READ_BUFFER: usize = 16 * 1024;
+
 /// Environment variables a runtime process is started with.
 pub mod env {
     /// The runtime's id (a UUID).

@@ -97,6 +97,7 @@ pub async fn runtime_socket(
     let dispatcher = state.dispatcher.clone();
     Ok(upgrade
         .protocols([rally_sdk::runtime::SUBPROTOCOL])
+        .read_buffer_size(rally_sdk::runtime::SOCKET_READ_BUFFER)
         .max_message_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| {
             serve(
