@@ -94,6 +94,35 @@ fn is_rally_runtime(pid: i64) -> bool {
         .unwrap_or(false)
 }
 
+fn kill_process(pid: i64) {
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+/// Waits for the lobby `victim` to be marked failed and replaced, two lobbies running again.
+async fn replaced(admin: &RallyClient, deployment: &str, victim: &str) -> Vec<RuntimeInfo> {
+    wait_for(admin, deployment, "the killed lobby replaced", |r| {
+        r.iter()
+            .any(|runtime| runtime.id == victim && runtime.status == "failed")
+            && running(r).len() == 2
+    })
+    .await
+}
+
+/// Stops the platform and checks that none of the running `runtimes` outlived it.
+async fn stop_and_check_runtimes_ended(app: TestApp, runtimes: &[RuntimeInfo]) {
+    let live: Vec<i64> = running(runtimes).iter().map(|r| r.pid.unwrap()).collect();
+    app.stop().await;
+    for pid in live {
+        assert!(
+            matches!(process_state(pid), None | Some('Z')) || !is_rally_runtime(pid),
+            "pid {pid} outlived the platform"
+        );
+    }
+}
+
 async fn lobbies_run_as_processes_and_a_killed_one_is_replaced(backend: Backend) {
     let app = app_with_runtimes(backend).await;
     let (admin, deployment) = deployed(&app, 2).await;
@@ -107,17 +136,9 @@ async fn lobbies_run_as_processes_and_a_killed_one_is_replaced(backend: Backend)
     }
     let victim = running(&runtimes)[0].id.clone();
     let victim_pid = pids[0];
-    std::process::Command::new("kill")
-        .args(["-KILL", &victim_pid.to_string()])
-        .status()
-        .unwrap();
+    kill_process(victim_pid);
 
-    let runtimes = wait_for(&admin, &deployment, "the killed lobby replaced", |r| {
-        r.iter()
-            .any(|runtime| runtime.id == victim && runtime.status == "failed")
-            && running(r).len() == 2
-    })
-    .await;
+    let runtimes = replaced(&admin, &deployment, &victim).await;
     let failed = runtimes
         .iter()
         .find(|runtime| runtime.id == victim)
@@ -168,14 +189,7 @@ async fn lobbies_run_as_processes_and_a_killed_one_is_replaced(backend: Backend)
     assert!(cli(&["runtime", "logs", &survivor]).contains("starting"));
 
     // Stopping the platform stops its runtimes.
-    let live: Vec<i64> = running(&runtimes).iter().map(|r| r.pid.unwrap()).collect();
-    app.stop().await;
-    for pid in live {
-        assert!(
-            matches!(process_state(pid), None | Some('Z')) || !is_rally_runtime(pid),
-            "pid {pid} outlived the platform"
-        );
-    }
+    stop_and_check_runtimes_ended(app, &runtimes).await;
 }
 
 async fn a_new_deployment_drains_the_old_runtimes(backend: Backend) {
@@ -299,10 +313,7 @@ async fn a_dead_launcher_leaves_its_runtimes_running_and_is_replaced(backend: Ba
     .await;
     let launcher = launchers();
     assert_eq!(launcher.len(), 1, "one launcher per node: {launcher:?}");
-    std::process::Command::new("kill")
-        .args(["-KILL", &launcher[0].to_string()])
-        .status()
-        .unwrap();
+    kill_process(launcher[0]);
 
     // The lobbies live on, now watched by pid; when one dies it is noticed and replaced
     // through a new launcher.
@@ -315,16 +326,8 @@ async fn a_dead_launcher_leaves_its_runtimes_running_and_is_replaced(backend: Ba
     })
     .await;
     assert_eq!(runtimes.len(), 2, "nothing was replaced: {runtimes:#?}");
-    std::process::Command::new("kill")
-        .args(["-KILL", &victim_pid.to_string()])
-        .status()
-        .unwrap();
-    let runtimes = wait_for(&admin, &deployment, "the killed lobby replaced", |r| {
-        r.iter()
-            .any(|runtime| runtime.id == victim && runtime.status == "failed")
-            && running(r).len() == 2
-    })
-    .await;
+    kill_process(victim_pid);
+    let runtimes = replaced(&admin, &deployment, &victim).await;
     assert!(running(&runtimes).iter().any(|r| r.id == survivor));
     let relaunched = launchers();
     assert!(
@@ -333,14 +336,7 @@ async fn a_dead_launcher_leaves_its_runtimes_running_and_is_replaced(backend: Ba
     );
 
     // Stopping the platform stops its runtimes, the orphan included.
-    let live: Vec<i64> = running(&runtimes).iter().map(|r| r.pid.unwrap()).collect();
-    app.stop().await;
-    for pid in live {
-        assert!(
-            matches!(process_state(pid), None | Some('Z')) || !is_rally_runtime(pid),
-            "pid {pid} outlived the platform"
-        );
-    }
+    stop_and_check_runtimes_ended(app, &runtimes).await;
 }
 
 on_both_backends!(
