@@ -161,7 +161,7 @@ impl Launcher {
         match forked {
             ForkResult::Parent { child } => Ok(child.as_raw() as u32),
             ForkResult::Child => {
-                let code = self.become_runtime(start, bundle, &log, &null);
+                let code = self.become_runtime(start, bundle, log, null);
                 std::process::exit(i32::from(code))
             }
         }
@@ -172,17 +172,19 @@ impl Launcher {
         &mut self,
         start: &Start,
         bundle: Result<Arc<ReadBundle>, String>,
-        log: &File,
-        null: &File,
+        log: File,
+        null: File,
     ) -> u8 {
         drop(self.sigchld.take());
         if self.mask.thread_set_mask().is_err()
-            || dup2_stdin(null).is_err()
-            || dup2_stdout(log).is_err()
-            || dup2_stderr(log).is_err()
+            || dup2_stdin(&null).is_err()
+            || dup2_stdout(&log).is_err()
+            || dup2_stderr(&log).is_err()
         {
             return session::Exit::Usage as u8;
         }
+        // Standard input, output and error are all the runtime keeps.
+        drop((log, null));
         let runtime = session::RuntimeEnv {
             runtime_id: start.runtime_id.clone(),
             secret: start.secret.clone(),
