@@ -73,12 +73,10 @@ struct Processes {
 struct ProcessState {
     /// Running runtimes: their pids.
     pids: HashMap<String, u32>,
-    /// The same, by pid.
-    runtimes: HashMap<u32, String>,
+    /// The same by pid: the runtime, and the launcher (by number) that started it.
+    runtimes: HashMap<u32, (String, u64)>,
     /// Starts sent to a launcher (by its number) and not reported yet.
     reports: HashMap<String, (u64, oneshot::Sender<Result<u32, String>>)>,
-    /// The launcher (by number) each running runtime was started by.
-    launched_by: HashMap<String, u64>,
     /// The permits of runtimes not connected yet, given back when they connect or end.
     starting: HashMap<String, OwnedSemaphorePermit>,
 }
@@ -94,8 +92,7 @@ impl Processes {
         match report {
             Report::Started { runtime_id, pid } => {
                 state.pids.insert(runtime_id.clone(), pid);
-                state.runtimes.insert(pid, runtime_id.clone());
-                state.launched_by.insert(runtime_id.clone(), launcher);
+                state.runtimes.insert(pid, (runtime_id.clone(), launcher));
                 if let Some((_, waiting)) = state.reports.remove(&runtime_id) {
                     let _ = waiting.send(Ok(pid));
                 }
@@ -107,12 +104,11 @@ impl Processes {
                 }
             }
             Report::Exited { pid, exit_code } => {
-                let Some(runtime_id) = state.runtimes.remove(&pid) else {
+                let Some((runtime_id, _)) = state.runtimes.remove(&pid) else {
                     return;
                 };
                 state.pids.remove(&runtime_id);
                 state.starting.remove(&runtime_id);
-                state.launched_by.remove(&runtime_id);
                 let _ = self.exits.send(Exited {
                     runtime_id,
                     exit_code,
@@ -126,11 +122,11 @@ impl Processes {
     /// fail.
     fn orphan(&self, launcher: u64) {
         let mut state = self.state();
-        let orphans: Vec<String> = state
-            .launched_by
+        let orphans: Vec<u32> = state
+            .runtimes
             .iter()
-            .filter(|(_, by)| **by == launcher)
-            .map(|(runtime_id, _)| runtime_id.clone())
+            .filter(|(_, (_, by))| *by == launcher)
+            .map(|(pid, _)| *pid)
             .collect();
         if !orphans.is_empty() {
             tracing::warn!(
@@ -138,11 +134,10 @@ impl Processes {
                 "the runtime launcher ended; its runtimes are watched by pid"
             );
         }
-        for runtime_id in orphans {
-            state.launched_by.remove(&runtime_id);
-            state.starting.remove(&runtime_id);
-            if let Some(pid) = state.pids.remove(&runtime_id) {
-                state.runtimes.remove(&pid);
+        for pid in orphans {
+            if let Some((runtime_id, _)) = state.runtimes.remove(&pid) {
+                state.pids.remove(&runtime_id);
+                state.starting.remove(&runtime_id);
             }
         }
         state.reports.retain(|_, (by, _)| *by != launcher);
