@@ -164,6 +164,20 @@ fn socket_url(app: &TestApp, client: &CreatedClient) -> String {
     )
 }
 
+/// `count` new players, each connected, greeted and assigned one after the other: their
+/// sockets, and the lobby each landed in.
+async fn seated_players(app: &TestApp, count: usize) -> (Vec<Socket>, Vec<String>) {
+    let mut sockets = Vec::new();
+    let mut lobbies = Vec::new();
+    for _ in 0..count {
+        let player = player(app).await;
+        let mut socket = connect(app, &player).await;
+        lobbies.push(socket.greeted_and_assigned().await);
+        sockets.push(socket);
+    }
+    (sockets, lobbies)
+}
+
 /// Opens the client's socket with the token in the `Authorization` header.
 pub(crate) async fn connect(app: &TestApp, player: &Player) -> Socket {
     let mut request = socket_url(app, &player.client)
@@ -678,14 +692,7 @@ async fn lobbies_fill_up_and_new_ones_open(backend: Backend) {
         serde_json::json!({"min_lobbies": 1, "max_clients_per_lobby": 2}),
     )
     .await;
-    let mut sockets = Vec::new();
-    let mut lobbies = Vec::new();
-    for _ in 0..5 {
-        let player = player(&app).await;
-        let mut socket = connect(&app, &player).await;
-        lobbies.push(socket.greeted_and_assigned().await);
-        sockets.push(socket);
-    }
+    let (mut sockets, lobbies) = seated_players(&app, 5).await;
     let mut distinct = lobbies.clone();
     distinct.sort();
     distinct.dedup();
@@ -988,13 +995,7 @@ async fn idle_lobbies_above_the_minimum_close(backend: Backend) {
         serde_json::json!({"min_lobbies": 1, "max_clients_per_lobby": 1, "idle_timeout_secs": 10}),
     )
     .await;
-    let mut sockets = Vec::new();
-    for _ in 0..3 {
-        let player = player(&app).await;
-        let mut socket = connect(&app, &player).await;
-        socket.greeted_and_assigned().await;
-        sockets.push(socket);
-    }
+    let (mut sockets, _) = seated_players(&app, 3).await;
     let live = |runtimes: &[rally_sdk::wire::RuntimeInfo]| {
         runtimes
             .iter()
@@ -1124,13 +1125,7 @@ async fn matchmaking_moves_players_into_a_match_and_back(backend: Backend) {
 async fn a_burst_of_matches_starts_in_turn_and_strands_nobody(backend: Backend) {
     let app = app(backend, |config| config.runtime_starts_at_once = 1).await;
     deploy(&app, lab_bundle(), serde_json::json!({"min_lobbies": 1})).await;
-    let mut sockets = Vec::new();
-    for _ in 0..6 {
-        let player = player(&app).await;
-        let mut socket = connect(&app, &player).await;
-        socket.greeted_and_assigned().await;
-        sockets.push(socket);
-    }
+    let (mut sockets, _) = seated_players(&app, 6).await;
     for socket in &mut sockets {
         socket.say("match:duo").await;
     }

@@ -82,10 +82,18 @@ fn running(runtimes: &[RuntimeInfo]) -> Vec<&RuntimeInfo> {
         .collect()
 }
 
+/// The state letter of a process (R, S, Z...) and its parent's pid, or None when it is gone.
+fn process_stat(pid: i64) -> Option<(char, i64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (name) state ppid ...`; the name may hold spaces and parentheses.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.next()?.parse().ok()?))
+}
+
 /// The state letter of a process (R, S, Z...), or None when it is gone.
 fn process_state(pid: i64) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')').next()?.trim().chars().next()
+    process_stat(pid).map(|(state, _)| state)
 }
 
 fn is_rally_runtime(pid: i64) -> bool {
@@ -288,18 +296,14 @@ async fn runtime_secrets_work_once(backend: Backend) {
 
 /// Pids of this test process's `rally-runtime launcher` children.
 fn launchers() -> Vec<i64> {
-    let me = std::process::id().to_string();
+    let me = i64::from(std::process::id());
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i64>().ok())
         .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let parent = stat
-                .rsplit(')')
-                .next()
-                .and_then(|rest| rest.split_whitespace().nth(1));
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            parent == Some(me.as_str()) && cmdline.ends_with(b"rally-runtime\0launcher\0")
+            process_stat(*pid).is_some_and(|(_, parent)| parent == me)
+                && cmdline.ends_with(b"rally-runtime\0launcher\0")
         })
         .collect()
 }
