@@ -61,6 +61,22 @@ pub struct Limits {
     pub max_payload_bytes: usize,
 }
 
+/// Wall time allowed per budget unit: a call gets `budget_per_call × 100 ns`.
+const NANOS_PER_BUDGET_UNIT: u64 = 100;
+
+/// The shortest wall time a call is allowed, whatever its budget.
+const MIN_TIME_PER_CALL: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl Limits {
+    /// The wall time one handler call may take (1 s with the default budget). The Lua engine
+    /// stops its logic at this limit itself; [`crate::watchdog`] ends the runtime when a call
+    /// that cannot be interrupted runs on past it, whatever the engine.
+    pub fn time_per_call(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.budget_per_call.saturating_mul(NANOS_PER_BUDGET_UNIT))
+            .max(MIN_TIME_PER_CALL)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {

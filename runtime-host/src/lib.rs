@@ -10,3 +10,4 @@ pub mod lua;
 pub mod session;
 pub mod simulate;
 pub mod wasm;
+pub mod watchdog;

@@ -113,12 +113,6 @@ pub use modules::LuaBundle;
 use modules::Modules;
 use timers::Timers;
 
-/// Wall time allowed per budget unit (see the module's documentation on limits).
-const NANOS_PER_BUDGET_UNIT: u64 = 100;
-
-/// The shortest wall time a call is allowed, whatever its budget.
-const MIN_TIME_PER_CALL: Duration = Duration::from_millis(100);
-
 /// The clock is read every this many interrupt points: often enough to stop a slow loop within
 /// milliseconds, rarely enough to cost nothing.
 const CLOCK_CHECK_INTERVAL: u64 = 1024;
@@ -481,9 +475,7 @@ impl Engine for LuaEngine {
 
 impl HostState {
     fn new(limits: Limits) -> Self {
-        let time_per_call =
-            Duration::from_nanos(limits.budget_per_call.saturating_mul(NANOS_PER_BUDGET_UNIT))
-                .max(MIN_TIME_PER_CALL);
+        let time_per_call = limits.time_per_call();
         HostState {
             limits,
             meter: Meter {

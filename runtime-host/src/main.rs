@@ -9,7 +9,8 @@
 //!
 //! Exit codes: 0 stopped as asked; 1 `simulate` saw a handler fail; 2 bad environment or
 //! command line; 3 the bundle cannot be loaded; 4 the platform refused the credentials;
-//! 5 the platform was unreachable past the reconnect window; 6 protocol version mismatch.
+//! 5 the platform was unreachable past the reconnect window; 6 protocol version mismatch;
+//! 7 a handler ran past its time limit where it could not be interrupted.
 #![forbid(unsafe_code)]
 
 use rally_runtime_host::engine::Limits;

@@ -6,6 +6,7 @@
 
 use crate::engine::{Engine, Event, Limits};
 use crate::loader::ReadBundle;
+use crate::watchdog::Call;
 use futures_util::{SinkExt, StreamExt};
 use rally_sdk::runtime::{
     env, Frame, LogLevel, PlatformMessage, Qualifier, RuntimeCommand, PROTOCOL_VERSION,
@@ -34,6 +35,9 @@ pub enum Exit {
     PlatformLost = 5,
     /// The platform speaks a protocol version this runtime does not.
     ProtocolMismatch = 6,
+    /// A handler ran past its time limit where it could not be interrupted
+    /// ([`crate::watchdog`]); the game state it held is lost.
+    HandlerStuck = 7,
 }
 
 /// How long a runtime keeps trying to reach a platform that went away before it gives up:
@@ -86,9 +90,17 @@ enum Ended {
 /// A runtime process's whole life, from its bundle (as [`crate::loader::read_bundle`] read
 /// it) to its exit code: load the logic, then [`run`] it on a single-threaded tokio runtime.
 pub fn run_process(runtime: RuntimeEnv, bundle: Result<ReadBundle, String>) -> u8 {
-    let loaded = match bundle.and_then(|(manifest, files)| {
-        crate::loader::load_files(manifest, files, runtime.qualifier, Limits::default())
-    }) {
+    let limits = Limits::default();
+    if let Err(error) = crate::watchdog::install(limits.time_per_call()) {
+        eprintln!("rally-runtime: cannot start the handler watchdog: {error}");
+        return 1;
+    }
+    let loading = crate::watchdog::watch(Call::Loading);
+    let loaded = bundle.and_then(|(manifest, files)| {
+        crate::loader::load_files(manifest, files, runtime.qualifier, limits)
+    });
+    drop(loading);
+    let loaded = match loaded {
         Ok(loaded) => loaded,
         Err(problem) => {
             eprintln!("rally-runtime: cannot load the bundle: {problem}");
@@ -339,7 +351,10 @@ fn apply(
 }
 
 /// Runs a handler; a failure is reported (stderr and a `log` command) and the runtime goes on.
+/// A call that runs past its time limit where the engine cannot stop it ends the process
+/// ([`crate::watchdog`]).
 pub fn handle(engine: &mut dyn Engine, event: &Event, commands: &mut Vec<RuntimeCommand>) {
+    let _watched = crate::watchdog::watch(Call::Handler);
     if let Err(error) = engine.handle(event, commands) {
         eprintln!("rally-runtime: {error}");
         commands.push(RuntimeCommand::Log {
