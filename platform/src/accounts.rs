@@ -4,8 +4,7 @@
 use crate::audit::{self, Change};
 use crate::auth::{Caller, Staff};
 use crate::error::{ApiError, Json, Path};
-use crate::idempotency::IdempotencyKey;
-use crate::permissions::Principal;
+use crate::permissions::{AsStaff, Principal};
 use crate::server::AppState;
 use crate::storage::{new_id, now_millis, Database, StorageError, StorageResult};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -286,15 +285,13 @@ fn invalid_credentials() -> ApiError {
 /// Create a developer account (admin, support).
 #[utoipa::path(post, path = "/api/v1/developers", tag = "developers",
     request_body = CreateDeveloperRequest,
-    params(IdempotencyKey),
     security(("bearer" = [])),
     responses((status = 201, body = Account), (status = "4XX", body = ErrorBody)))]
 async fn create_developer(
-    principal: Principal,
+    AsStaff(principal): AsStaff<Principal>,
     State(state): State<AppState>,
     Json(request): Json<CreateDeveloperRequest>,
 ) -> Result<(StatusCode, Json<Account>), ApiError> {
-    principal.require_staff()?;
     check_username(&request.username).map_err(|problem| {
         ApiError::bad_request("invalid_username", format!("username {problem}"))
     })?;
@@ -449,7 +446,7 @@ async fn enable_developer(
     security(("bearer" = [])),
     responses((status = 204), (status = "4XX", body = ErrorBody)))]
 async fn reset_password(
-    principal: Principal,
+    AsStaff(principal): AsStaff<Principal>,
     State(state): State<AppState>,
     Path(developer): Path<String>,
     Json(request): Json<PasswordReset>,

@@ -3,7 +3,7 @@
 
 use crate::error::{ApiError, Json, Query};
 use crate::permissions::{
-    require, Level, Principal, ProjectPath, ProjectScope, TenantPath, TenantScope,
+    require, Level, Principal, ProjectPath, ProjectScope, Scope, TenantPath, TenantScope,
 };
 use crate::server::AppState;
 use crate::storage::{new_id, now_millis, StorageError};

@@ -38,6 +38,9 @@ pub struct Config {
     pub bundle_max_unpacked_bytes: u64,
     /// Most files in one bundle.
     pub bundle_max_files: usize,
+    /// Version uploads read and checked at one time on this node; more wait for a turn (up to
+    /// a few seconds, then `uploads_busy`). Each may hold a few times `bundle_max_bytes`.
+    pub bundle_uploads_at_once: u32,
     /// The `rally-runtime` binary the local-process pool starts; by default the one next to
     /// `rally`, else from `PATH`.
     pub runtime_binary: Option<PathBuf>,
@@ -94,6 +97,7 @@ impl Default for Config {
             bundle_max_bytes: 64 * 1024 * 1024,
             bundle_max_unpacked_bytes: 128 * 1024 * 1024,
             bundle_max_files: 2000,
+            bundle_uploads_at_once: 2,
             runtime_binary: None,
             runtime_platform_url: None,
             runtime_start_timeout_secs: 30,
@@ -142,6 +146,7 @@ const SETTINGS: &[&str] = &[
     "bundle_max_bytes",
     "bundle_max_unpacked_bytes",
     "bundle_max_files",
+    "bundle_uploads_at_once",
     "runtime_binary",
     "runtime_platform_url",
     "runtime_start_timeout_secs",
@@ -232,6 +237,9 @@ impl Config {
         }
         if self.runtime_start_timeout_secs == 0 {
             return Err(invalid("runtime_start_timeout_secs", "must be at least 1"));
+        }
+        if self.bundle_uploads_at_once == 0 {
+            return Err(invalid("bundle_uploads_at_once", "must be at least 1"));
         }
         if self.runtime_starts_at_once == 0 {
             return Err(invalid("runtime_starts_at_once", "must be at least 1"));

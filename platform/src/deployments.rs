@@ -4,8 +4,8 @@
 
 use crate::audit::{self, Change};
 use crate::error::{ApiError, Json, Path};
-use crate::idempotency::IdempotencyKey;
-use crate::permissions::{require, Level, StagePath, StageScope};
+use crate::idempotency::{IdempotencyKey, Idempotent};
+use crate::permissions::{Managing, StagePath, StageScope};
 use crate::server::AppState;
 use crate::storage::{new_id, now_millis, Database, StorageError};
 use crate::versions;
@@ -52,7 +52,8 @@ fn deployment(row: &AnyRow) -> Deployment {
     }
 }
 
-async fn find(
+/// The deployment `deployment_id` if it is one of the stage's.
+pub async fn find(
     database: &Database,
     stage_id: &str,
     deployment_id: &str,
@@ -73,11 +74,10 @@ async fn find(
     security(("bearer" = [])),
     responses((status = 201, body = Deployment), (status = "4XX", body = ErrorBody)))]
 async fn create_deployment(
-    scope: StageScope,
+    Managing(scope): Managing<StageScope>,
     State(state): State<AppState>,
-    Json(request): Json<CreateDeployment>,
+    Idempotent(Json(request)): Idempotent<Json<CreateDeployment>>,
 ) -> Result<(StatusCode, Json<Deployment>), ApiError> {
-    require(scope.level(), Level::Manager)?;
     let version = versions::find(&state.database, &scope.project.id, &request.version)
         .await?
         .ok_or_else(|| {
@@ -215,11 +215,10 @@ async fn get_deployment(
     security(("bearer" = [])),
     responses((status = 200, body = Deployment), (status = "4XX", body = ErrorBody)))]
 async fn stop_deployment(
-    scope: StageScope,
+    Managing(scope): Managing<StageScope>,
     State(state): State<AppState>,
     Path(path): Path<DeploymentPath>,
 ) -> Result<Json<Deployment>, ApiError> {
-    require(scope.level(), Level::Manager)?;
     let deployment = find(&state.database, &scope.stage.id, &path.deployment)
         .await?
         .ok_or(ApiError::NotFound { what: "deployment" })?;

@@ -4,9 +4,8 @@
 use crate::accounts;
 use crate::audit::{self, Change};
 use crate::error::{ApiError, Json};
-use crate::idempotency::IdempotencyKey;
-use crate::permissions::TenantPath;
-use crate::permissions::TenantScope;
+use crate::idempotency::{IdempotencyKey, Idempotent};
+use crate::permissions::{AsStaff, TenantPath, TenantScope};
 use crate::server::AppState;
 use crate::storage::now_millis;
 use crate::{projects, stages};
@@ -84,11 +83,10 @@ async fn resolve(
     security(("bearer" = [])),
     responses((status = 201, body = Grant), (status = "4XX", body = ErrorBody)))]
 async fn grant(
-    scope: TenantScope,
+    AsStaff(scope): AsStaff<TenantScope>,
     State(state): State<AppState>,
-    Json(request): Json<GrantRequest>,
+    Idempotent(Json(request)): Idempotent<Json<GrantRequest>>,
 ) -> Result<(StatusCode, Json<Grant>), ApiError> {
-    scope.access.principal.require_staff()?;
     let resolved = resolve(&state, &scope, &request).await?;
     let now = now_millis();
     let mut transaction = state.database.writer().begin().await?;
@@ -156,11 +154,10 @@ async fn grant(
     security(("bearer" = [])),
     responses((status = 204), (status = "4XX", body = ErrorBody)))]
 async fn revoke(
-    scope: TenantScope,
+    AsStaff(scope): AsStaff<TenantScope>,
     State(state): State<AppState>,
     Json(request): Json<GrantRequest>,
 ) -> Result<StatusCode, ApiError> {
-    scope.access.principal.require_staff()?;
     let resolved = resolve(&state, &scope, &request).await?;
     let mut transaction = state.database.writer().begin().await?;
     let deleted = sqlx::query(
@@ -203,10 +200,9 @@ async fn revoke(
     security(("bearer" = [])),
     responses((status = 200, body = GrantList), (status = "4XX", body = ErrorBody)))]
 async fn list_grants(
-    scope: TenantScope,
+    AsStaff(scope): AsStaff<TenantScope>,
     State(state): State<AppState>,
 ) -> Result<Json<GrantList>, ApiError> {
-    scope.access.principal.require_staff()?;
     let rows = sqlx::query(
         "SELECT g.account_id, a.username, g.scope_kind, g.scope_id, g.role, g.created_at \
          FROM grants g JOIN accounts a ON a.id = g.account_id \

@@ -1,23 +1,38 @@
-//! Idempotent creation: a POST with an `Idempotency-Key` header runs once per caller and key;
+//! Idempotent creation. A route that creates something takes its body through
+//! [`Idempotent`]: a POST with an `Idempotency-Key` header then runs once per caller and key;
 //! a retry with the same key and the same request gets the first answer again (with header
 //! `idempotent-replayed: true`), the same key with a different request is refused. Only
 //! successful answers are kept, so a failed call can simply be retried. Keys expire after a day.
+//!
+//! Three rules keep the stored answers harmless:
+//! - Only routes that take [`Idempotent`] honour the header; elsewhere it is ignored. Routes
+//!   that issue or take credentials (sign-in, sign-up, token refresh, runtime tokens, passwords)
+//!   never take it, so no stored answer or request fingerprint holds a secret, and a retried
+//!   `/auth/refresh` spends its refresh token again instead of replaying the new one.
+//! - [`Idempotent`] is the body extractor, so it runs after the route's caller and scope
+//!   extractors: a replay passes the same authentication and authorization as the first
+//!   request (a disabled account or a revoked grant gets no stored answer), and a key is
+//!   looked at only once the caller is known.
+//! - The body is read under the route's own body limit (the layer below the router), never
+//!   more.
 
-use crate::error::error_response;
+use crate::auth::Authenticated;
+use crate::error::{error_response, ApiError};
 use crate::server::AppState;
 use crate::storage::{now_millis, Database, StorageError};
-use axum::body::{to_bytes, Body};
-use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::body::{to_bytes, Body, Bytes};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
+use std::sync::{Arc, Mutex};
 
 pub const HEADER: &str = "idempotency-key";
 
-/// The header, for the OpenAPI document of the routes that create something.
+/// The header, for the OpenAPI document of the routes that honour it.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Header)]
 pub struct IdempotencyKey {
@@ -30,86 +45,125 @@ const REPLAYED_HEADER: &str = "idempotent-replayed";
 const ABANDONED_AFTER_MILLIS: i64 = 5 * 60 * 1000;
 const KEPT_FOR_MILLIS: i64 = 24 * 60 * 60 * 1000;
 
-pub async fn idempotent_posts(
+/// A key this request claimed; the layer keeps or releases it once the answer is known.
+#[derive(Debug, Clone)]
+struct ClaimedKey {
+    subject: String,
+    key: String,
+}
+
+/// Where [`Idempotent`] leaves its claim for [`keep_answers`].
+#[derive(Debug, Clone, Default)]
+struct ClaimSlot(Arc<Mutex<Option<ClaimedKey>>>);
+
+/// The body of a route that honours `Idempotency-Key`, extracted as `E` (e.g. `Json<T>`,
+/// `Bytes`). Must come after the route's caller and scope extractors, as a body extractor
+/// always does.
+#[derive(Debug)]
+pub struct Idempotent<E>(pub E);
+
+impl<E> FromRequest<AppState> for Idempotent<E>
+where
+    E: FromRequest<AppState>,
+    E::Rejection: IntoResponse,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Response> {
+        let extract = |request: Request| async move {
+            E::from_request(request, state)
+                .await
+                .map(Idempotent)
+                .map_err(IntoResponse::into_response)
+        };
+        let slot = request.extensions().get::<ClaimSlot>().cloned();
+        let subject = request
+            .extensions()
+            .get::<Authenticated>()
+            .map(|caller| caller.subject.clone());
+        let (Some(slot), Some(subject)) = (slot, subject) else {
+            // No key, or a route open to anyone: keys belong to a known caller.
+            return extract(request).await;
+        };
+        let key = key_of(&request).map_err(IntoResponse::into_response)?;
+        let (parts, body) = request.into_parts();
+        // The body limit layer of the route wraps this body: reading stops at the route's limit.
+        let bytes = Bytes::from_request(Request::new(body), state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    error_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "request body too large".to_owned(),
+                    )
+                } else {
+                    ApiError::bad_request("unreadable_body", "the request body could not be read")
+                        .into_response()
+                }
+            })?;
+        let fingerprint = fingerprint(&parts, &bytes);
+        match claim(&state.database, &subject, &key, &fingerprint).await {
+            Ok(Claim::Ours) => {}
+            Ok(Claim::Replay { status, body }) => return Err(replay(status, body)),
+            Ok(Claim::OtherRequest) => {
+                return Err(error_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used for a different request".to_owned(),
+                ))
+            }
+            Ok(Claim::InProgress) => {
+                return Err(error_response(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_in_progress",
+                    "a request with this Idempotency-Key is still running; retry shortly"
+                        .to_owned(),
+                ))
+            }
+            Err(error) => return Err(ApiError::from(error).into_response()),
+        }
+        *slot.0.lock().expect("claim slot") = Some(ClaimedKey { subject, key });
+        // A body `E` refuses (malformed JSON, ...) fails the request, which releases the key.
+        extract(Request::from_parts(parts, Body::from(bytes))).await
+    }
+}
+
+/// The key of a request that has one, checked only now that its caller is known.
+fn key_of(request: &Request) -> Result<String, ApiError> {
+    let value = request
+        .headers()
+        .get(HEADER)
+        .expect("a claim slot is made only for requests with a key");
+    match value.to_str() {
+        Ok(key) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(key.to_owned())
+        }
+        _ => Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// The layer around every route: gives a keyed POST a slot for [`Idempotent`]'s claim, then
+/// keeps the answer of a claimed request that succeeded and releases the claim of one that
+/// failed. Reads no request body.
+pub async fn keep_answers(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    if request.method() != Method::POST {
+    if request.method() != Method::POST || !request.headers().contains_key(HEADER) {
         return next.run(request).await;
     }
-    let Some(key) = request.headers().get(HEADER).cloned() else {
-        return next.run(request).await;
+    let slot = ClaimSlot::default();
+    request.extensions_mut().insert(slot.clone());
+    let response = next.run(request).await;
+    let claimed = slot.0.lock().expect("claim slot").take();
+    let Some(ClaimedKey { subject, key }) = claimed else {
+        return response;
     };
-    let key = match key.to_str() {
-        Ok(key) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => {
-            key.to_owned()
-        }
-        _ => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_idempotency_key",
-                "Idempotency-Key must be 1 to 255 visible ASCII characters".to_owned(),
-            )
-        }
-    };
-    // Keys belong to a caller; without a valid token the route itself answers 401.
-    let subject = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-        })
-        .and_then(|token| state.tokens.verify(token.trim()).ok())
-        .map(|claims| claims.sub);
-    let Some(subject) = subject else {
-        return next.run(request).await;
-    };
-
-    // The route's own body limit sits below this layer: buffer no more than the largest one.
-    let largest_body = state
-        .config
-        .body_limit_bytes
-        .max(state.config.bundle_max_bytes as usize);
-    let (parts, body) = request.into_parts();
-    let bytes = match to_bytes(body, largest_body).await {
-        Ok(bytes) => bytes,
-        // The body limit layer cut it off: let the route report it.
-        Err(_) => {
-            return error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "request body too large".to_owned(),
-            )
-        }
-    };
-    let fingerprint = fingerprint(&parts, &bytes);
-    match claim(&state.database, &subject, &key, &fingerprint).await {
-        Ok(Claim::Ours) => {}
-        Ok(Claim::Replay { status, body }) => return replay(status, body),
-        Ok(Claim::OtherRequest) => {
-            return error_response(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used for a different request".to_owned(),
-            )
-        }
-        Ok(Claim::InProgress) => {
-            return error_response(
-                StatusCode::CONFLICT,
-                "idempotency_key_in_progress",
-                "a request with this Idempotency-Key is still running; retry shortly".to_owned(),
-            )
-        }
-        Err(error) => return crate::error::ApiError::from(error).into_response(),
-    }
-
-    let response = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
     if !response.status().is_success() {
         release(&state.database, &subject, &key).await;
         return response;

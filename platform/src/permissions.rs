@@ -217,6 +217,93 @@ pub fn require(level: Level, needed: Level) -> Result<(), ApiError> {
     }
 }
 
+/// What a scope extractor resolved, for the authorization wrappers below.
+pub trait Scope {
+    fn principal(&self) -> &Principal;
+    /// The caller's level at the place the scope names.
+    fn level(&self) -> Level;
+}
+
+impl Scope for Principal {
+    fn principal(&self) -> &Principal {
+        self
+    }
+
+    fn level(&self) -> Level {
+        match self.role {
+            Role::Admin => Level::Manager,
+            Role::Support => Level::Viewer,
+            _ => Level::None,
+        }
+    }
+}
+
+impl Scope for TenantScope {
+    fn principal(&self) -> &Principal {
+        &self.access.principal
+    }
+
+    fn level(&self) -> Level {
+        self.access.tenant_level()
+    }
+}
+
+impl Scope for ProjectScope {
+    fn principal(&self) -> &Principal {
+        &self.access.principal
+    }
+
+    fn level(&self) -> Level {
+        self.access.project_level(&self.project.id)
+    }
+}
+
+impl Scope for StageScope {
+    fn principal(&self) -> &Principal {
+        &self.access.principal
+    }
+
+    fn level(&self) -> Level {
+        self.access.stage_level(&self.project.id, &self.stage.id)
+    }
+}
+
+/// `S` (a scope or the principal), and the caller manages it; else 403. As an extractor it
+/// decides before the body is read, so a refused caller learns nothing about its body.
+#[derive(Debug)]
+pub struct Managing<S>(pub S);
+
+impl<S> FromRequestParts<AppState> for Managing<S>
+where
+    S: Scope + FromRequestParts<AppState, Rejection = ApiError> + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let scope = S::from_request_parts(parts, state).await?;
+        require(scope.level(), Level::Manager)?;
+        Ok(Managing(scope))
+    }
+}
+
+/// `S` (a scope or the principal), and the caller is admin or support; else 403. Decided
+/// before the body is read, like [`Managing`].
+#[derive(Debug)]
+pub struct AsStaff<S>(pub S);
+
+impl<S> FromRequestParts<AppState> for AsStaff<S>
+where
+    S: Scope + FromRequestParts<AppState, Rejection = ApiError> + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let scope = S::from_request_parts(parts, state).await?;
+        scope.principal().require_staff()?;
+        Ok(AsStaff(scope))
+    }
+}
+
 /// True when `segment` is an id rather than an alias.
 pub fn is_id(segment: &str) -> bool {
     uuid::Uuid::parse_str(segment).is_ok()
@@ -244,16 +331,25 @@ pub fn check_alias(alias: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Names are free text for people: 1–100 characters, no control characters.
+/// True for characters that must not appear in text shown to operators: control characters,
+/// and format characters (Unicode category Cf: bidirectional overrides such as U+202E, which
+/// make `"evil\u{202e}gnp.exe"` read as `evilexe.png`, zero-width joiners, byte order marks),
+/// which change how text looks without being seen.
+pub fn is_hidden_char(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    c.is_control() || c.general_category() == GeneralCategory::Format
+}
+
+/// Names are free text for people: 1–100 characters, no control or format characters, not
+/// only spaces.
 pub fn check_name(name: &str) -> Result<(), ApiError> {
     let length = name.chars().count();
-    if (1..=100).contains(&length) && !name.chars().any(char::is_control) && !name.trim().is_empty()
-    {
+    if (1..=100).contains(&length) && !name.chars().any(is_hidden_char) && !name.trim().is_empty() {
         Ok(())
     } else {
         Err(ApiError::bad_request(
             "invalid_name",
-            "name must be 1 to 100 characters without control characters",
+            "name must be 1 to 100 characters without control or invisible format characters",
         ))
     }
 }
@@ -344,12 +440,6 @@ pub struct ProjectScope {
     pub project: Project,
 }
 
-impl ProjectScope {
-    pub fn level(&self) -> Level {
-        self.access.project_level(&self.project.id)
-    }
-}
-
 impl FromRequestParts<AppState> for ProjectScope {
     type Rejection = ApiError;
 
@@ -394,12 +484,6 @@ pub struct StageScope {
     pub tenant: Tenant,
     pub project: Project,
     pub stage: Stage,
-}
-
-impl StageScope {
-    pub fn level(&self) -> Level {
-        self.access.stage_level(&self.project.id, &self.stage.id)
-    }
 }
 
 impl FromRequestParts<AppState> for StageScope {
@@ -484,6 +568,25 @@ mod tests {
         assert_eq!(access.project_level("p"), Level::None);
         assert_eq!(access.stage_level("p", "s"), Level::Manager);
         assert_eq!(access.stage_level("p", "other"), Level::None);
+    }
+
+    #[test]
+    fn names_refuse_invisible_and_bidirectional_characters() {
+        for good in ["Studio", "Ünïcode Ltd", "東京 Games", "a b", "Emoji 🎮"] {
+            assert!(check_name(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "   ",
+            "evil\u{202e}gnp.exe",
+            "\u{200d}",
+            "\u{feff}Studio",
+            "a\u{2066}b",
+            "soft\u{ad}hyphen",
+            "tab\there",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -4,10 +4,9 @@
 use crate::audit::{self, Change};
 use crate::deployments::{count_live, Within};
 use crate::error::{ApiError, Json};
-use crate::idempotency::IdempotencyKey;
+use crate::idempotency::{IdempotencyKey, Idempotent};
 use crate::permissions::{
-    check_alias, check_name, is_id, require, Level, ProjectPath, ProjectScope, TenantPath,
-    TenantScope,
+    check_alias, check_name, is_id, Managing, ProjectPath, ProjectScope, TenantPath, TenantScope,
 };
 use crate::server::AppState;
 use crate::storage::{new_id, now_millis, Database, StorageError};
@@ -65,11 +64,10 @@ pub async fn find(
     security(("bearer" = [])),
     responses((status = 201, body = Project), (status = "4XX", body = ErrorBody)))]
 async fn create_project(
-    scope: TenantScope,
+    Managing(scope): Managing<TenantScope>,
     State(state): State<AppState>,
-    Json(request): Json<CreateNamed>,
+    Idempotent(Json(request)): Idempotent<Json<CreateNamed>>,
 ) -> Result<(StatusCode, Json<Project>), ApiError> {
-    require(scope.access.tenant_level(), Level::Manager)?;
     check_name(&request.name)?;
     if let Some(alias) = &request.alias {
         check_alias(alias)?;
@@ -173,10 +171,9 @@ async fn get_project(scope: ProjectScope) -> Json<Project> {
     security(("bearer" = [])),
     responses((status = 204), (status = "4XX", body = ErrorBody)))]
 async fn delete_project(
-    scope: ProjectScope,
+    Managing(scope): Managing<ProjectScope>,
     State(state): State<AppState>,
 ) -> Result<StatusCode, ApiError> {
-    require(scope.level(), Level::Manager)?;
     let project = &scope.project;
     let mut transaction = state.database.writer().begin().await?;
     let live = count_live(&mut *transaction, Within::Project(&project.id)).await?;

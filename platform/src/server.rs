@@ -35,6 +35,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub runtimes: Arc<Runtimes>,
     pub dispatcher: Arc<Dispatcher>,
+    /// Turns for version uploads (`bundle_uploads_at_once`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
 }
 
 /// A platform ready to serve: database migrated, signing key loaded, admin in place.
@@ -73,6 +75,9 @@ impl Platform {
             );
         }
         let state = AppState {
+            uploads: Arc::new(tokio::sync::Semaphore::new(
+                config.bundle_uploads_at_once as usize,
+            )),
             config: Arc::new(config),
             database,
             tokens: Arc::new(tokens),
@@ -120,7 +125,7 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            idempotency::idempotent_posts,
+            idempotency::keep_answers,
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -3,9 +3,9 @@
 use crate::audit::{self, Change};
 use crate::deployments::{count_live, Within};
 use crate::error::{ApiError, Json};
-use crate::idempotency::IdempotencyKey;
+use crate::idempotency::{IdempotencyKey, Idempotent};
 use crate::permissions::{
-    check_alias, check_name, is_id, require, Level, ProjectPath, ProjectScope, StagePath,
+    check_alias, check_name, is_id, require, Level, Managing, ProjectPath, ProjectScope, StagePath,
     StageScope,
 };
 use crate::server::AppState;
@@ -65,11 +65,10 @@ pub async fn find(
     security(("bearer" = [])),
     responses((status = 201, body = Stage), (status = "4XX", body = ErrorBody)))]
 async fn create_stage(
-    scope: ProjectScope,
+    Managing(scope): Managing<ProjectScope>,
     State(state): State<AppState>,
-    Json(request): Json<CreateNamed>,
+    Idempotent(Json(request)): Idempotent<Json<CreateNamed>>,
 ) -> Result<(StatusCode, Json<Stage>), ApiError> {
-    require(scope.level(), Level::Manager)?;
     check_name(&request.name)?;
     if let Some(alias) = &request.alias {
         check_alias(alias)?;

@@ -4,8 +4,10 @@
 use crate::audit::{self, Change};
 use crate::deployments::{count_live, Within};
 use crate::error::{ApiError, Json};
-use crate::idempotency::IdempotencyKey;
-use crate::permissions::{check_alias, check_name, is_id, Principal, TenantPath, TenantScope};
+use crate::idempotency::{IdempotencyKey, Idempotent};
+use crate::permissions::{
+    check_alias, check_name, is_id, AsStaff, Principal, TenantPath, TenantScope,
+};
 use crate::server::AppState;
 use crate::storage::{new_id, now_millis, Database, StorageError};
 use axum::extract::State;
@@ -59,11 +61,10 @@ pub fn alias_conflict(error: impl Into<StorageError>, alias: Option<&str>) -> Ap
     security(("bearer" = [])),
     responses((status = 201, body = Tenant), (status = "4XX", body = ErrorBody)))]
 async fn create_tenant(
-    principal: Principal,
+    AsStaff(principal): AsStaff<Principal>,
     State(state): State<AppState>,
-    Json(request): Json<CreateTenant>,
+    Idempotent(Json(request)): Idempotent<Json<CreateTenant>>,
 ) -> Result<(StatusCode, Json<Tenant>), ApiError> {
-    principal.require_staff()?;
     check_name(&request.name)?;
     if let Some(alias) = &request.alias {
         check_alias(alias)?;
@@ -142,10 +143,9 @@ async fn get_tenant(scope: TenantScope) -> Json<Tenant> {
     security(("bearer" = [])),
     responses((status = 204), (status = "4XX", body = ErrorBody)))]
 async fn delete_tenant(
-    scope: TenantScope,
+    AsStaff(scope): AsStaff<TenantScope>,
     State(state): State<AppState>,
 ) -> Result<StatusCode, ApiError> {
-    scope.access.principal.require_staff()?;
     let tenant = &scope.tenant;
     let mut transaction = state.database.writer().begin().await?;
     let live = count_live(&mut *transaction, Within::Tenant(&tenant.id)).await?;

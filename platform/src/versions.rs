@@ -5,8 +5,8 @@
 use crate::audit::{self, Change};
 use crate::deployments::{count_live, Within};
 use crate::error::{ApiError, Json, Path, Query};
-use crate::idempotency::IdempotencyKey;
-use crate::permissions::{require, Level, ProjectPath, ProjectScope};
+use crate::idempotency::{IdempotencyKey, Idempotent};
+use crate::permissions::{Managing, ProjectPath, ProjectScope};
 use crate::server::AppState;
 use crate::storage::{new_id, now_millis, Database, StorageError};
 use axum::body::Bytes;
@@ -99,6 +99,100 @@ pub struct UploadOptions {
     note: Option<String>,
 }
 
+/// The longest `rally-runtime check` may take: loading is bounded by the runtime's own limits
+/// (a second per entry, then its watchdog), so this only catches a wedged process.
+const LOGIC_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Loads the bundle's lobby and match logic with `rally-runtime check`, the code a runtime
+/// starts with, so that a version that could never start is refused at upload: a Lua syntax
+/// error or a top level that fails, a WASM module that does not compile, lacks an export or
+/// imports what the host does not offer, asks for more memory than the cap, or whose start
+/// function does not return within its fuel.
+async fn check_logic(state: &AppState, archive: &Bytes) -> Result<(), ApiError> {
+    let directory = state.config.data_dir.join("uploads");
+    let archive = archive.clone();
+    let file = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        std::fs::create_dir_all(&directory)?;
+        let mut file = tempfile::Builder::new()
+            .suffix(".tar.gz")
+            .tempfile_in(&directory)?;
+        std::io::Write::write_all(&mut file, &archive)?;
+        Ok(file.into_temp_path())
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let binary = state.runtimes.runtime_binary();
+    let checked = tokio::process::Command::new(binary)
+        .arg("check")
+        .arg(&*file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(LOGIC_CHECK_TIMEOUT, checked)
+        .await
+        .map_err(|_| {
+            ApiError::internal(anyhow::anyhow!(
+                "rally-runtime check took longer than {LOGIC_CHECK_TIMEOUT:?}"
+            ))
+        })?
+        .map_err(|error| {
+            ApiError::internal(anyhow::anyhow!(
+                "cannot run {} check: {error}",
+                binary.display()
+            ))
+        })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() == Some(BAD_BUNDLE_EXIT_CODE) {
+        let problem = said
+            .trim()
+            .trim_start_matches("rally-runtime: ")
+            .chars()
+            .take(4000)
+            .collect::<String>();
+        return Err(ApiError::bad_request("bundle_logic_invalid", problem));
+    }
+    Err(ApiError::internal(anyhow::anyhow!(
+        "rally-runtime check failed ({}): {said}",
+        output.status
+    )))
+}
+
+/// `rally-runtime`'s exit code for a bundle whose logic does not load.
+const BAD_BUNDLE_EXIT_CODE: i32 = 3;
+
+/// Waits for one of the node's `bundle_uploads_at_once` turns to read and check an upload:
+/// each holds a few times the archive in memory, so their number is what bounds that memory.
+/// An upload that gets no turn within [`UPLOAD_TURN_WAIT`] is refused (503 `uploads_busy`).
+#[derive(Debug)]
+pub struct UploadTurn(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+const UPLOAD_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl axum::extract::FromRequestParts<AppState> for UploadTurn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        _parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let turn = tokio::time::timeout(UPLOAD_TURN_WAIT, state.uploads.clone().acquire_owned());
+        match turn.await {
+            Ok(Ok(permit)) => Ok(UploadTurn(permit)),
+            _ => Err(ApiError::Rejected {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "uploads_busy",
+                message: "other uploads are being checked; retry in a few seconds".to_owned(),
+            }),
+        }
+    }
+}
+
 /// Upload a version (project managers): the body is the bundle as tar.gz. The archive is
 /// checked whole (manifest, modes, entry files, paths, links, sizes) before anything is stored.
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/projects/{project}/versions", tag = "versions",
@@ -107,17 +201,18 @@ pub struct UploadOptions {
     security(("bearer" = [])),
     responses((status = 201, body = Version), (status = "4XX", body = ErrorBody)))]
 async fn upload_version(
-    scope: ProjectScope,
+    Managing(scope): Managing<ProjectScope>,
     State(state): State<AppState>,
     Query(options): Query<UploadOptions>,
-    archive: Bytes,
+    _turn: UploadTurn,
+    Idempotent(archive): Idempotent<Bytes>,
 ) -> Result<(StatusCode, Json<Version>), ApiError> {
-    require(scope.level(), Level::Manager)?;
     if let Some(note) = &options.note {
-        if note.chars().count() > 500 || note.chars().any(|c| c.is_control() && c != '\n') {
+        let hidden = |c: char| c != '\n' && crate::permissions::is_hidden_char(c);
+        if note.chars().count() > 500 || note.chars().any(hidden) {
             return Err(ApiError::bad_request(
                 "invalid_note",
-                "note must be at most 500 characters without control characters",
+                "note must be at most 500 characters without control or invisible format characters",
             ));
         }
     }
@@ -128,6 +223,7 @@ async fn upload_version(
         .await
         .map_err(ApiError::internal)?
         .map_err(bundle_refused)?;
+    check_logic(&state, &archive).await?;
     let manifest = serde_json::to_string(&bundle.manifest).map_err(ApiError::internal)?;
     let principal = &scope.access.principal;
     let id = new_id();
@@ -274,11 +370,10 @@ async fn download_bundle(
     security(("bearer" = [])),
     responses((status = 204), (status = "4XX", body = ErrorBody)))]
 async fn delete_version(
-    scope: ProjectScope,
+    Managing(scope): Managing<ProjectScope>,
     State(state): State<AppState>,
     Path(path): Path<VersionPath>,
 ) -> Result<StatusCode, ApiError> {
-    require(scope.level(), Level::Manager)?;
     let version = version_in_path(&state, &scope, &path.version).await?;
     let mut transaction = state.database.writer().begin().await?;
     let live = count_live(&mut *transaction, Within::Version(&version.id)).await?;

@@ -39,6 +39,13 @@ pub struct Caller<A: Allowed> {
     allowed: PhantomData<fn() -> A>,
 }
 
+/// Left in the request by [`Caller`] for what runs after it (the request's idempotency key
+/// belongs to this subject).
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub subject: String,
+}
+
 /// Verifies an access token for a route admitting `A`: 401 for a bad or expired token, 403 for
 /// a valid token of another role. For tokens that do not come in the `Authorization` header.
 pub fn verify_for<A: Allowed>(state: &AppState, token: &str) -> Result<Claims, ApiError> {
@@ -63,6 +70,9 @@ impl<A: Allowed> FromRequestParts<AppState> for Caller<A> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer_token(parts)?;
         let claims = verify_for::<A>(state, token)?;
+        parts.extensions.insert(Authenticated {
+            subject: claims.sub.clone(),
+        });
         Ok(Caller {
             subject: claims.sub,
             role: claims.role,

@@ -6,7 +6,7 @@ pub mod refresh;
 pub mod routes;
 pub mod tokens;
 
-pub use extract::{verify_for, Allowed, AnyRole, Caller, Staff};
+pub use extract::{verify_for, Allowed, AnyRole, Authenticated, Caller, Staff};
 pub use tokens::{Claims, TokenService};
 
 use sha2::{Digest, Sha256};

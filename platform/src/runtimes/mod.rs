@@ -120,6 +120,11 @@ impl Runtimes {
         self.pool.connected(runtime_id);
     }
 
+    /// The `rally-runtime` program of this node, which also checks uploaded logic.
+    pub fn runtime_binary(&self) -> &std::path::Path {
+        self.pool.binary()
+    }
+
     /// Where runtimes reach this node; set once when serving starts.
     pub fn set_platform_url(&self, url: String) {
         let _ = self.platform_url.set(url);
@@ -209,12 +214,14 @@ async fn list_runtimes(
     State(state): State<AppState>,
     Path(path): Path<DeploymentPath>,
 ) -> Result<Json<RuntimeList>, ApiError> {
+    // A deployment of another stage is as unknown here as any foreign id.
+    crate::deployments::find(&state.database, &scope.stage.id, &path.deployment)
+        .await?
+        .ok_or(ApiError::NotFound { what: "deployment" })?;
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM runtimes WHERE deployment_id = $1 AND deployment_id IN \
-         (SELECT id FROM deployments WHERE stage_id = $2) ORDER BY created_at DESC, id DESC"
+        "SELECT {COLUMNS} FROM runtimes WHERE deployment_id = $1 ORDER BY created_at DESC, id DESC"
     ))
     .bind(&path.deployment)
-    .bind(&scope.stage.id)
     .fetch_all(state.database.reader())
     .await?;
     Ok(Json(RuntimeList {
@@ -337,10 +344,7 @@ async fn record_exit(state: &AppState, exited: &Exited) -> Result<(), StorageErr
     .bind(&exited.runtime_id)
     .bind(now)
     .bind(exited.exit_code.map(i64::from))
-    .bind(match exited.exit_code {
-        Some(code) => format!("exited with code {code}"),
-        None => "killed by a signal".to_owned(),
-    })
+    .bind(exit_failure(exited.exit_code))
     .fetch_optional(database.writer())
     .await?;
     if let Some(row) = result {
@@ -355,6 +359,23 @@ async fn record_exit(state: &AppState, exited: &Exited) -> Result<(), StorageErr
         }
     }
     Ok(())
+}
+
+/// What a runtime's exit code says, for operators (`rally-runtime`'s documented codes).
+fn exit_failure(exit_code: Option<i32>) -> String {
+    let Some(code) = exit_code else {
+        return "killed by a signal".to_owned();
+    };
+    let why = match code {
+        2 => "bad environment or command line",
+        3 => "the bundle cannot be loaded",
+        4 => "the platform refused its credentials",
+        5 => "the platform was unreachable past the reconnect window",
+        6 => "protocol version mismatch",
+        7 => "a handler ran past its time limit where it could not be interrupted",
+        _ => return format!("exited with code {code}"),
+    };
+    format!("exited with code {code}: {why}")
 }
 
 /// After a crash of this node: runtimes it started are no longer its children. Those still

@@ -170,6 +170,11 @@ impl Drop for KillOnDrop {
 }
 
 impl ProcessPool {
+    /// The `rally-runtime` program this pool starts.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     pub fn new(
         binary: PathBuf,
         log_dir: PathBuf,

@@ -121,6 +121,8 @@ pub fn test_config(database: &TestDatabase) -> Config {
         database_url: Some(SecretString::from(database.url.clone())),
         admin_password: Some(SecretString::from(ADMIN_PASSWORD)),
         shutdown_grace_secs: 5,
+        // Uploads are checked with it even where no runtime starts.
+        runtime_binary: Some(crate::runtimes::runtime_binary()),
         ..Config::default()
     }
 }
@@ -215,19 +217,38 @@ pub async fn announce_body(
     length: u64,
     token: Option<&str>,
 ) -> String {
+    announce_body_with(app, path, content_type, Some(length), token, &[]).await
+}
+
+/// [`announce_body`] with more headers; with no `length`, a request with an empty body.
+pub async fn announce_body_with(
+    app: &TestApp,
+    path: &str,
+    content_type: &str,
+    length: Option<u64>,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut socket = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://"))
         .await
         .unwrap();
-    let authorization = token
-        .map(|token| format!("authorization: Bearer {token}\r\n"))
-        .unwrap_or_default();
-    let head = format!(
+    let mut head = format!(
         "POST {path} HTTP/1.1\r\nhost: rally\r\ncontent-type: {content_type}\r\n\
-         {authorization}content-length: {length}\r\n\r\n"
+         content-length: {}\r\n",
+        length.unwrap_or(0)
     );
+    if let Some(token) = token {
+        head.push_str(&format!("authorization: Bearer {token}\r\n"));
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
     socket.write_all(head.as_bytes()).await.unwrap();
-    socket.write_all(&[b'x'; 1024]).await.unwrap();
+    if length.is_some() {
+        socket.write_all(&[b'x'; 1024]).await.unwrap();
+    }
     let mut answer = Vec::new();
     let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         let mut buffer = [0u8; 4096];

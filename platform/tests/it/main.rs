@@ -13,6 +13,7 @@ mod management;
 mod permissions;
 mod players;
 mod runtimes;
+mod security;
 mod server;
 mod storage;
 mod tictactoe;
