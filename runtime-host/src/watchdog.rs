@@ -69,8 +69,9 @@ impl Drop for Watched<'_> {
     }
 }
 
-/// How often the thread looks: soon enough after a deadline, rarely enough to cost nothing.
-const LOOK_EVERY: Duration = Duration::from_millis(50);
+/// The longest the thread sleeps between looks: an idle runtime's watchdog wakes this often,
+/// and one that finds a call running sleeps until that call's deadline (or this, if sooner).
+const LOOK_AT_MOST_EVERY: Duration = Duration::from_millis(500);
 
 impl Watchdog {
     fn start(limit: Duration) -> std::io::Result<Watchdog> {
@@ -84,11 +85,18 @@ impl Watchdog {
         std::thread::Builder::new()
             .name("handler-watchdog".to_owned())
             .spawn(move || loop {
-                std::thread::sleep(LOOK_EVERY);
                 let deadline = watched.deadline_millis.load(Ordering::Acquire);
-                if deadline != 0 && watched.now_millis() > deadline {
+                let now = watched.now_millis();
+                if deadline != 0 && now > deadline {
                     watched.give_up();
                 }
+                // Wake at the running call's deadline (a little after), else look again later.
+                let sleep = if deadline == 0 {
+                    LOOK_AT_MOST_EVERY
+                } else {
+                    Duration::from_millis(deadline - now + 1).min(LOOK_AT_MOST_EVERY)
+                };
+                std::thread::sleep(sleep);
             })?;
         Ok(Watchdog { shared })
     }
