@@ -14,6 +14,7 @@
 //! went away) the launcher exits; the runtimes it started live on and reconnect, as runtimes of
 //! a crashed platform do.
 
+use crate::limits;
 use crate::loader::{self, ReadBundle};
 use crate::session;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -53,6 +54,8 @@ struct Launcher {
     bundles: BundleCache,
     /// Standard input read so far that does not end a line yet.
     pending: Vec<u8>,
+    /// The limit groups of the runtimes started, by pid, removed when they are reaped.
+    groups: HashMap<u32, limits::Groups>,
 }
 
 impl Launcher {
@@ -76,6 +79,7 @@ impl Launcher {
             mask,
             bundles: BundleCache::default(),
             pending: Vec::new(),
+            groups: HashMap::new(),
         })
     }
 
@@ -153,15 +157,24 @@ impl Launcher {
             .append(true)
             .open(&start.log)?;
         let null = File::open("/dev/null")?;
+        let groups = start
+            .limits
+            .map(|limits| limits::prepare(&start.runtime_id, &limits));
         // SAFETY: the launcher has a single thread (checked when it started, and it starts
         // none), so the child inherits no lock held by another thread. The child never returns
         // into the launcher: it runs the runtime and exits.
         #[allow(unsafe_code)]
         let forked = unsafe { nix::unistd::fork() }?;
         match forked {
-            ForkResult::Parent { child } => Ok(child.as_raw() as u32),
+            ForkResult::Parent { child } => {
+                let pid = child.as_raw() as u32;
+                if let Some(groups) = groups {
+                    self.groups.insert(pid, groups);
+                }
+                Ok(pid)
+            }
             ForkResult::Child => {
-                let code = self.become_runtime(start, bundle, log, null);
+                let code = self.become_runtime(start, bundle, log, null, groups.as_ref());
                 std::process::exit(i32::from(code))
             }
         }
@@ -174,6 +187,7 @@ impl Launcher {
         bundle: Result<Arc<ReadBundle>, String>,
         log: File,
         null: File,
+        groups: Option<&limits::Groups>,
     ) -> u8 {
         drop(self.sigchld.take());
         if self.mask.thread_set_mask().is_err()
@@ -185,6 +199,9 @@ impl Launcher {
         }
         // Standard input, output and error are all the runtime keeps.
         drop((log, null));
+        if let Some(groups) = groups {
+            groups.enter();
+        }
         let runtime = session::RuntimeEnv {
             runtime_id: start.runtime_id.clone(),
             secret: start.secret.clone(),
@@ -207,9 +224,12 @@ impl Launcher {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(error) => return Err(error.into()),
             };
+            let pid = pid.as_raw() as u32;
+            let reason = self.groups.remove(&pid).and_then(limits::Groups::remove);
             send(&Report::Exited {
-                pid: pid.as_raw() as u32,
+                pid,
                 exit_code,
+                reason,
             })?;
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod engine;
 pub mod launcher;
+pub mod limits;
 pub mod loader;
 pub mod lua;
 pub mod session;

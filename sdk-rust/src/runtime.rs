@@ -58,6 +58,17 @@ pub mod launch {
         pub bundle: PathBuf,
         /// The runtime's log: its standard output and error, appended to.
         pub log: PathBuf,
+        /// The deployment's CPU and memory limits for the runtime; none for no limits.
+        #[serde(default)]
+        pub limits: Option<ResourceLimits>,
+    }
+
+    /// What one runtime may use (`runtime_cpu_millis`, `runtime_memory_mb`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ResourceLimits {
+        /// Thousandths of a core.
+        pub cpu_millis: u32,
+        pub memory_mb: u32,
     }
 
     impl std::fmt::Debug for Start {
@@ -68,6 +79,7 @@ pub mod launch {
                 .field("platform_url", &self.platform_url)
                 .field("bundle", &self.bundle)
                 .field("log", &self.log)
+                .field("limits", &self.limits)
                 .finish_non_exhaustive()
         }
     }
@@ -82,7 +94,14 @@ pub mod launch {
         Failed { runtime_id: String, error: String },
         /// A process the launcher started has ended; `exit_code` is `None` when a signal ended
         /// it. Always after its `Started`.
-        Exited { pid: u32, exit_code: Option<i32> },
+        Exited {
+            pid: u32,
+            exit_code: Option<i32>,
+            /// Why, when the launcher knows more than the code: the kernel killed the runtime
+            /// for its memory limit.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            reason: Option<String>,
+        },
     }
 }
 

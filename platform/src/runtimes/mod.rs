@@ -288,6 +288,8 @@ struct DeploymentToRun {
     idle_timeout_secs: u64,
     /// Idle match runtimes kept started, per mode.
     warm_matches: Vec<(String, i64)>,
+    /// What each of its runtimes may use.
+    limits: rally_sdk::runtime::launch::ResourceLimits,
 }
 
 /// Most lobbies started for waiting clients in one pass.
@@ -344,7 +346,10 @@ async fn record_exit(state: &AppState, exited: &Exited) -> Result<(), StorageErr
     .bind(&exited.runtime_id)
     .bind(now)
     .bind(exited.exit_code.map(i64::from))
-    .bind(exit_failure(exited.exit_code))
+    .bind(match &exited.reason {
+        Some(reason) => format!("killed: {reason}"),
+        None => exit_failure(exited.exit_code),
+    })
     .fetch_optional(database.writer())
     .await?;
     if let Some(row) = result {
@@ -402,6 +407,7 @@ async fn recover_after_restart(state: &AppState) -> Result<(), StorageError> {
             &Exited {
                 runtime_id,
                 exit_code: None,
+                reason: None,
             },
         )
         .await?;
@@ -446,6 +452,14 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
                 min_lobbies: config["min_lobbies"].as_i64().unwrap_or(1),
                 max_clients_per_lobby: config["max_clients_per_lobby"].as_i64().unwrap_or(100),
                 idle_timeout_secs: config["idle_timeout_secs"].as_u64().unwrap_or(300),
+                limits: rally_sdk::runtime::launch::ResourceLimits {
+                    cpu_millis: config["runtime_cpu_millis"]
+                        .as_u64()
+                        .map_or(1000, |millis| millis as u32),
+                    memory_mb: config["runtime_memory_mb"]
+                        .as_u64()
+                        .map_or(128, |mb| mb as u32),
+                },
                 warm_matches: config["warm_matches"]
                     .as_object()
                     .map(|modes| {
@@ -493,6 +507,7 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
                 &Exited {
                     runtime_id: id,
                     exit_code: None,
+                    reason: None,
                 },
             )
             .await?;
@@ -818,6 +833,7 @@ async fn start_runtime(
         qualifier,
         platform_url,
         bundle,
+        limits: deployment.limits,
     };
     match runtimes.pool.spawn(spec, slot).await {
         Ok(pid) => {
@@ -911,6 +927,7 @@ async fn stop_all(state: &AppState, exits: &mut mpsc::UnboundedReceiver<Exited>)
             &Exited {
                 runtime_id,
                 exit_code: None,
+                reason: None,
             },
         )
         .await;

@@ -32,6 +32,8 @@ pub struct ProcessSpec {
     pub platform_url: String,
     /// The version's bundle archive on local disk.
     pub bundle: PathBuf,
+    /// The deployment's CPU and memory limits, which the launcher applies.
+    pub limits: launch::ResourceLimits,
 }
 
 /// A runtime process that ended: its runtime and how.
@@ -40,6 +42,8 @@ pub struct Exited {
     pub runtime_id: String,
     /// `None` when it was ended by a signal.
     pub exit_code: Option<i32>,
+    /// Why, when more is known than the code (a memory limit).
+    pub reason: Option<String>,
 }
 
 #[derive(Debug)]
@@ -103,7 +107,11 @@ impl Processes {
                     let _ = waiting.send(Err(error));
                 }
             }
-            Report::Exited { pid, exit_code } => {
+            Report::Exited {
+                pid,
+                exit_code,
+                reason,
+            } => {
                 let Some((runtime_id, _)) = state.runtimes.remove(&pid) else {
                     return;
                 };
@@ -112,6 +120,7 @@ impl Processes {
                 let _ = self.exits.send(Exited {
                     runtime_id,
                     exit_code,
+                    reason,
                 });
             }
         }
@@ -236,6 +245,7 @@ impl ProcessPool {
             qualifier: spec.qualifier,
             platform_url: spec.platform_url.clone(),
             bundle: spec.bundle,
+            limits: Some(spec.limits),
         })
         .map_err(std::io::Error::other)?;
         line.push(b'\n');

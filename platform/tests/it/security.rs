@@ -598,6 +598,106 @@ async fn a_handler_stuck_in_a_library_call_ends_within_its_limit(backend: Backen
     assert!(log.contains("ran past its time limit"), "{log}");
 }
 
+const HUNGRY_LOBBY: &str = r#"
+local lobby = {}
+local kept = {}
+function lobby.on_message(ctx, client_id, payload)
+    if payload == "eat" then
+        -- 48 MiB, within the Lua heap cap (64 MiB) but over the runtime's 32 MiB.
+        for i = 1, 48 do
+            kept[i] = string.rep(string.char(64 + i % 26), 1024 * 1024)
+        end
+    end
+    ctx.respond(client_id, payload)
+end
+return lobby
+"#;
+
+/// The runtime's group of `controller`, if it has one of its own (cgroup v1).
+fn runtime_group(pid: i64, controller: &str, runtime_id: &str) -> Option<std::path::PathBuf> {
+    let groups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = groups.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let _ = fields.next()?;
+        let controllers = fields.next()?;
+        let path = fields.next()?;
+        controllers
+            .split(',')
+            .any(|name| name == controller)
+            .then(|| path.to_owned())
+    })?;
+    path.ends_with(&format!("/rally/{runtime_id}"))
+        .then(|| std::path::PathBuf::from(format!("/sys/fs/cgroup/{controller}{path}")))
+}
+
+/// Finding 4: `runtime_cpu_millis` and `runtime_memory_mb` were validated and never applied.
+async fn runtimes_get_their_deployments_cpu_and_memory_limits(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let (admin, deployment) = deploy(
+        &app,
+        bundle(&[("lobby.lua", HUNGRY_LOBBY)], "lua", "lobby.lua"),
+        serde_json::json!({"min_lobbies": 1, "runtime_memory_mb": 32, "runtime_cpu_millis": 250}),
+    )
+    .await;
+    let ada = player(&app).await;
+    let mut socket: Socket = connect(&app, &ada).await;
+    let lobby = socket.greeted_and_assigned().await;
+    socket.echo("hello").await;
+    let runtimes = admin
+        .list_runtimes("studio", "game", "default", &deployment)
+        .await
+        .unwrap();
+    let pid = runtimes
+        .iter()
+        .find(|runtime| runtime.id == lobby)
+        .unwrap()
+        .pid
+        .unwrap();
+    let memory_group = runtime_group(pid, "memory", &lobby);
+    if let Some(group) = &memory_group {
+        let limit = std::fs::read_to_string(group.join("memory.limit_in_bytes")).unwrap();
+        assert_eq!(limit.trim(), (32u64 << 20).to_string());
+        let cpu = runtime_group(pid, "cpu", &lobby).expect("a cpu group beside the memory one");
+        let quota = std::fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap();
+        assert_eq!(quota.trim(), "25000", "250 millicores of a 100 ms period");
+    } else {
+        // No writable cgroup v1 here: the data segment is capped instead.
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let data = limits
+            .lines()
+            .find(|line| line.starts_with("Max data size"))
+            .unwrap();
+        assert!(data.contains(&(32u64 << 20).to_string()), "{data}");
+    }
+
+    socket.say("eat").await;
+    let Some(group) = memory_group else {
+        // Under RLIMIT_DATA the Lua allocation fails in the handler and the runtime lives on.
+        socket.echo("still here").await;
+        return;
+    };
+    let asked = Instant::now();
+    socket
+        .until("runtime_failed", |event| is_error(event, "runtime_failed"))
+        .await;
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    socket
+        .assigned_to(rally_sdk::player::RuntimeKind::Lobby)
+        .await;
+    socket.echo("after").await;
+    let runtimes = admin
+        .list_runtimes("studio", "game", "default", &deployment)
+        .await
+        .unwrap();
+    let killed = runtimes.iter().find(|runtime| runtime.id == lobby).unwrap();
+    assert_eq!(killed.status, "failed");
+    assert_eq!(
+        killed.failure.as_deref(),
+        Some("killed: memory limit of 32 MiB exceeded")
+    );
+    assert!(!group.exists(), "the runtime's groups are removed");
+}
+
 crate::on_both_backends!(
     credentials_are_never_kept_nor_replayed,
     bodies_stop_at_the_routes_limit_and_uploads_take_turns,
@@ -606,4 +706,5 @@ crate::on_both_backends!(
     names_refuse_invisible_characters,
     logic_that_cannot_load_is_refused_at_upload,
     a_handler_stuck_in_a_library_call_ends_within_its_limit,
+    runtimes_get_their_deployments_cpu_and_memory_limits,
 );
