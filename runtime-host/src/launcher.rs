@@ -54,6 +54,8 @@ struct Launcher {
     bundles: BundleCache,
     /// Standard input read so far that does not end a line yet.
     pending: Vec<u8>,
+    /// Where runtimes' limit groups go.
+    hierarchies: limits::Hierarchies,
     /// The limit groups of the runtimes started, by pid, removed when they are reaped.
     groups: HashMap<u32, limits::Groups>,
 }
@@ -74,11 +76,14 @@ impl Launcher {
         blocked.add(Signal::SIGINT);
         let mask = blocked.thread_swap_mask(SigmaskHow::SIG_BLOCK)?;
         let sigchld = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        let hierarchies = limits::Hierarchies::find();
+        hierarchies.sweep();
         Ok(Self {
             sigchld: Some(sigchld),
             mask,
             bundles: BundleCache::default(),
             pending: Vec::new(),
+            hierarchies,
             groups: HashMap::new(),
         })
     }
@@ -159,7 +164,7 @@ impl Launcher {
         let null = File::open("/dev/null")?;
         let groups = start
             .limits
-            .map(|limits| limits::prepare(&start.runtime_id, &limits));
+            .map(|limits| self.hierarchies.for_runtime(&start.runtime_id, limits));
         // SAFETY: the launcher has a single thread (checked when it started, and it starts
         // none), so the child inherits no lock held by another thread. The child never returns
         // into the launcher: it runs the runtime and exits.

@@ -2,7 +2,9 @@
 //! deployment), applied by the launcher to each runtime it forks.
 //!
 //! Where the cgroup v1 `cpu` and `memory` controllers are mounted and writable (as root on this
-//! kind of host), each runtime gets a group of its own under the launcher's, named by its id:
+//! kind of host), each runtime gets a group of its own under the launcher's, `rally/<its id>`,
+//! which the forked runtime makes and joins itself (the launcher's loop, which every start
+//! goes through, only computes the paths):
 //! `cpu.cfs_quota_us` allows `cpu_millis` thousandths of a core per 100 ms period (the kernel
 //! throttles it past that), and `memory.limit_in_bytes` caps what it holds in memory (the kernel
 //! kills it past that; the launcher reads the group's OOM counter when it reaps the runtime and
@@ -15,72 +17,111 @@
 use rally_sdk::runtime::launch::ResourceLimits;
 use std::path::{Path, PathBuf};
 
+/// Age past which an empty group is taken to be left behind.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// cgroup v1 CPU period, in microseconds; the quota is `cpu_millis` × 100 of it.
 const CPU_PERIOD_MICROS: u64 = 100_000;
 
-/// The groups made for one runtime, removed when it has ended.
+/// Where the cgroup v1 hierarchies of the two controllers put this process's runtimes:
+/// `<mount>/<the launcher's own group>/rally`. Found once, by the launcher.
+#[derive(Debug, Clone, Default)]
+pub struct Hierarchies {
+    cpu: Option<PathBuf>,
+    memory: Option<PathBuf>,
+}
+
+impl Hierarchies {
+    pub fn find() -> Hierarchies {
+        let parent = |controller: &str| {
+            let mount = mount_point(controller)?;
+            let own = own_group(controller).unwrap_or_else(|| "/".to_owned());
+            Some(mount.join(own.trim_start_matches('/')).join("rally"))
+        };
+        Hierarchies {
+            cpu: parent("cpu"),
+            memory: parent("memory"),
+        }
+    }
+
+    /// Removes the groups of runtimes that are gone, left by a launcher that ended before it
+    /// reaped them. The kernel refuses to remove a group that still holds a process; groups
+    /// younger than [`ABANDONED_AFTER`] are left alone, since they may be a runtime's of another
+    /// launcher on this host that has just made its group or has just ended.
+    pub fn sweep(&self) {
+        for parent in [&self.cpu, &self.memory].into_iter().flatten() {
+            let Ok(entries) = std::fs::read_dir(parent) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let abandoned = entry.metadata().is_ok_and(|metadata| {
+                    metadata.is_dir()
+                        && metadata
+                            .modified()
+                            .ok()
+                            .and_then(|modified| modified.elapsed().ok())
+                            .is_some_and(|age| age > ABANDONED_AFTER)
+                });
+                if abandoned {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+        }
+    }
+
+    /// The groups of one runtime with its limits; nothing is made yet.
+    pub fn for_runtime(&self, runtime_id: &str, limits: ResourceLimits) -> Groups {
+        Groups {
+            cpu: self.cpu.as_ref().map(|parent| parent.join(runtime_id)),
+            memory: self.memory.as_ref().map(|parent| parent.join(runtime_id)),
+            limits,
+        }
+    }
+}
+
+/// One runtime's groups: made and joined by the runtime, removed by the launcher.
 #[derive(Debug)]
 pub struct Groups {
     cpu: Option<PathBuf>,
     memory: Option<PathBuf>,
-    memory_mb: u32,
-    /// What could not be applied, for the runtime's log.
-    pub problems: Vec<String>,
-}
-
-/// Makes the runtime's groups with its limits. Never fails: what cannot be applied is noted.
-pub fn prepare(runtime_id: &str, limits: &ResourceLimits) -> Groups {
-    let mut groups = Groups {
-        cpu: None,
-        memory: None,
-        memory_mb: limits.memory_mb,
-        problems: Vec::new(),
-    };
-    let quota = u64::from(limits.cpu_millis) * CPU_PERIOD_MICROS / 1000;
-    match make_group(
-        "cpu",
-        runtime_id,
-        &[
-            ("cpu.cfs_period_us", CPU_PERIOD_MICROS.to_string()),
-            ("cpu.cfs_quota_us", quota.to_string()),
-        ],
-    ) {
-        Ok(path) => groups.cpu = Some(path),
-        Err(problem) => groups.problems.push(format!(
-            "the CPU limit of {} millicores is not enforced: {problem}",
-            limits.cpu_millis
-        )),
-    }
-    let bytes = u64::from(limits.memory_mb) * 1024 * 1024;
-    match make_group("memory", runtime_id, &[
-        ("memory.limit_in_bytes", bytes.to_string()),
-        // Past the limit the runtime is killed, not left to swap.
-        ("memory.swappiness", "0".to_owned()),
-    ]) {
-        Ok(path) => groups.memory = Some(path),
-        Err(problem) => groups.problems.push(format!(
-            "the memory cgroup is not available ({problem}); the memory limit of {} MiB applies to the data segment (RLIMIT_DATA)",
-            limits.memory_mb
-        )),
-    }
-    groups
+    limits: ResourceLimits,
 }
 
 impl Groups {
-    /// In the forked runtime: joins its groups (or sets `RLIMIT_DATA`) and logs what is not
-    /// enforced.
+    /// In the forked runtime, before it loads anything: makes and joins its groups (or sets
+    /// `RLIMIT_DATA`), and logs what is not enforced.
     pub fn enter(&self) {
-        let pid = std::process::id().to_string();
-        for group in [&self.cpu, &self.memory].into_iter().flatten() {
-            if let Err(error) = std::fs::write(group.join("cgroup.procs"), &pid) {
-                eprintln!(
-                    "rally-runtime: cannot join {}: {error}; its limit is not enforced",
-                    group.display()
-                );
-            }
+        let ResourceLimits {
+            cpu_millis,
+            memory_mb,
+        } = self.limits;
+        let quota = u64::from(cpu_millis) * CPU_PERIOD_MICROS / 1000;
+        let cpu = join(
+            self.cpu.as_deref(),
+            &[
+                ("cpu.cfs_period_us", CPU_PERIOD_MICROS.to_string()),
+                ("cpu.cfs_quota_us", quota.to_string()),
+            ],
+        );
+        if let Err(problem) = cpu {
+            eprintln!(
+                "rally-runtime: the CPU limit of {cpu_millis} millicores is not enforced: {problem}"
+            );
         }
-        if self.memory.is_none() {
-            let bytes = u64::from(self.memory_mb) * 1024 * 1024;
+        let bytes = u64::from(memory_mb) * 1024 * 1024;
+        let memory = join(
+            self.memory.as_deref(),
+            &[
+                ("memory.limit_in_bytes", bytes.to_string()),
+                // Past the limit the runtime is killed, not left to swap.
+                ("memory.swappiness", "0".to_owned()),
+            ],
+        );
+        if let Err(problem) = memory {
+            eprintln!(
+                "rally-runtime: no memory group ({problem}); the memory limit of {memory_mb} MiB \
+                 caps the data segment instead (RLIMIT_DATA)"
+            );
             let set = nix::sys::resource::setrlimit(
                 nix::sys::resource::Resource::RLIMIT_DATA,
                 bytes,
@@ -90,9 +131,6 @@ impl Groups {
                 eprintln!("rally-runtime: cannot set RLIMIT_DATA: {error}");
             }
         }
-        for problem in &self.problems {
-            eprintln!("rally-runtime: {problem}");
-        }
     }
 
     /// In the launcher, once the runtime is reaped: why the kernel ended it, if it was its
@@ -100,15 +138,30 @@ impl Groups {
     pub fn remove(self) -> Option<String> {
         let killed = self.memory.as_deref().and_then(oom_kills).unwrap_or(0);
         for group in [self.cpu, self.memory].into_iter().flatten() {
-            if let Err(error) = std::fs::remove_dir(&group) {
-                eprintln!(
+            match std::fs::remove_dir(&group) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => eprintln!(
                     "rally-runtime launcher: cannot remove {}: {error}",
                     group.display()
-                );
+                ),
+                _ => {}
             }
         }
-        (killed > 0).then(|| format!("memory limit of {} MiB exceeded", self.memory_mb))
+        (killed > 0).then(|| format!("memory limit of {} MiB exceeded", self.limits.memory_mb))
     }
+}
+
+/// Makes `group` with `settings` and moves this process into it.
+fn join(group: Option<&Path>, settings: &[(&str, String)]) -> Result<(), String> {
+    let group = group.ok_or("the controller is not mounted (cgroup v1)")?;
+    std::fs::create_dir_all(group).map_err(|error| format!("{}: {error}", group.display()))?;
+    let write = |file: &str, value: &str| {
+        let path = group.join(file);
+        std::fs::write(&path, value).map_err(|error| format!("{}: {error}", path.display()))
+    };
+    for (file, value) in settings {
+        write(file, value)?;
+    }
+    write("cgroup.procs", &std::process::id().to_string())
 }
 
 /// `oom_kill` of a memory group: how many of its processes the kernel killed.
@@ -118,30 +171,6 @@ fn oom_kills(group: &Path) -> Option<u64> {
         line.strip_prefix("oom_kill ")
             .and_then(|count| count.trim().parse().ok())
     })
-}
-
-/// Makes `rally/<runtime_id>` below this process's own group of `controller` and writes
-/// `settings` into it.
-fn make_group(
-    controller: &str,
-    runtime_id: &str,
-    settings: &[(&str, String)],
-) -> Result<PathBuf, String> {
-    let mount = mount_point(controller).ok_or("the controller is not mounted (cgroup v1)")?;
-    let own = own_group(controller).unwrap_or_else(|| "/".to_owned());
-    let group = mount
-        .join(own.trim_start_matches('/'))
-        .join("rally")
-        .join(runtime_id);
-    std::fs::create_dir_all(&group).map_err(|error| format!("{}: {error}", group.display()))?;
-    for (file, value) in settings {
-        let path = group.join(file);
-        if let Err(error) = std::fs::write(&path, value) {
-            let _ = std::fs::remove_dir(&group);
-            return Err(format!("{}: {error}", path.display()));
-        }
-    }
-    Ok(group)
 }
 
 /// Where the cgroup v1 hierarchy holding `controller` is mounted.
