@@ -27,6 +27,17 @@ const USAGE: &str = "usage: rally-runtime                        (started by the
                      rally-runtime --version";
 
 fn main() -> ExitCode {
+    // Diagnostics go to standard error, which is a runtime's log (the launcher's children
+    // inherit this subscriber; it holds no thread). Standard output is for data: the
+    // launcher's reports, `simulate`'s commands.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("--version") | Some("-V") => {
