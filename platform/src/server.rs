@@ -188,7 +188,17 @@ pub async fn serve(
     if let Err(error) = supervisor.await {
         tracing::error!(%error, "runtime supervisor failed");
     }
-    state.dispatcher.flush().await;
+    // The journal retries what the database refuses; a database that stays away past the grace
+    // period cannot stop the platform from stopping.
+    if tokio::time::timeout(grace, state.dispatcher.flush())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            grace_secs = grace.as_secs(),
+            "the database did not take the last client changes before the shutdown deadline; they are lost"
+        );
+    }
     state.database.close().await;
     result
 }

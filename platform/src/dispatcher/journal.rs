@@ -1,7 +1,10 @@
 //! The dispatcher's changes to durable state, written in order by one task and batched into
-//! transactions, so that relaying messages never waits for the database.
+//! transactions, so that relaying messages never waits for the database. A batch the database
+//! refuses (it is down, locked, restarting) is written again, with backoff, until it goes in:
+//! changes wait in order meanwhile, and none is dropped.
 
 use crate::storage::{now_millis, Database, StorageError};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// One change the dispatcher made to a client or player.
@@ -37,12 +40,40 @@ const BATCH: usize = 512;
 pub async fn write_changes(database: Database, mut changes: mpsc::UnboundedReceiver<Change>) {
     let mut batch = Vec::with_capacity(BATCH);
     while changes.recv_many(&mut batch, BATCH).await > 0 {
-        if let Err(error) = write_batch(&database, &batch).await {
-            tracing::error!(%error, changes = batch.len(), "cannot record client changes");
-        }
+        write_until_done(&database, &batch).await;
         for change in batch.drain(..) {
             if let Change::Flush(done) = change {
                 let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// First wait after a failed batch; it doubles up to [`MOST_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MOST_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Writes `batch`, again and again with backoff until the database takes it.
+async fn write_until_done(database: &Database, batch: &[Change]) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut failures = 0u32;
+    loop {
+        match write_batch(database, batch).await {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(
+                        changes = batch.len(),
+                        failures,
+                        "client changes recorded after the database came back"
+                    );
+                }
+                return;
+            }
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(%error, changes = batch.len(), failures, retry_in_ms = backoff.as_millis() as u64, "cannot record client changes yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MOST_BACKOFF);
             }
         }
     }

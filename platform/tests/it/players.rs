@@ -1292,6 +1292,81 @@ async fn matches_outlive_a_new_deployment_and_broken_ones_strand_nobody(backend:
     }
 }
 
+/// The database refuses the journal's writes for a while: SQLite is locked by another writer
+/// past the busy timeout; PostgreSQL holds the table locked, then drops every connection of
+/// the platform. Profiles set meanwhile reach the database once it is back.
+async fn profiles_survive_a_database_that_refuses_writes(backend: Backend) {
+    use sqlx::Connection;
+    let app = app(backend, |_| {}).await;
+    deploy(&app, lab_bundle(), serde_json::json!({"min_lobbies": 1})).await;
+    let ada = player(&app).await;
+    let mut socket = connect(&app, &ada).await;
+    socket.greeted_and_assigned().await;
+
+    sqlx::any::install_default_drivers();
+    let mut blocker = sqlx::AnyConnection::connect(&app.database.url)
+        .await
+        .unwrap();
+    match backend {
+        Backend::Sqlite => {
+            sqlx::query("BEGIN EXCLUSIVE")
+                .execute(&mut blocker)
+                .await
+                .unwrap();
+        }
+        Backend::Postgres => {
+            sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+            sqlx::query("LOCK TABLE players IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut blocker)
+                .await
+                .unwrap();
+        }
+    }
+    socket.say("profile:42").await;
+    socket
+        .until("saved", |event| text_of(event) == Some("saved"))
+        .await;
+    match backend {
+        // Past the 5 s busy timeout: the journal's transaction fails.
+        Backend::Sqlite => tokio::time::sleep(Duration::from_secs(8)).await,
+        Backend::Postgres => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            // The journal's update waits on the lock; ending its connection fails the batch.
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .execute(&mut blocker)
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+    blocker.close().await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let profile: Option<String> =
+            sqlx::query_scalar("SELECT profile FROM players WHERE user_id = $1")
+                .bind(&ada.user_id)
+                .fetch_optional(app.state.database.reader())
+                .await
+                .ok()
+                .flatten();
+        if profile.as_deref() == Some(r#"{"wins":42}"#) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the profile set during the outage was lost: {profile:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The relay went on through the outage and after it.
+    socket.echo("after the outage").await;
+}
+
 on_both_backends!(
     a_player_is_greeted_assigned_and_echoed,
     the_long_poll_fallback_carries_the_same_events,
@@ -1306,4 +1381,5 @@ on_both_backends!(
     matchmaking_moves_players_into_a_match_and_back,
     matches_outlive_a_new_deployment_and_broken_ones_strand_nobody,
     a_burst_of_matches_starts_in_turn_and_strands_nobody,
+    profiles_survive_a_database_that_refuses_writes,
 );
