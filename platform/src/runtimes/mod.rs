@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use process_pool::{Exited, ProcessPool, ProcessSpec};
+use rally_sdk::manifest::DeploymentConfig;
 use rally_sdk::runtime::{PlatformMessage, Qualifier, RuntimeTokenRequest};
 use rally_sdk::wire::{ErrorBody, Role, RuntimeInfo, RuntimeList, TokenPair};
 use serde::Deserialize;
@@ -442,34 +443,33 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
     );
     let deployments: Vec<DeploymentToRun> = deployments
         .iter()
-        .map(|row| {
-            let config: serde_json::Value =
-                serde_json::from_str(&row.get::<String, _>(3)).unwrap_or_default();
-            DeploymentToRun {
-                id: row.get(0),
+        .filter_map(|row| {
+            let id: String = row.get(0);
+            // A stored config that does not parse is a fault to report, never a set of defaults.
+            let config: DeploymentConfig = match serde_json::from_str(&row.get::<String, _>(3)) {
+                Ok(config) => config,
+                Err(error) => {
+                    tracing::error!(deployment_id = %id, %error, "the deployment's stored config does not parse; its runtimes are left alone");
+                    return None;
+                }
+            };
+            Some(DeploymentToRun {
+                id,
                 status: row.get(1),
                 bundle_sha256: row.get(2),
-                min_lobbies: config["min_lobbies"].as_i64().unwrap_or(1),
-                max_clients_per_lobby: config["max_clients_per_lobby"].as_i64().unwrap_or(100),
-                idle_timeout_secs: config["idle_timeout_secs"].as_u64().unwrap_or(300),
+                min_lobbies: i64::from(config.min_lobbies),
+                max_clients_per_lobby: i64::from(config.max_clients_per_lobby),
+                idle_timeout_secs: u64::from(config.idle_timeout_secs),
                 limits: rally_sdk::runtime::launch::ResourceLimits {
-                    cpu_millis: config["runtime_cpu_millis"]
-                        .as_u64()
-                        .map_or(1000, |millis| millis as u32),
-                    memory_mb: config["runtime_memory_mb"]
-                        .as_u64()
-                        .map_or(128, |mb| mb as u32),
+                    cpu_millis: config.runtime_cpu_millis,
+                    memory_mb: config.runtime_memory_mb,
                 },
-                warm_matches: config["warm_matches"]
-                    .as_object()
-                    .map(|modes| {
-                        modes
-                            .iter()
-                            .map(|(mode, count)| (mode.clone(), count.as_i64().unwrap_or(0)))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            }
+                warm_matches: config
+                    .warm_matches
+                    .into_iter()
+                    .map(|(mode, count)| (mode, i64::from(count)))
+                    .collect(),
+            })
         })
         .collect();
     *runtimes.deployments.lock().expect("deployments lock") = deployments.clone();
