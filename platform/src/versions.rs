@@ -15,6 +15,7 @@ use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use rally_sdk::bundle::{inspect, Bundle, BundleError};
+use rally_sdk::runtime::Exit;
 use rally_sdk::wire::{ErrorBody, Version, VersionList};
 use serde::Deserialize;
 use sqlx::any::AnyRow;
@@ -148,7 +149,7 @@ async fn check_logic(state: &AppState, archive: &Bytes) -> Result<(), ApiError> 
         return Ok(());
     }
     let said = String::from_utf8_lossy(&output.stderr);
-    if output.status.code() == Some(BAD_BUNDLE_EXIT_CODE) {
+    if output.status.code() == Some(i32::from(Exit::BadBundle.code())) {
         let problem = said
             .trim()
             .trim_start_matches("rally-runtime: ")
@@ -162,9 +163,6 @@ async fn check_logic(state: &AppState, archive: &Bytes) -> Result<(), ApiError> 
         output.status
     )))
 }
-
-/// `rally-runtime`'s exit code for a bundle whose logic does not load.
-const BAD_BUNDLE_EXIT_CODE: i32 = 3;
 
 /// Waits for one of the node's `bundle_uploads_at_once` turns to read and check an upload:
 /// each holds a few times the archive in memory, so their number is what bounds that memory.

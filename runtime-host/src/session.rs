@@ -20,25 +20,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-/// How a runtime process ends. The numbers are its exit codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// Stopped as asked (`stop_requested` or SIGTERM).
-    Stopped = 0,
-    /// The environment or command line is wrong.
-    Usage = 2,
-    /// The bundle cannot be loaded: invalid, or its logic does not compile.
-    BadBundle = 3,
-    /// The platform refused the runtime's credentials (unknown, used or revoked).
-    CredentialsRefused = 4,
-    /// The platform could not be reached for longer than the reconnect window.
-    PlatformLost = 5,
-    /// The platform speaks a protocol version this runtime does not.
-    ProtocolMismatch = 6,
-    /// A handler ran past its time limit where it could not be interrupted
-    /// ([`crate::watchdog`]); the game state it held is lost.
-    HandlerStuck = 7,
-}
+/// How a runtime process ends: the protocol's exit codes.
+pub use rally_sdk::runtime::Exit;
 
 /// How long a runtime keeps trying to reach a platform that went away before it gives up:
 /// long enough for a platform restart, short enough that a dead platform leaves no orphans.

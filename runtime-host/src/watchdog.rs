@@ -45,7 +45,7 @@ struct Shared {
     /// When the running call must be over, in milliseconds since `epoch`; 0 when none runs.
     deadline_millis: AtomicU64,
     /// A call's time limit, in milliseconds.
-    limit_millis: AtomicU64,
+    limit_millis: u64,
     /// What the running call is, for the log: a [`Call`].
     call: AtomicU64,
 }
@@ -78,7 +78,7 @@ impl Watchdog {
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
             deadline_millis: AtomicU64::new(0),
-            limit_millis: AtomicU64::new(limit.as_millis() as u64),
+            limit_millis: limit.as_millis() as u64,
             call: AtomicU64::new(Call::Loading as u64),
         });
         let watched = Arc::clone(&shared);
@@ -104,8 +104,7 @@ impl Watchdog {
     fn watch(&self, call: Call) -> Watched<'_> {
         let shared = &*self.shared;
         shared.call.store(call as u64, Ordering::Relaxed);
-        let limit = shared.limit_millis.load(Ordering::Relaxed);
-        let deadline = shared.now_millis() + limit + GRACE.as_millis() as u64;
+        let deadline = shared.now_millis() + shared.limit_millis + GRACE.as_millis() as u64;
         shared
             .deadline_millis
             .store(deadline.max(1), Ordering::Release);
@@ -129,9 +128,9 @@ impl Shared {
             "rally-runtime: {what} ran past its time limit of {} ms inside a function that \
              cannot be interrupted (a library call such as string.find on very large strings?); \
              stopping the runtime (exit code {})",
-            self.limit_millis.load(Ordering::Relaxed),
-            Exit::HandlerStuck as u8
+            self.limit_millis,
+            Exit::HandlerStuck.code()
         );
-        std::process::exit(i32::from(Exit::HandlerStuck as u8))
+        std::process::exit(i32::from(Exit::HandlerStuck.code()))
     }
 }

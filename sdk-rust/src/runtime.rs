@@ -19,6 +19,66 @@ pub const SUBPROTOCOL: &str = "rally.runtime.v1";
 /// the platform's too, for frames of a few hundred bytes. Bigger frames take more reads.
 pub const SOCKET_READ_BUFFER: usize = 16 * 1024;
 
+/// How a `rally-runtime` process ends. The numbers are its exit codes (docs/protocol.md §6);
+/// the platform reads them back with [`Exit::from_code`] to say why a runtime ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped as asked (`stop_requested` or SIGTERM).
+    Stopped = 0,
+    /// The environment or command line is wrong.
+    Usage = 2,
+    /// The bundle cannot be loaded: invalid, or its logic does not compile.
+    BadBundle = 3,
+    /// The platform refused the runtime's credentials (unknown, used or revoked).
+    CredentialsRefused = 4,
+    /// The platform could not be reached for longer than the reconnect window.
+    PlatformLost = 5,
+    /// The platform speaks a protocol version this runtime does not.
+    ProtocolMismatch = 6,
+    /// A handler ran past its time limit where it could not be interrupted (the runtime's
+    /// watchdog ended it); the game state it held is lost.
+    HandlerStuck = 7,
+}
+
+impl Exit {
+    const ALL: [Exit; 7] = [
+        Exit::Stopped,
+        Exit::Usage,
+        Exit::BadBundle,
+        Exit::CredentialsRefused,
+        Exit::PlatformLost,
+        Exit::ProtocolMismatch,
+        Exit::HandlerStuck,
+    ];
+
+    /// The exit code a process ends with.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The documented exit for `code`, if it is one.
+    pub fn from_code(code: i32) -> Option<Exit> {
+        Exit::ALL
+            .into_iter()
+            .find(|exit| i32::from(exit.code()) == code)
+    }
+
+    /// What the exit means, for operators.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Exit::Stopped => "stopped as asked",
+            Exit::Usage => "bad environment or command line",
+            Exit::BadBundle => "the bundle cannot be loaded",
+            Exit::CredentialsRefused => "the platform refused its credentials",
+            Exit::PlatformLost => "the platform was unreachable past the reconnect window",
+            Exit::ProtocolMismatch => "protocol version mismatch",
+            Exit::HandlerStuck => {
+                "a handler ran past its time limit where it could not be interrupted"
+            }
+        }
+    }
+}
+
 /// Environment variables a runtime process is started with.
 pub mod env {
     /// The runtime's id (a UUID).

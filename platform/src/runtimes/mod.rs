@@ -369,19 +369,13 @@ async fn record_exit(state: &AppState, exited: &Exited) -> Result<(), StorageErr
 
 /// What a runtime's exit code says, for operators (`rally-runtime`'s documented codes).
 fn exit_failure(exit_code: Option<i32>) -> String {
-    let Some(code) = exit_code else {
-        return "killed by a signal".to_owned();
-    };
-    let why = match code {
-        2 => "bad environment or command line",
-        3 => "the bundle cannot be loaded",
-        4 => "the platform refused its credentials",
-        5 => "the platform was unreachable past the reconnect window",
-        6 => "protocol version mismatch",
-        7 => "a handler ran past its time limit where it could not be interrupted",
-        _ => return format!("exited with code {code}"),
-    };
-    format!("exited with code {code}: {why}")
+    match exit_code {
+        None => "killed by a signal".to_owned(),
+        Some(code) => match rally_sdk::runtime::Exit::from_code(code) {
+            Some(exit) => format!("exited with code {code}: {}", exit.meaning()),
+            None => format!("exited with code {code}"),
+        },
+    }
 }
 
 /// After a crash of this node: runtimes it started are no longer its children. Those still
