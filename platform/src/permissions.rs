@@ -81,6 +81,16 @@ impl Principal {
         matches!(self.role, Role::Admin | Role::Support)
     }
 
+    /// What the role alone allows everywhere: admins manage, support views, developers
+    /// depend on their grants (`None`).
+    pub fn staff_level(&self) -> Option<Level> {
+        match self.role {
+            Role::Admin => Some(Level::Manager),
+            Role::Support => Some(Level::Viewer),
+            _ => None,
+        }
+    }
+
     pub fn require_staff(&self) -> Result<(), ApiError> {
         if self.is_staff() {
             Ok(())
@@ -168,11 +178,7 @@ impl Access {
     }
 
     fn staff_level(&self) -> Option<Level> {
-        match self.principal.role {
-            Role::Admin => Some(Level::Manager),
-            Role::Support => Some(Level::Viewer),
-            _ => None,
-        }
+        self.principal.staff_level()
     }
 
     pub fn tenant_level(&self) -> Level {
@@ -230,11 +236,7 @@ impl Scope for Principal {
     }
 
     fn level(&self) -> Level {
-        match self.role {
-            Role::Admin => Level::Manager,
-            Role::Support => Level::Viewer,
-            _ => Level::None,
-        }
+        self.staff_level().unwrap_or(Level::None)
     }
 }
 
