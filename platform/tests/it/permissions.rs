@@ -144,7 +144,15 @@ pub fn hello_bundle() -> Vec<u8> {
     rally_sdk::bundle::pack(directory, &rally_sdk::bundle::BundleLimits::default()).unwrap()
 }
 
-async fn developer(app: &TestApp, admin: &RallyClient, name: &str) -> (String, RallyClient) {
+/// A signed-in developer account.
+pub(crate) struct Developer {
+    pub(crate) id: String,
+    pub(crate) api: RallyClient,
+    pub(crate) token: String,
+}
+
+/// Creates developer `name` and signs it in.
+pub(crate) async fn developer(app: &TestApp, admin: &RallyClient, name: &str) -> Developer {
     let account = admin
         .create_developer(name, "developer-password")
         .await
@@ -154,7 +162,11 @@ async fn developer(app: &TestApp, admin: &RallyClient, name: &str) -> (String, R
         .login(name, "developer-password")
         .await
         .unwrap();
-    (account.id, app.client().authenticated(&tokens.access_token))
+    Developer {
+        id: account.id,
+        api: app.client().authenticated(&tokens.access_token),
+        token: tokens.access_token,
+    }
 }
 
 fn manager_of(tenant: &str, developer: &str) -> (String, GrantRequest) {
@@ -196,9 +208,13 @@ async fn fixture(app: &TestApp) -> Fixture {
         .await
         .unwrap();
 
-    let (_, alice) = developer(app, &admin, "alice").await;
-    let (bob_id, bob) = developer(app, &admin, "bob").await;
-    let (_, mallory) = developer(app, &admin, "mallory").await;
+    let alice = developer(app, &admin, "alice").await.api;
+    let Developer {
+        id: bob_id,
+        api: bob,
+        ..
+    } = developer(app, &admin, "bob").await;
+    let mallory = developer(app, &admin, "mallory").await.api;
     let (tenant_alias, grant) = manager_of("alpha", "alice");
     admin.grant(&tenant_alias, &grant).await.unwrap();
     let (tenant_alias, grant) = manager_of("beta", "mallory");

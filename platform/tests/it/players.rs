@@ -115,17 +115,34 @@ pub(crate) async fn deploy(
         .upload_version("studio", "game", bundle, None)
         .await
         .unwrap();
-    let deployment = admin
-        .deploy(
-            "studio",
-            "game",
-            "default",
-            &version.number.to_string(),
-            overrides,
-        )
+    let deployment = deploy_version(&admin, "studio", version.number, overrides).await;
+    (admin, deployment)
+}
+
+/// Deploys version `number` of `tenant`'s project `game` on stage `default`: its id.
+pub(crate) async fn deploy_version(
+    admin: &RallyClient,
+    tenant: &str,
+    number: i64,
+    overrides: serde_json::Value,
+) -> String {
+    admin
+        .deploy(tenant, "game", "default", &number.to_string(), overrides)
         .await
-        .unwrap();
-    (admin, deployment.id)
+        .unwrap()
+        .id
+}
+
+/// The pid of runtime `runtime_id` of `studio/game/default`'s deployment `deployment`.
+pub(crate) async fn runtime_pid(admin: &RallyClient, deployment: &str, runtime_id: &str) -> i64 {
+    admin
+        .list_runtimes("studio", "game", "default", deployment)
+        .await
+        .unwrap()
+        .iter()
+        .find(|runtime| runtime.id == runtime_id)
+        .and_then(|runtime| runtime.pid)
+        .unwrap_or_else(|| panic!("runtime {runtime_id} has no pid"))
 }
 
 /// A signed-in player with a client on `studio/game/default`.
@@ -870,16 +887,7 @@ async fn a_dead_lobby_sends_its_clients_to_another(backend: Backend) {
     let mut socket = connect(&app, &ada).await;
     let lobby = socket.greeted_and_assigned().await;
     socket.echo("before").await;
-    let runtimes = admin
-        .list_runtimes("studio", "game", "default", &deployment)
-        .await
-        .unwrap();
-    let pid = runtimes
-        .iter()
-        .find(|r| r.id == lobby)
-        .unwrap()
-        .pid
-        .unwrap();
+    let pid = runtime_pid(&admin, &deployment, &lobby).await;
     std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()
@@ -1171,17 +1179,8 @@ async fn deploy_unchecked(
         .execute(database)
         .await
         .unwrap();
-    let deployment = admin
-        .deploy(
-            "studio",
-            "game",
-            "default",
-            &version.number.to_string(),
-            overrides,
-        )
-        .await
-        .unwrap();
-    (admin, deployment.id)
+    let deployment = deploy_version(&admin, "studio", version.number, overrides).await;
+    (admin, deployment)
 }
 
 /// The lab logic with a match file that fails when loaded: every match runtime dies at start.

@@ -4,11 +4,10 @@
 use crate::helpers::{
     announce_body_with, assert_api_error, code, spawn_app, Backend, TestApp, ADMIN_PASSWORD,
 };
-use crate::permissions::hello_bundle;
-use crate::players::{app, connect, deploy, is_error, player, Socket};
-use rally_sdk::player::PlayerEvent;
+use crate::permissions::{developer, hello_bundle, Developer};
+use crate::players::{app, connect, deploy, deploy_version, is_error, player, runtime_pid, Socket};
+use rally_sdk::player::RuntimeKind;
 use rally_sdk::wire::{GrantRequest, GrantRole, ScopeKind};
-use rally_sdk::RallyClient;
 use std::time::{Duration, Instant};
 
 /// Every stored idempotent answer, as text.
@@ -243,23 +242,6 @@ async fn hold_upload(app: &TestApp, path: &str, token: &str) -> tokio::net::TcpS
     socket
 }
 
-/// A developer account: its client and its access token.
-async fn developer(app: &TestApp, admin: &RallyClient, name: &str) -> (RallyClient, String) {
-    admin
-        .create_developer(name, "developer-password")
-        .await
-        .unwrap();
-    let tokens = app
-        .client()
-        .login(name, "developer-password")
-        .await
-        .unwrap();
-    (
-        app.client().authenticated(&tokens.access_token),
-        tokens.access_token,
-    )
-}
-
 fn tenant_manager(developer: &str) -> GrantRequest {
     GrantRequest {
         developer: developer.to_owned(),
@@ -276,7 +258,7 @@ async fn replays_pass_the_same_checks_as_the_first_request(backend: Backend) {
     let app = spawn_app(backend).await;
     let admin = app.admin().await;
     admin.create_tenant("Studio", Some("studio")).await.unwrap();
-    let (ada, _) = developer(&app, &admin, "ada").await;
+    let ada = developer(&app, &admin, "ada").await.api;
     admin.grant("studio", &tenant_manager("ada")).await.unwrap();
 
     let keyed = ada.with_idempotency_key("k-project");
@@ -315,7 +297,11 @@ async fn who_asks_is_checked_before_what_is_asked(backend: Backend) {
     let app = app(backend, |_| {}).await;
     let admin = app.admin().await;
     admin.create_tenant("Studio", Some("studio")).await.unwrap();
-    let (ada, ada_token) = developer(&app, &admin, "ada").await;
+    let Developer {
+        api: ada,
+        token: ada_token,
+        ..
+    } = developer(&app, &admin, "ada").await;
     // She manages the tenant, so she sees it, but grants and accounts are for staff.
     admin.grant("studio", &tenant_manager("ada")).await.unwrap();
     for path in ["/api/v1/tenants/studio/grants", "/api/v1/developers"] {
@@ -352,17 +338,13 @@ async fn who_asks_is_checked_before_what_is_asked(backend: Backend) {
         .upload_version("other", "game", hello_bundle(), None)
         .await
         .unwrap();
-    let other_deployment = admin
-        .deploy(
-            "other",
-            "game",
-            "default",
-            &version.number.to_string(),
-            serde_json::json!({"min_lobbies": 0}),
-        )
-        .await
-        .unwrap()
-        .id;
+    let other_deployment = deploy_version(
+        &admin,
+        "other",
+        version.number,
+        serde_json::json!({"min_lobbies": 0}),
+    )
+    .await;
     admin.create_tenant("Mine", Some("mine")).await.unwrap();
     admin.grant("mine", &tenant_manager("ada")).await.unwrap();
     ada.create_project("mine", "Game", Some("game"))
@@ -562,14 +544,7 @@ async fn a_handler_stuck_in_a_library_call_ends_within_its_limit(backend: Backen
         .await;
     let waited = asked.elapsed();
     assert!(waited < Duration::from_secs(5), "told after {waited:?}");
-    let assigned = socket
-        .until("runtime_assigned", |event| {
-            matches!(event, PlayerEvent::RuntimeAssigned(_))
-        })
-        .await;
-    let PlayerEvent::RuntimeAssigned(assignment) = assigned else {
-        unreachable!()
-    };
+    let assignment = socket.assigned_to(RuntimeKind::Lobby).await;
     assert_ne!(assignment.runtime_id, lobby);
     socket.echo("after").await;
 
@@ -643,16 +618,7 @@ async fn runtimes_get_their_deployments_cpu_and_memory_limits(backend: Backend) 
     let mut socket: Socket = connect(&app, &ada).await;
     let lobby = socket.greeted_and_assigned().await;
     socket.echo("hello").await;
-    let runtimes = admin
-        .list_runtimes("studio", "game", "default", &deployment)
-        .await
-        .unwrap();
-    let pid = runtimes
-        .iter()
-        .find(|runtime| runtime.id == lobby)
-        .unwrap()
-        .pid
-        .unwrap();
+    let pid = runtime_pid(&admin, &deployment, &lobby).await;
     let memory_group = runtime_group(pid, "memory", &lobby);
     if let Some(group) = &memory_group {
         let limit = std::fs::read_to_string(group.join("memory.limit_in_bytes")).unwrap();
