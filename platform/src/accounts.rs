@@ -2,10 +2,11 @@
 //! checks, and the `/api/v1/developers` routes.
 
 use crate::audit::{self, Change};
+use crate::auth::password::{check_password, MAX_PASSWORD_BYTES};
 use crate::auth::{Caller, Staff};
 use crate::error::{ApiError, Json, Path};
 use crate::permissions::{AsStaff, Principal};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::storage::{new_id, now_millis, Database, StorageError, StorageResult};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -22,9 +23,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub const ADMIN_USERNAME: &str = "admin";
-const MIN_PASSWORD_CHARS: usize = 8;
-/// Long enough for any passphrase, short enough that hashing it costs nothing extra.
-const MAX_PASSWORD_BYTES: usize = 1024;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -49,21 +47,6 @@ pub fn check_username(username: &str) -> Result<(), String> {
     } else {
         Err("must be 3 to 64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit".to_owned())
     }
-}
-
-pub fn check_password(password: &str) -> Result<(), String> {
-    if password.chars().count() < MIN_PASSWORD_CHARS {
-        return Err(format!(
-            "must be at least {MIN_PASSWORD_CHARS} characters long"
-        ));
-    }
-    if password.len() > MAX_PASSWORD_BYTES {
-        return Err(format!("must be at most {MAX_PASSWORD_BYTES} bytes long"));
-    }
-    if password.chars().any(char::is_control) {
-        return Err("must not contain control characters".to_owned());
-    }
-    Ok(())
 }
 
 /// Argon2id with the crate's default (OWASP) parameters, on a blocking thread.
@@ -511,14 +494,5 @@ mod tests {
         ] {
             assert!(check_username(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn passwords_need_length_and_no_control_characters() {
-        assert!(check_password("correct horse").is_ok());
-        assert!(check_password("пароль-пароль").is_ok());
-        assert!(check_password("short").is_err());
-        assert!(check_password("tab\tinside-password").is_err());
-        assert!(check_password(&"x".repeat(MAX_PASSWORD_BYTES + 1)).is_err());
     }
 }

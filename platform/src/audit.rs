@@ -5,7 +5,7 @@ use crate::error::{ApiError, Json, Query};
 use crate::permissions::{
     require, Level, Principal, ProjectPath, ProjectScope, Scope, TenantPath, TenantScope,
 };
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::storage::{new_id, now_millis, StorageError};
 use axum::extract::State;
 use rally_sdk::wire::{AuditEntry, AuditList, ErrorBody};

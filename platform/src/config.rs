@@ -82,6 +82,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where the commands find the platform unless told otherwise: the default `listen` address.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:7350";
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -206,7 +209,7 @@ impl Config {
             return Err(invalid("database_max_connections", "must be at least 1"));
         }
         if let Some(password) = &self.admin_password {
-            crate::accounts::check_password(password.expose_secret())
+            crate::auth::password::check_password(password.expose_secret())
                 .map_err(|problem| invalid("admin_password", problem))?;
         }
         if let Some(secret) = &self.jwt_secret {

@@ -6,7 +6,7 @@ use crate::audit::{self, Change};
 use crate::error::{ApiError, Json, Path};
 use crate::idempotency::{IdempotencyKey, Idempotent};
 use crate::permissions::{Managing, StagePath, StageScope};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::storage::{new_id, now_millis, Database, StorageError};
 use crate::versions;
 use axum::extract::State;
@@ -257,48 +257,4 @@ async fn stop_deployment(
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound { what: "deployment" })
-}
-
-/// What [`count_live`] counts in.
-#[derive(Debug, Clone, Copy)]
-pub enum Within<'a> {
-    Tenant(&'a str),
-    Project(&'a str),
-    Stage(&'a str),
-    Version(&'a str),
-}
-
-/// Active and draining deployments in a tenant, project or stage, or of a version: what keeps
-/// them from being deleted.
-pub async fn count_live<'e>(
-    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
-    within: Within<'_>,
-) -> Result<i64, sqlx::Error> {
-    let (column, id) = match within {
-        Within::Tenant(id) => ("p.tenant_id", id),
-        Within::Project(id) => ("s.project_id", id),
-        Within::Stage(id) => ("d.stage_id", id),
-        Within::Version(id) => ("d.version_id", id),
-    };
-    sqlx::query_scalar(&format!(
-        "SELECT COUNT(*) FROM deployments d JOIN stages s ON s.id = d.stage_id \
-         JOIN projects p ON p.id = s.project_id \
-         WHERE {column} = $1 AND d.status IN ('active', 'draining')"
-    ))
-    .bind(id)
-    .fetch_one(executor)
-    .await
-}
-
-/// Closes draining deployments whose runtimes have all ended.
-pub async fn close_drained(database: &Database) -> Result<u64, StorageError> {
-    let result = sqlx::query(
-        "UPDATE deployments SET status = 'closed', closed_at = $1 WHERE status = 'draining' \
-         AND NOT EXISTS (SELECT 1 FROM runtimes r WHERE r.deployment_id = deployments.id \
-         AND r.status IN ('starting', 'running', 'stopping'))",
-    )
-    .bind(now_millis())
-    .execute(database.writer())
-    .await?;
-    Ok(result.rows_affected())
 }

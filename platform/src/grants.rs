@@ -3,12 +3,12 @@
 
 use crate::accounts;
 use crate::audit::{self, Change};
+use crate::catalog;
 use crate::error::{ApiError, Json};
 use crate::idempotency::{IdempotencyKey, Idempotent};
 use crate::permissions::{AsStaff, TenantPath, TenantScope};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::storage::now_millis;
-use crate::{projects, stages};
 use axum::extract::State;
 use axum::http::StatusCode;
 use rally_sdk::wire::{ErrorBody, Grant, GrantList, GrantRequest, GrantRole, Role, ScopeKind};
@@ -55,14 +55,15 @@ async fn resolve(
         ScopeKind::Tenant => scope.tenant.id.clone(),
         ScopeKind::Project | ScopeKind::Stage => {
             let project_segment = needs(&request.project, "project")?;
-            let project = projects::find(&state.database, &scope.tenant.id, &project_segment)
-                .await?
-                .ok_or(ApiError::NotFound { what: "project" })?;
+            let project =
+                catalog::find_project(&state.database, &scope.tenant.id, &project_segment)
+                    .await?
+                    .ok_or(ApiError::NotFound { what: "project" })?;
             if request.scope == ScopeKind::Project {
                 project.id
             } else {
                 let stage_segment = needs(&request.stage, "stage")?;
-                stages::find(&state.database, &project.id, &stage_segment)
+                catalog::find_stage(&state.database, &project.id, &stage_segment)
                     .await?
                     .ok_or(ApiError::NotFound { what: "stage" })?
                     .id

@@ -1,7 +1,7 @@
 //! `/health` (the process is up) and `/ready` (it can serve: the database answers).
 
 use crate::error::{ApiError, Json};
-use crate::server::AppState;
+use crate::state::AppState;
 use axum::extract::State;
 use rally_sdk::wire::{ErrorBody, Health};
 use utoipa_axum::router::OpenApiRouter;

@@ -18,7 +18,7 @@
 
 use crate::auth::Authenticated;
 use crate::error::{error_response, ApiError};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::storage::{now_millis, Database, StorageError};
 use axum::body::{to_bytes, Body, Bytes};
 use axum::extract::{FromRequest, Request, State};

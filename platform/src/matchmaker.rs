@@ -20,26 +20,14 @@
 //! 2..8 players, groups `a` 1..4 and `b` 1..4): A → `a`, B → `b`: the match starts with two;
 //! C, D, ... backfill it (`a`, `b`, `a`, ...) until eight.
 
-use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
 /// A mode as the version's manifest declares it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct ModeRules {
-    pub name: String,
-    pub min_players: u32,
-    pub max_players: u32,
-    pub groups: Vec<GroupRules>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct GroupRules {
-    pub name: String,
-    pub min_players: u32,
-    pub max_players: u32,
-}
+pub type ModeRules = rally_sdk::manifest::Mode;
+/// A group (team) of a mode.
+pub type GroupRules = rally_sdk::manifest::Group;
 
 /// A match's number within its deployment's matchmaker.
 pub type MatchId = u64;

@@ -4,13 +4,13 @@
 
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{Html, IntoResponse};
-use std::sync::LazyLock;
+use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The document's frame; the routers fill in paths and schemas.
 pub fn base() -> OpenApi {
@@ -47,16 +47,24 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(docs))
 }
 
-static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-    crate::server::api_router(&crate::config::Config::default())
-        .into_openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serialises")
-});
+/// The document, published by the router that serves it (the router is built from every
+/// route module, this one included).
+static DOCUMENT: OnceLock<String> = OnceLock::new();
+
+/// Serves `document` from now on (the first one published stays: it does not change).
+pub fn publish(document: &OpenApi) {
+    DOCUMENT.get_or_init(|| {
+        document
+            .to_pretty_json()
+            .expect("the OpenAPI document serialises")
+    });
+}
 
 /// The whole document.
-pub fn document() -> &'static str {
-    &DOCUMENT
+fn document() -> &'static str {
+    DOCUMENT
+        .get()
+        .expect("the document is published when the router is built")
 }
 
 /// This document (OpenAPI 3.1).

@@ -9,7 +9,7 @@
 
 use crate::auth::{Allowed, Caller};
 use crate::error::ApiError;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::storage::{Database, StorageError};
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
@@ -306,10 +306,7 @@ where
     }
 }
 
-/// True when `segment` is an id rather than an alias.
-pub fn is_id(segment: &str) -> bool {
-    uuid::Uuid::parse_str(segment).is_ok()
-}
+pub use crate::catalog::is_id;
 
 /// Aliases are slugs: 1–63 of `a-z 0-9 -`, starting with a letter, not ending with `-`, and
 /// never shaped like an id, so a path segment is always one or the other.
@@ -424,7 +421,7 @@ async fn tenant_scope(
     tenant_segment: &str,
 ) -> Result<TenantScope, ApiError> {
     let not_found = || ApiError::NotFound { what: "tenant" };
-    let tenant = crate::tenants::find(&state.database, tenant_segment)
+    let tenant = crate::catalog::find_tenant(&state.database, tenant_segment)
         .await?
         .ok_or_else(not_found)?;
     let access = Access::load(&state.database, principal, &tenant.id).await?;
@@ -466,7 +463,7 @@ async fn project_scope(
 ) -> Result<ProjectScope, ApiError> {
     let TenantScope { access, tenant } = tenant_scope(state, principal, tenant_segment).await?;
     let not_found = || ApiError::NotFound { what: "project" };
-    let project = crate::projects::find(&state.database, &tenant.id, project_segment)
+    let project = crate::catalog::find_project(&state.database, &tenant.id, project_segment)
         .await?
         .ok_or_else(not_found)?;
     if !access.project_visible(&project.id) {
@@ -506,9 +503,10 @@ impl FromRequestParts<AppState> for StageScope {
         )
         .await?;
         let not_found = || ApiError::NotFound { what: "stage" };
-        let stage = crate::stages::find(&state.database, &project.id, segment(&segments, "stage"))
-            .await?
-            .ok_or_else(not_found)?;
+        let stage =
+            crate::catalog::find_stage(&state.database, &project.id, segment(&segments, "stage"))
+                .await?
+                .ok_or_else(not_found)?;
         if access.stage_level(&project.id, &stage.id) < Level::Viewer {
             return Err(not_found());
         }

@@ -2,20 +2,19 @@
 //! creator its manager.
 
 use crate::audit::{self, Change};
-use crate::deployments::{count_live, Within};
+use crate::catalog::{project, PROJECT_COLUMNS};
+use crate::deployed::{count_live, Within};
 use crate::error::{ApiError, Json};
 use crate::idempotency::{IdempotencyKey, Idempotent};
 use crate::permissions::{
-    check_alias, check_name, is_id, Managing, ProjectPath, ProjectScope, TenantPath, TenantScope,
+    check_alias, check_name, Managing, ProjectPath, ProjectScope, TenantPath, TenantScope,
 };
-use crate::server::AppState;
-use crate::storage::{new_id, now_millis, Database, StorageError};
+use crate::state::AppState;
+use crate::storage::{new_id, now_millis};
 use crate::tenants::alias_conflict;
 use axum::extract::State;
 use axum::http::StatusCode;
 use rally_sdk::wire::{CreateNamed, ErrorBody, Project, ProjectList, Role};
-use sqlx::any::AnyRow;
-use sqlx::Row;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -25,35 +24,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_project, list_projects))
         .routes(routes!(get_project, delete_project))
-}
-
-fn project(row: &AnyRow) -> Project {
-    Project {
-        id: row.get("id"),
-        tenant_id: row.get("tenant_id"),
-        alias: row.get("alias"),
-        name: row.get("name"),
-        created_at: row.get("created_at"),
-    }
-}
-
-const COLUMNS: &str = "id, tenant_id, alias, name, created_at";
-
-/// The project of `tenant_id` named by `segment`, an id or an alias.
-pub async fn find(
-    database: &Database,
-    tenant_id: &str,
-    segment: &str,
-) -> Result<Option<Project>, StorageError> {
-    let column = if is_id(segment) { "id" } else { "alias" };
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM projects WHERE tenant_id = $1 AND {column} = $2"
-    ))
-    .bind(tenant_id)
-    .bind(segment)
-    .fetch_optional(database.reader())
-    .await?;
-    Ok(row.as_ref().map(project))
 }
 
 /// Create a project (tenant managers). It gets a `default` stage, and a developer who creates
@@ -142,7 +112,7 @@ async fn list_projects(
     State(state): State<AppState>,
 ) -> Result<Json<ProjectList>, ApiError> {
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM projects WHERE tenant_id = $1 ORDER BY created_at"
+        "SELECT {PROJECT_COLUMNS} FROM projects WHERE tenant_id = $1 ORDER BY created_at"
     ))
     .bind(&scope.tenant.id)
     .fetch_all(state.database.reader())

@@ -7,7 +7,9 @@ use crate::config::Config;
 use crate::dispatcher::{Dispatcher, PlayerLimits};
 use crate::error::{self, ApiError};
 use crate::metrics::{self, Metrics};
+use crate::pools::RuntimePool;
 use crate::runtimes::{self, Runtimes};
+pub use crate::state::AppState;
 use crate::storage::{redact_url, Database};
 use crate::{
     audit, deployments, grants, health, idempotency, openapi, players, projects, stages, tenants,
@@ -26,19 +28,6 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
-/// Cheap handles shared by every request.
-#[derive(Clone, Debug)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub database: Database,
-    pub tokens: Arc<TokenService>,
-    pub metrics: Arc<Metrics>,
-    pub runtimes: Arc<Runtimes>,
-    pub dispatcher: Arc<Dispatcher>,
-    /// Turns for version uploads (`bundle_uploads_at_once`).
-    pub uploads: Arc<tokio::sync::Semaphore>,
-}
-
 /// A platform ready to serve: database migrated, signing key loaded, admin in place.
 #[derive(Debug)]
 pub struct Platform {
@@ -47,7 +36,24 @@ pub struct Platform {
 }
 
 impl Platform {
+    /// The embedded default: runtimes run as local processes.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        Self::start_with(config, None).await
+    }
+
+    /// Runtimes placed by `pool` (made from this node's id) instead of local processes.
+    pub async fn start_with_pool(
+        config: Config,
+        pool: impl FnOnce(&str) -> Arc<dyn RuntimePool>,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(config, Some(Box::new(pool))).await
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn start_with(
+        config: Config,
+        pool: Option<Box<dyn FnOnce(&str) -> Arc<dyn RuntimePool> + '_>>,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
@@ -62,7 +68,11 @@ impl Platform {
         let admin = accounts::ensure_admin(&database, config.admin_password.as_ref())
             .await
             .context("cannot create the admin account")?;
-        let runtimes = Runtimes::new(&config).context("cannot prepare the runtime pool")?;
+        let runtimes = match pool {
+            None => Runtimes::new(&config),
+            Some(pool) => Runtimes::with_pool(&config, pool),
+        }
+        .context("cannot prepare the runtime pool")?;
         let dispatcher = Dispatcher::new(PlayerLimits::from_config(&config), database.clone());
         let restored = dispatcher
             .restore(&database, &runtimes.node_id)
@@ -118,7 +128,8 @@ pub fn api_router(config: &Config) -> OpenApiRouter<AppState> {
 
 /// The platform's HTTP service.
 pub fn app(state: AppState) -> Router {
-    let (router, _) = api_router(&state.config).split_for_parts();
+    let (router, document) = api_router(&state.config).split_for_parts();
+    openapi::publish(&document);
     router
         .fallback(|| async { ApiError::NotFound { what: "route" } })
         // Limits are per route group (above); the extractors' own default limit is off.

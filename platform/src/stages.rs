@@ -1,21 +1,20 @@
 //! Stages of a project (`default`, `staging`, `production`...): where versions are deployed.
 
 use crate::audit::{self, Change};
-use crate::deployments::{count_live, Within};
+use crate::catalog::{stage, STAGE_SELECT};
+use crate::deployed::{count_live, Within};
 use crate::error::{ApiError, Json};
 use crate::idempotency::{IdempotencyKey, Idempotent};
 use crate::permissions::{
-    check_alias, check_name, is_id, require, Level, Managing, ProjectPath, ProjectScope, StagePath,
+    check_alias, check_name, require, Level, Managing, ProjectPath, ProjectScope, StagePath,
     StageScope,
 };
-use crate::server::AppState;
-use crate::storage::{new_id, now_millis, Database, StorageError};
+use crate::state::AppState;
+use crate::storage::{new_id, now_millis};
 use crate::tenants::alias_conflict;
 use axum::extract::State;
 use axum::http::StatusCode;
 use rally_sdk::wire::{CreateNamed, ErrorBody, Stage, StageList};
-use sqlx::any::AnyRow;
-use sqlx::Row;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -23,39 +22,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_stage, list_stages))
         .routes(routes!(get_stage, delete_stage))
-}
-
-/// Stage columns plus the id of its active deployment.
-const SELECT: &str = "SELECT s.id, s.project_id, s.alias, s.name, s.created_at, \
-     (SELECT d.id FROM deployments d WHERE d.stage_id = s.id AND d.status = 'active') AS current_deployment_id \
-     FROM stages s";
-
-fn stage(row: &AnyRow) -> Stage {
-    Stage {
-        id: row.get("id"),
-        project_id: row.get("project_id"),
-        alias: row.get("alias"),
-        name: row.get("name"),
-        current_deployment_id: row.get("current_deployment_id"),
-        created_at: row.get("created_at"),
-    }
-}
-
-/// The stage of `project_id` named by `segment`, an id or an alias.
-pub async fn find(
-    database: &Database,
-    project_id: &str,
-    segment: &str,
-) -> Result<Option<Stage>, StorageError> {
-    let column = if is_id(segment) { "id" } else { "alias" };
-    let row = sqlx::query(&format!(
-        "{SELECT} WHERE s.project_id = $1 AND s.{column} = $2"
-    ))
-    .bind(project_id)
-    .bind(segment)
-    .fetch_optional(database.reader())
-    .await?;
-    Ok(row.as_ref().map(stage))
 }
 
 /// Create a stage (project managers).
@@ -120,7 +86,7 @@ async fn list_stages(
     State(state): State<AppState>,
 ) -> Result<Json<StageList>, ApiError> {
     let rows = sqlx::query(&format!(
-        "{SELECT} WHERE s.project_id = $1 ORDER BY s.created_at"
+        "{STAGE_SELECT} WHERE s.project_id = $1 ORDER BY s.created_at"
     ))
     .bind(&scope.project.id)
     .fetch_all(state.database.reader())

@@ -2,19 +2,16 @@
 //! a developer sees the tenants it holds a grant in.
 
 use crate::audit::{self, Change};
-use crate::deployments::{count_live, Within};
+use crate::catalog::tenant;
+use crate::deployed::{count_live, Within};
 use crate::error::{ApiError, Json};
 use crate::idempotency::{IdempotencyKey, Idempotent};
-use crate::permissions::{
-    check_alias, check_name, is_id, AsStaff, Principal, TenantPath, TenantScope,
-};
-use crate::server::AppState;
-use crate::storage::{new_id, now_millis, Database, StorageError};
+use crate::permissions::{check_alias, check_name, AsStaff, Principal, TenantPath, TenantScope};
+use crate::state::AppState;
+use crate::storage::{new_id, now_millis, StorageError};
 use axum::extract::State;
 use axum::http::StatusCode;
 use rally_sdk::wire::{CreateTenant, ErrorBody, Tenant, TenantList};
-use sqlx::any::AnyRow;
-use sqlx::Row;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -22,27 +19,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_tenant, list_tenants))
         .routes(routes!(get_tenant, delete_tenant))
-}
-
-fn tenant(row: &AnyRow) -> Tenant {
-    Tenant {
-        id: row.get("id"),
-        alias: row.get("alias"),
-        name: row.get("name"),
-        created_at: row.get("created_at"),
-    }
-}
-
-/// The tenant named by `segment`, an id or an alias.
-pub async fn find(database: &Database, segment: &str) -> Result<Option<Tenant>, StorageError> {
-    let column = if is_id(segment) { "id" } else { "alias" };
-    let row = sqlx::query(&format!(
-        "SELECT id, alias, name, created_at FROM tenants WHERE {column} = $1"
-    ))
-    .bind(segment)
-    .fetch_optional(database.reader())
-    .await?;
-    Ok(row.as_ref().map(tenant))
 }
 
 /// Maps a unique violation on an alias to 409 `alias_taken`.

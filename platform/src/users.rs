@@ -4,7 +4,7 @@
 
 use crate::auth::{hash_secret, new_secret, refresh, secret_matches};
 use crate::error::{ApiError, Json};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::storage::{new_id, now_millis, StorageError};
 use axum::extract::State;
 use axum::http::StatusCode;

@@ -3,11 +3,11 @@
 //! then kept content-addressed (sha256) in the database so that every node reads the same bytes.
 
 use crate::audit::{self, Change};
-use crate::deployments::{count_live, Within};
+use crate::deployed::{count_live, Within};
 use crate::error::{ApiError, Json, Path, Query};
 use crate::idempotency::{IdempotencyKey, Idempotent};
 use crate::permissions::{Managing, ProjectPath, ProjectScope};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::storage::{new_id, now_millis, Database, StorageError};
 use axum::body::Bytes;
 use axum::extract::State;

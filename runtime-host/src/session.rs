@@ -299,7 +299,7 @@ fn apply(
             Event::Started {
                 qualifier,
                 user_data,
-                config,
+                config: serde_json::to_value(&*config).expect("a deployment config serialises"),
                 mode,
             }
         }

@@ -45,7 +45,17 @@ pub struct Assignment {
     pub version: i64,
     /// The version's free `user_data` and its `tick_rate`, so a client can adapt to the logic
     /// it talks to.
-    pub config: serde_json::Value,
+    pub config: ClientConfig,
+}
+
+/// What a client learns about the logic of the runtime it is assigned to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClientConfig {
+    /// The manifest's free `user_data` (a JSON object).
+    pub user_data: serde_json::Value,
+    /// Ticks per second of the runtime's authoritative loop.
+    pub tick_rate: u32,
 }
 
 /// Limits the platform applies to this client, announced in `greeted`.

@@ -236,10 +236,11 @@ pub enum PlatformMessage {
     /// Once per runtime life, after the first `hello` (not again on reconnect).
     RuntimeCreated {
         qualifier: Qualifier,
-        /// The version's manifest (`rally_sdk::manifest::Manifest` as JSON).
-        manifest: serde_json::Value,
+        /// The version's manifest.
+        manifest: Box<crate::manifest::Manifest>,
         /// The deployment's effective config.
-        config: serde_json::Value,
+        config: Box<crate::manifest::DeploymentConfig>,
+        /// The manifest's `user_data`, for convenience.
         user_data: serde_json::Value,
         /// The mode of a match; `None` for lobbies.
         mode: Option<String>,

@@ -464,6 +464,13 @@ pub struct RuntimeInfo {
     pub node_id: String,
     /// `process` or `docker`.
     pub pool_kind: String,
+    /// The pool that placed it.
+    pub pool: String,
+    /// The server of the pool it runs on, once placed.
+    pub server: Option<String>,
+    /// The pool's handle on it, once placed: a pid, a container id.
+    pub handle: Option<String>,
+    /// The process id, for runtimes of the local-process pool.
     pub pid: Option<i64>,
     pub created_at: i64,
     pub connected_at: Option<i64>,

@@ -2,6 +2,7 @@
 //! every route declares the roles it admits.
 
 mod extract;
+pub mod password;
 pub mod refresh;
 pub mod routes;
 pub mod tokens;

@@ -3,7 +3,7 @@
 use super::{refresh, AnyRole, Caller};
 use crate::accounts;
 use crate::error::{ApiError, Json};
-use crate::server::AppState;
+use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use rally_sdk::wire::{ErrorBody, LoginRequest, Me, RefreshRequest, TokenPair};

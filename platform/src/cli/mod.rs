@@ -21,7 +21,7 @@ mod table;
 mod tenants;
 mod versions;
 
-pub use session::DEFAULT_URL;
+pub use crate::config::DEFAULT_URL;
 
 use crate::config::{Config, LogFormat};
 use crate::server::{self, Platform};

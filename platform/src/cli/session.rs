@@ -4,6 +4,7 @@
 //! without any stored sign-in, for scripts.
 
 use super::CliError;
+use crate::config::DEFAULT_URL;
 use anyhow::Context;
 use base64::Engine;
 use clap::Args;
@@ -12,8 +13,6 @@ use rally_sdk::RallyClient;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::path::PathBuf;
-
-pub const DEFAULT_URL: &str = "http://127.0.0.1:7350";
 
 #[derive(Debug, Args)]
 pub struct LoginArgs {

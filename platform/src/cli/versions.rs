@@ -178,7 +178,7 @@ pub async fn pack_and_check(directory: &Path) -> Result<CheckedBundle, CliError>
 /// upload rather than when the first runtime starts. Without the binary the platform's own
 /// checks still run.
 async fn check_logic(directory: &Path) -> Result<(), CliError> {
-    let binary = crate::runtimes::process_pool::default_runtime_binary();
+    let binary = crate::pools::process::default_runtime_binary();
     let output = match tokio::process::Command::new(&binary)
         .arg("check")
         .arg(directory)

@@ -49,7 +49,7 @@ pub struct LoadtestArgs {
 #[derive(Debug, Args)]
 struct RunArgs {
     /// Platform URL.
-    #[arg(long, env = "RALLY_URL", default_value = crate::cli::DEFAULT_URL)]
+    #[arg(long, env = "RALLY_URL", default_value = crate::config::DEFAULT_URL)]
     url: String,
     /// Seconds to measure, after the warm-up.
     #[arg(long, default_value_t = 10)]

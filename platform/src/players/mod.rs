@@ -10,7 +10,7 @@ use crate::auth::{Allowed, Caller};
 use crate::dispatcher::{Dispatcher, NewClient};
 use crate::error::{ApiError, Json, Path};
 use crate::permissions::{StagePath, StageScope};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::storage::{new_id, now_millis, Database};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -51,13 +51,13 @@ struct StageSegments {
 
 /// A stage by ids or aliases, for players: every stage is reachable, only existence matters.
 async fn find_stage(database: &Database, path: &StageSegments) -> Result<String, ApiError> {
-    let tenant = crate::tenants::find(database, &path.tenant)
+    let tenant = crate::catalog::find_tenant(database, &path.tenant)
         .await?
         .ok_or(ApiError::NotFound { what: "tenant" })?;
-    let project = crate::projects::find(database, &tenant.id, &path.project)
+    let project = crate::catalog::find_project(database, &tenant.id, &path.project)
         .await?
         .ok_or(ApiError::NotFound { what: "project" })?;
-    let stage = crate::stages::find(database, &project.id, &path.stage)
+    let stage = crate::catalog::find_stage(database, &project.id, &path.stage)
         .await?
         .ok_or(ApiError::NotFound { what: "stage" })?;
     Ok(stage.id)

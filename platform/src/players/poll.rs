@@ -7,7 +7,7 @@ use super::{handle_command, live_client, ClientPath, Players};
 use crate::auth::Caller;
 use crate::dispatcher::{AttachError, Inbox};
 use crate::error::{ApiError, Json, Path, Query};
-use crate::server::AppState;
+use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use rally_sdk::player::{CommandBatch, PlayerEvent, PolledEvent, PolledEvents};

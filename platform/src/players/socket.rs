@@ -6,7 +6,7 @@ use super::{frame_too_large, handle_command, live_client, parse_command, Players
 use crate::auth::verify_for;
 use crate::dispatcher::{Attached, Dispatcher, Outgoing};
 use crate::error::{ApiError, Path};
-use crate::server::AppState;
+use crate::state::AppState;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};

@@ -2,18 +2,17 @@
 //! greets with `hello` (and `runtime_created` on the first connection of the runtime's life),
 //! then relays platform messages out and runtime commands in, in order, with heartbeats.
 
-use super::Runtimes;
+use super::node::Runtimes;
 use crate::auth::{Allowed, Caller};
 use crate::dispatcher::{Dispatcher, RuntimeDescription};
 use crate::error::ApiError;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::storage::now_millis;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use rally_sdk::runtime::{Frame, LogLevel, PlatformMessage, RuntimeCommand, PROTOCOL_VERSION};
 use rally_sdk::wire::{ErrorBody, Role};
-use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,35 +39,21 @@ pub async fn runtime_socket(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let runtime_id = caller.subject;
-    let row = sqlx::query(
-        "SELECT r.status, r.connected_at, v.manifest, d.config, r.deployment_id, r.qualifier, \
-         r.mode, v.number FROM runtimes r JOIN deployments d ON d.id = r.deployment_id \
-         JOIN versions v ON v.id = d.version_id WHERE r.id = $1",
-    )
-    .bind(&runtime_id)
-    .fetch_optional(state.database.reader())
-    .await?
-    .ok_or_else(|| ApiError::unauthorized("invalid_token", "no such runtime"))?;
-    let status: String = row.get(0);
-    if !matches!(status.as_str(), "starting" | "running" | "stopping") {
+    let runtime = crate::deployed::of_runtime(&state.database, &runtime_id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::unauthorized("invalid_token", "no such runtime"))?;
+    if !matches!(runtime.status.as_str(), "starting" | "running" | "stopping") {
         return Err(ApiError::conflict(
             "runtime_ended",
-            format!("this runtime is {status}; it cannot connect again"),
+            format!(
+                "this runtime is {}; it cannot connect again",
+                runtime.status
+            ),
         ));
     }
-    let first_connection = row.get::<Option<i64>, _>(1).is_none();
-    let manifest: serde_json::Value =
-        serde_json::from_str(&row.get::<String, _>(2)).unwrap_or_default();
-    let config: serde_json::Value =
-        serde_json::from_str(&row.get::<String, _>(3)).unwrap_or_default();
-    let description = RuntimeDescription::new(
-        row.get(4),
-        &row.get::<String, _>(5),
-        row.get(6),
-        row.get(7),
-        &manifest,
-        &config,
-    );
+    let first_connection = runtime.connected_at.is_none();
+    let description = RuntimeDescription::new(runtime.qualifier, runtime.mode, &runtime.deployment);
 
     sqlx::query(
         "UPDATE runtimes SET status = CASE WHEN status = 'starting' THEN 'running' ELSE status END, \
@@ -85,11 +70,12 @@ pub async fn runtime_socket(
         heartbeat_secs: HEARTBEAT_SECS,
     }];
     if first_connection {
+        let deployment = runtime.deployment;
         greeting.push(PlatformMessage::RuntimeCreated {
             qualifier: description.qualifier,
-            user_data: manifest["user_data"].clone(),
-            manifest,
-            config,
+            user_data: deployment.manifest.user_data.clone(),
+            manifest: Box::new(deployment.manifest),
+            config: Box::new(deployment.config),
             mode: description.mode.clone(),
         });
     }
@@ -122,7 +108,7 @@ async fn serve(
     // Registering lets waiting clients in; their `client_assigned` queue behind the greeting,
     // which goes out first.
     let attached = dispatcher.runtime_connected(&runtime_id, description);
-    runtimes.connected(&runtime_id);
+    runtimes.start_over(&runtime_id);
     tracing::info!(runtime_id = %runtime_id, "runtime connected");
     let mut receiver = tokio::select! {
         receiver = attached.receiver.lock_owned() => receiver,
@@ -152,7 +138,7 @@ async fn serve(
                     let Some(Ok(message)) = incoming else { break };
                     last_heard = tokio::time::Instant::now();
                     let replies = match message {
-                        Message::Text(text) => handle_frame(&runtimes, &dispatcher, &runtime_id, text.as_str()),
+                        Message::Text(text) => handle_frame(&runtimes, &dispatcher, &runtime_id, text.as_str()).await,
                         Message::Binary(_) => vec![error("unsupported_frame", "frames are JSON text")],
                         Message::Close(_) => break,
                         Message::Ping(_) | Message::Pong(_) => Vec::new(),
@@ -195,7 +181,12 @@ fn error(code: &str, message: &str) -> PlatformMessage {
 }
 
 /// Applies a frame of commands in order; returns the error replies.
-fn handle_frame(
+///
+/// Causal durability: a profile write is committed before anything the runtime sent after it
+/// reaches a player. So after each run of `set_profile` commands, the rest of the frame (and
+/// the runtime's next frames, which are not read meanwhile) waits for the database; frames
+/// without profile writes never wait.
+async fn handle_frame(
     runtimes: &Runtimes,
     dispatcher: &Dispatcher,
     runtime_id: &str,
@@ -215,21 +206,31 @@ fn handle_frame(
             append_log(runtimes, runtime_id, *level, message);
         }
     }
-    dispatcher.runtime_commands(runtime_id, frame.messages)
+    let mut commands = frame.messages;
+    let mut replies = Vec::new();
+    while let Some(first) = commands.iter().position(is_profile_write) {
+        let run = commands[first..]
+            .iter()
+            .take_while(|command| is_profile_write(command))
+            .count();
+        let rest = commands.split_off(first + run);
+        replies.extend(dispatcher.runtime_commands(runtime_id, commands));
+        dispatcher.flush().await;
+        commands = rest;
+    }
+    if !commands.is_empty() {
+        replies.extend(dispatcher.runtime_commands(runtime_id, commands));
+    }
+    replies
+}
+
+fn is_profile_write(command: &RuntimeCommand) -> bool {
+    matches!(command, RuntimeCommand::SetProfile { .. })
 }
 
 /// A `log` command lands in the runtime's log next to what its process printed.
 fn append_log(runtimes: &Runtimes, runtime_id: &str, level: LogLevel, message: &str) {
-    use std::io::Write;
     let level = format!("{level:?}").to_lowercase();
     let line = format!("[{level}] {}\n", message.replace('\n', " "));
-    let path = runtimes.pool.log_path(runtime_id);
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut file| file.write_all(line.as_bytes()));
-    if let Err(problem) = written {
-        tracing::debug!(runtime_id, %problem, "cannot write a runtime log line");
-    }
+    runtimes.pool.append_log(runtime_id, &line);
 }

@@ -143,6 +143,26 @@ pub async fn start(config: Config, database: TestDatabase) -> TestApp {
     let platform = Platform::start(config.clone())
         .await
         .expect("platform starts");
+    serve_platform(platform, config, database).await
+}
+
+/// A platform whose runtimes are placed by `pool` rather than run as local processes.
+pub async fn spawn_app_with_pool(
+    backend: Backend,
+    pool: std::sync::Arc<dyn rally_platform::pools::RuntimePool>,
+) -> TestApp {
+    let database = TestDatabase::create(backend).await;
+    let config = Config {
+        runtime_stop_grace_secs: 1,
+        ..test_config(&database)
+    };
+    let platform = Platform::start_with_pool(config.clone(), |_| pool)
+        .await
+        .expect("platform starts");
+    serve_platform(platform, config, database).await
+}
+
+async fn serve_platform(platform: Platform, config: Config, database: TestDatabase) -> TestApp {
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
     let address = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();

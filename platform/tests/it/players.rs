@@ -56,7 +56,7 @@ end
 return lobby
 "#;
 
-fn lab_bundle() -> Vec<u8> {
+pub(crate) fn lab_bundle() -> Vec<u8> {
     lab_bundle_with_match("lobby.lua", None)
 }
 
@@ -398,10 +398,7 @@ async fn a_player_is_greeted_assigned_and_echoed(backend: Backend) {
     };
     assert_eq!(assignment.qualifier, RuntimeKind::Lobby);
     assert_eq!(assignment.version, 1);
-    assert_eq!(
-        assignment.config["user_data"]["greeting"],
-        "Hello from Rally!"
-    );
+    assert_eq!(assignment.config.user_data["greeting"], "Hello from Rally!");
     // The example lobby greets on arrival, then echoes.
     let welcome = socket.event().await;
     assert!(
@@ -1294,6 +1291,10 @@ async fn matches_outlive_a_new_deployment_and_broken_ones_strand_nobody(backend:
 /// The database refuses the journal's writes for a while: SQLite is locked by another writer
 /// past the busy timeout; PostgreSQL holds the table locked, then drops every connection of
 /// the platform. Profiles set meanwhile reach the database once it is back.
+/// The database refuses writes for 10 s while a runtime writes a profile: the write is kept and
+/// retried until it goes in, and (causal durability) the message the runtime sent after it
+/// reaches the player only once it is committed, so a player is never shown a result that a
+/// crash could still take back.
 async fn profiles_survive_a_database_that_refuses_writes(backend: Backend) {
     use sqlx::Connection;
     let app = app(backend, |_| {}).await;
@@ -1301,11 +1302,20 @@ async fn profiles_survive_a_database_that_refuses_writes(backend: Backend) {
     let ada = player(&app).await;
     let mut socket = connect(&app, &ada).await;
     socket.greeted_and_assigned().await;
+    let stored_profile = || async {
+        sqlx::query_scalar::<_, String>("SELECT profile FROM players WHERE user_id = $1")
+            .bind(&ada.user_id)
+            .fetch_optional(app.state.database.reader())
+            .await
+            .ok()
+            .flatten()
+    };
 
     sqlx::any::install_default_drivers();
     let mut blocker = sqlx::AnyConnection::connect(&app.database.url)
         .await
         .unwrap();
+    let outage_started = Instant::now();
     match backend {
         Backend::Sqlite => {
             sqlx::query("BEGIN EXCLUSIVE")
@@ -1322,47 +1332,41 @@ async fn profiles_survive_a_database_that_refuses_writes(backend: Backend) {
         }
     }
     socket.say("profile:42").await;
-    socket
-        .until("saved", |event| text_of(event) == Some("saved"))
-        .await;
-    match backend {
-        // Past the 5 s busy timeout: the journal's transaction fails.
-        Backend::Sqlite => tokio::time::sleep(Duration::from_secs(8)).await,
-        Backend::Postgres => {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            // The journal's update waits on the lock; ending its connection fails the batch.
-            sqlx::query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
-            )
-            .execute(&mut blocker)
+    // "saved" was sent after the profile write: it waits for the database.
+    let early = tokio::time::timeout(Duration::from_secs(3), async {
+        socket
+            .until("saved", |event| text_of(event) == Some("saved"))
             .await
-            .unwrap();
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+    })
+    .await;
+    assert!(
+        early.is_err(),
+        "a message sent after a profile write arrived before the write was committed"
+    );
+    if backend == Backend::Postgres {
+        // The journal's update waits on the lock; ending its connection fails the batch.
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .execute(&mut blocker)
+        .await
+        .unwrap();
     }
+    // (On SQLite the journal's transaction fails past the 5 s busy timeout, and again after.)
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(outage_started.elapsed())).await;
     sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
     blocker.close().await.unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let profile: Option<String> =
-            sqlx::query_scalar("SELECT profile FROM players WHERE user_id = $1")
-                .bind(&ada.user_id)
-                .fetch_optional(app.state.database.reader())
-                .await
-                .ok()
-                .flatten();
-        if profile.as_deref() == Some(r#"{"wins":42}"#) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the profile set during the outage was lost: {profile:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // The relay went on through the outage and after it.
+    socket
+        .until("saved", |event| text_of(event) == Some("saved"))
+        .await;
+    assert_eq!(
+        stored_profile().await.as_deref(),
+        Some(r#"{"wins":42}"#),
+        "the player was told before the profile was committed"
+    );
+    // The relay goes on after the outage.
     socket.echo("after the outage").await;
 }
 

@@ -1,21 +1,9 @@
-//! Prometheus metrics: the process collector (`process_resident_memory_bytes` and friends) and
-//! HTTP request counters and latency histograms labelled by route template.
+//! The metrics registry: the process collector (`process_resident_memory_bytes` and friends),
+//! HTTP request counters and latency histograms labelled by route template, and client gauges.
 
-use crate::server::AppState;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::header::CONTENT_TYPE;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
-use std::time::Instant;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
-
-pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(render))
-}
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -85,7 +73,7 @@ impl Metrics {
         &self.registry
     }
 
-    fn render(&self) -> String {
+    pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)
@@ -100,42 +88,20 @@ impl Default for Metrics {
     }
 }
 
-/// Counts and times every request. Unmatched paths share one label so that scanning for URLs
-/// cannot blow up the number of series.
-pub async fn track_requests(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
-    let response = next.run(request).await;
-    let metrics = &state.metrics;
-    metrics
-        .http_requests
-        .with_label_values(&[&method, &route, response.status().as_str()])
-        .inc();
-    metrics
-        .http_request_duration
-        .with_label_values(&[&method, &route])
-        .observe(started.elapsed().as_secs_f64());
-    response
-}
+impl Metrics {
+    /// One request answered.
+    pub fn observe_request(&self, method: &str, route: &str, status: &str, seconds: f64) {
+        self.http_requests
+            .with_label_values(&[method, route, status])
+            .inc();
+        self.http_request_duration
+            .with_label_values(&[method, route])
+            .observe(seconds);
+    }
 
-/// Metrics in the Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "meta",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
-    let (live, connected) = state.dispatcher.client_counts();
-    state.metrics.clients.set(live as i64);
-    state.metrics.clients_connected.set(connected as i64);
-    (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.render(),
-    )
+    /// The clients this node holds, and how many of them are connected.
+    pub fn set_clients(&self, live: usize, connected: usize) {
+        self.clients.set(live as i64);
+        self.clients_connected.set(connected as i64);
+    }
 }

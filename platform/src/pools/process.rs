@@ -10,10 +10,10 @@
 //! watches them by pid, as it does runtimes left by a previous run, and the next start brings
 //! up a new launcher.
 
+use super::{Artifact, Exited, Placement, PoolKind, RuntimePool, RuntimeSpec, StartError};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rally_sdk::runtime::launch::{self, Report, Start};
-use rally_sdk::runtime::Qualifier;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -21,33 +21,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, Command};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
-/// What a runtime process needs to start.
-#[derive(Debug, Clone)]
-pub struct ProcessSpec {
-    pub runtime_id: String,
-    pub secret: String,
-    pub qualifier: Qualifier,
-    pub platform_url: String,
-    /// The version's bundle archive on local disk.
-    pub bundle: PathBuf,
-    /// The deployment's CPU and memory limits, which the launcher applies.
-    pub limits: launch::ResourceLimits,
-}
-
-/// A runtime process that ended: its runtime and how.
-#[derive(Debug, Clone)]
-pub struct Exited {
-    pub runtime_id: String,
-    /// `None` when it was ended by a signal.
-    pub exit_code: Option<i32>,
-    /// Why, when more is known than the code (a memory limit).
-    pub reason: Option<String>,
-}
+/// The name of the local-process pool.
+pub const NAME: &str = "local";
 
 #[derive(Debug)]
 pub struct ProcessPool {
+    /// This node's id: the one server of the pool.
+    node_id: String,
     binary: PathBuf,
     log_dir: PathBuf,
     log_max_bytes: u64,
@@ -57,19 +39,16 @@ pub struct ProcessPool {
     /// Launchers started so far.
     launchers: std::sync::atomic::AtomicU64,
     processes: Arc<Processes>,
-    /// Children started and not yet connected hold one of these each (see
-    /// `runtime_starts_at_once`).
-    starts: Arc<Semaphore>,
-    /// Longest wait for a permit: past it a runtime starts anyway, so a few runtimes that
-    /// never connect cannot hold every start back. Also the longest wait for the launcher to
-    /// report a start.
+    /// The exits, until the supervisor takes them.
+    exits: Mutex<Option<mpsc::Receiver<Exited>>>,
+    /// Longest wait for the launcher to report a start.
     start_wait: Duration,
 }
 
 /// The runtime processes of the current launcher, shared with the task that reads its reports.
 #[derive(Debug)]
 struct Processes {
-    exits: mpsc::UnboundedSender<Exited>,
+    exits: mpsc::Sender<Exited>,
     state: Mutex<ProcessState>,
 }
 
@@ -81,8 +60,6 @@ struct ProcessState {
     runtimes: HashMap<u32, (String, u64)>,
     /// Starts sent to a launcher (by its number) and not reported yet.
     reports: HashMap<String, (u64, oneshot::Sender<Result<u32, String>>)>,
-    /// The permits of runtimes not connected yet, given back when they connect or end.
-    starting: HashMap<String, OwnedSemaphorePermit>,
 }
 
 impl Processes {
@@ -90,8 +67,9 @@ impl Processes {
         self.state.lock().expect("pool lock")
     }
 
-    /// A report of launcher number `launcher`.
-    fn report(&self, launcher: u64, report: Report) {
+    /// A report of launcher number `launcher`; an exit is returned, to be sent on to the
+    /// supervisor.
+    fn report(&self, launcher: u64, report: Report) -> Option<Exited> {
         let mut state = self.state();
         match report {
             Report::Started { runtime_id, pid } => {
@@ -102,7 +80,6 @@ impl Processes {
                 }
             }
             Report::Failed { runtime_id, error } => {
-                state.starting.remove(&runtime_id);
                 if let Some((_, waiting)) = state.reports.remove(&runtime_id) {
                     let _ = waiting.send(Err(error));
                 }
@@ -112,18 +89,16 @@ impl Processes {
                 exit_code,
                 reason,
             } => {
-                let Some((runtime_id, _)) = state.runtimes.remove(&pid) else {
-                    return;
-                };
+                let (runtime_id, _) = state.runtimes.remove(&pid)?;
                 state.pids.remove(&runtime_id);
-                state.starting.remove(&runtime_id);
-                let _ = self.exits.send(Exited {
+                return Some(Exited {
                     runtime_id,
                     exit_code,
                     reason,
                 });
             }
         }
+        None
     }
 
     /// Launcher number `launcher` ended: its runtimes are no longer reported on, so the pool
@@ -146,7 +121,6 @@ impl Processes {
         for pid in orphans {
             if let Some((runtime_id, _)) = state.runtimes.remove(&pid) {
                 state.pids.remove(&runtime_id);
-                state.starting.remove(&runtime_id);
             }
         }
         state.reports.retain(|_, (by, _)| *by != launcher);
@@ -185,14 +159,15 @@ impl ProcessPool {
     }
 
     pub fn new(
+        node_id: String,
         binary: PathBuf,
         log_dir: PathBuf,
         log_max_bytes: u64,
-        exits: mpsc::UnboundedSender<Exited>,
-        starts_at_once: u32,
         start_wait: Duration,
     ) -> Self {
+        let (exits, exits_receiver) = mpsc::channel(super::EXITS_QUEUE);
         Self {
+            node_id,
             binary,
             log_dir,
             log_max_bytes,
@@ -202,40 +177,18 @@ impl ProcessPool {
                 exits,
                 state: Mutex::default(),
             }),
-            starts: Arc::new(Semaphore::new(starts_at_once.max(1) as usize)),
+            exits: Mutex::new(Some(exits_receiver)),
             start_wait,
         }
     }
 
-    /// Waits until fewer than `runtime_starts_at_once` children are on their way up (or the
-    /// start timeout has passed); the permit goes to [`Self::spawn`].
-    pub async fn start_slot(&self) -> Option<OwnedSemaphorePermit> {
-        tokio::time::timeout(self.start_wait, self.starts.clone().acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok)
-    }
-
-    /// The runtime has connected: its start is over, and another may begin.
-    pub fn connected(&self, runtime_id: &str) {
-        self.processes.state().starting.remove(runtime_id);
-    }
-
-    pub fn log_max_bytes(&self) -> u64 {
-        self.log_max_bytes
-    }
-
-    pub fn log_path(&self, runtime_id: &str) -> PathBuf {
+    fn log_path(&self, runtime_id: &str) -> PathBuf {
         self.log_dir.join(format!("{runtime_id}.log"))
     }
 
-    /// Starts the runtime's process and returns its pid. `slot` (from [`Self::start_slot`]) is
-    /// held until the runtime connects or its process ends.
-    pub async fn spawn(
-        &self,
-        spec: ProcessSpec,
-        slot: Option<OwnedSemaphorePermit>,
-    ) -> std::io::Result<u32> {
+    /// Starts the runtime's process and returns its pid.
+    async fn spawn(&self, spec: RuntimeSpec) -> std::io::Result<u32> {
+        let Artifact::Bundle(bundle) = spec.artifact;
         tokio::fs::create_dir_all(&self.log_dir).await?;
         let runtime_id = spec.runtime_id.clone();
         let mut line = serde_json::to_vec(&Start {
@@ -244,7 +197,7 @@ impl ProcessPool {
             secret: spec.secret,
             qualifier: spec.qualifier,
             platform_url: spec.platform_url.clone(),
-            bundle: spec.bundle,
+            bundle,
             limits: Some(spec.limits),
         })
         .map_err(std::io::Error::other)?;
@@ -254,11 +207,6 @@ impl ProcessPool {
             let mut state = self.processes.state();
             // The launcher's number is set when the start is sent.
             state.reports.insert(runtime_id.clone(), (0, report));
-            // Held from before the process exists, so that even the quickest connection
-            // finds it.
-            if let Some(slot) = slot {
-                state.starting.insert(runtime_id.clone(), slot);
-            }
         }
         let sent = self.send(&runtime_id, &line, &spec.platform_url).await;
         let outcome = match sent {
@@ -275,9 +223,7 @@ impl ProcessPool {
             Err(error) => Err(error),
         };
         if outcome.is_err() {
-            let mut state = self.processes.state();
-            state.reports.remove(&runtime_id);
-            state.starting.remove(&runtime_id);
+            self.processes.state().reports.remove(&runtime_id);
         }
         outcome
     }
@@ -334,7 +280,13 @@ impl ProcessPool {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str::<Report>(&line) {
-                    Ok(report) => guard.processes().report(number, report),
+                    Ok(report) => {
+                        if let Some(exited) = guard.processes().report(number, report) {
+                            // A full queue holds this reader (and so the launcher) back
+                            // rather than lose the exit; gone only when the platform is.
+                            let _ = guard.processes().exits.send(exited).await;
+                        }
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "unreadable report from the runtime launcher")
                     }
@@ -352,12 +304,12 @@ impl ProcessPool {
     }
 
     /// True while the runtime's process is one this pool started and saw no end of.
-    pub fn is_running(&self, runtime_id: &str) -> bool {
+    fn is_child(&self, runtime_id: &str) -> bool {
         self.processes.state().pids.contains_key(runtime_id)
     }
 
     /// SIGTERM now, SIGKILL after `grace` if it is still there.
-    pub fn terminate(&self, runtime_id: &str, grace: Duration) {
+    fn terminate(&self, runtime_id: &str, grace: Duration) {
         let Some(pid) = self.processes.state().pids.get(runtime_id).copied() else {
             return;
         };
@@ -373,16 +325,108 @@ impl ProcessPool {
             }
         });
     }
+}
 
-    /// Kills every runtime process at once (platform shutdown after the grace period).
-    pub fn kill_all(&self) {
+#[async_trait::async_trait]
+impl RuntimePool for ProcessPool {
+    fn kind(&self) -> PoolKind {
+        PoolKind::Process
+    }
+
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn start(&self, spec: RuntimeSpec) -> Result<Placement, StartError> {
+        let pid = self
+            .spawn(spec)
+            .await
+            .map_err(|error| StartError(format!("cannot start the runtime process: {error}")))?;
+        Ok(Placement {
+            kind: PoolKind::Process,
+            pool: NAME.to_owned(),
+            server: self.node_id.clone(),
+            handle: pid.to_string(),
+        })
+    }
+
+    fn stop(&self, runtime_id: &str, placement: &Placement, grace: Duration) {
+        if self.is_child(runtime_id) {
+            self.terminate(runtime_id, grace);
+            return;
+        }
+        // Left by a previous run of this node, or by a launcher that ended: not our child,
+        // ended by pid once it is sure the pid is still the runtime's.
+        let Some(pid) = pid_of(placement) else {
+            return;
+        };
+        if is_runtime_process(pid, runtime_id) {
+            signal(pid, Signal::SIGTERM);
+            let runtime_id = runtime_id.to_owned();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                if is_runtime_process(pid, &runtime_id) {
+                    signal(pid, Signal::SIGKILL);
+                }
+            });
+        }
+    }
+
+    fn kill(&self, runtime_id: &str, placement: &Placement) {
+        if let Some(pid) = self.processes.state().pids.get(runtime_id).copied() {
+            signal(pid, Signal::SIGKILL);
+        } else if let Some(pid) = pid_of(placement) {
+            if is_runtime_process(pid, runtime_id) {
+                signal(pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn is_alive(&self, runtime_id: &str, placement: &Placement) -> bool {
+        self.is_child(runtime_id)
+            || pid_of(placement).is_some_and(|pid| is_runtime_process(pid, runtime_id))
+    }
+
+    async fn logs(&self, runtime_id: &str) -> Vec<u8> {
+        tokio::fs::read(self.log_path(runtime_id))
+            .await
+            .unwrap_or_default()
+    }
+
+    fn append_log(&self, runtime_id: &str, line: &str) {
+        use std::io::Write;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(runtime_id))
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        if let Err(problem) = written {
+            tracing::debug!(runtime_id, %problem, "cannot write a runtime log line");
+        }
+    }
+
+    fn tend(&self, runtime_id: &str) {
+        trim_log(&self.log_path(runtime_id), self.log_max_bytes);
+    }
+
+    fn take_exits(&self) -> Option<mpsc::Receiver<Exited>> {
+        self.exits.lock().expect("exits lock").take()
+    }
+
+    fn running(&self) -> usize {
+        self.processes.state().pids.len()
+    }
+
+    fn kill_all(&self) {
         self.processes.kill_all();
     }
+}
 
-    /// Pids of the runtime processes still running.
-    pub fn pids(&self) -> Vec<u32> {
-        self.processes.state().pids.values().copied().collect()
-    }
+/// The pid a placement of this pool names.
+fn pid_of(placement: &Placement) -> Option<u32> {
+    (placement.kind == PoolKind::Process)
+        .then(|| placement.handle.parse().ok())
+        .flatten()
 }
 
 fn signal(pid: u32, signal: Signal) {
@@ -395,7 +439,7 @@ fn signal(pid: u32, signal: Signal) {
 /// recycled pid is not mistaken for the runtime): its standard error is the runtime's log.
 /// A runtime forked by a launcher shares the launcher's environment; one started as a program
 /// of its own (by an earlier platform) also carries its id in its environment.
-pub fn is_runtime_process(pid: u32, runtime_id: &str) -> bool {
+fn is_runtime_process(pid: u32, runtime_id: &str) -> bool {
     let log_name = format!("{runtime_id}.log");
     let logs_to_its_file = std::fs::read_link(format!("/proc/{pid}/fd/2")).is_ok_and(|target| {
         let target = target.to_string_lossy();
@@ -412,15 +456,10 @@ pub fn is_runtime_process(pid: u32, runtime_id: &str) -> bool {
         .any(|entry| entry == wanted.as_bytes())
 }
 
-/// Ends a process this platform started before a crash (it is no longer our child).
-pub fn kill_orphan(pid: u32) {
-    signal(pid, Signal::SIGKILL);
-}
-
 /// Keeps a runtime's log under its cap: past it, only the newest half stays. (The runtime
 /// appends to the file itself; lines written while it is cut may be lost, which a log can
 /// afford.)
-pub fn trim_log(path: &Path, max_bytes: u64) {
+fn trim_log(path: &Path, max_bytes: u64) {
     let Ok(metadata) = std::fs::metadata(path) else {
         return;
     };

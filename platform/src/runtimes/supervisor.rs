@@ -1,0 +1,358 @@
+//! The supervisor: once a second (and at once when clients wait for a lobby or matches for a
+//! runtime) it keeps every active deployment's runtimes as the deployment wants them, replaces
+//! runtimes that die, stops those of draining deployments and watches this node's runtimes.
+//! What to do is decided in `scaling`; this file counts and acts.
+
+use super::lifecycle::{
+    found_gone, placement, record_exit, recover_after_restart, start_runtime, stop_all,
+    stop_runtime, PLACEMENT,
+};
+use super::scaling::{
+    self, judge, plan_lobbies, plan_matches, DeploymentToRun, Lobbies, LobbyPlan, Matches, Verdict,
+    Watched,
+};
+use crate::dispatcher::{DeploymentFacts, MatchDemand};
+use crate::state::AppState;
+use crate::storage::{now_millis, StorageError};
+use rally_sdk::runtime::Qualifier;
+use sqlx::Row;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Keeps runtimes as the deployments want them, until shutdown. On shutdown it stops every
+/// runtime of this node, with the grace period, so that stopping the platform stops its games.
+pub async fn supervise(state: AppState, shutdown: CancellationToken) {
+    let Some(mut exits) = state.runtimes.pool.take_exits() else {
+        return;
+    };
+    if let Err(error) = recover_after_restart(&state).await {
+        tracing::error!(%error, "cannot check runtimes left by a previous run");
+    }
+    tokio::spawn(start_matches(state.clone(), shutdown.clone()));
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                state.dispatcher.sweep();
+                if let Err(error) = reconcile(&state).await {
+                    tracing::warn!(error = %format!("{error:#}"), "runtime supervision pass failed");
+                }
+            }
+            // Clients wait for a lobby: start one now rather than at the next tick.
+            () = state.dispatcher.lobby_wanted.notified() => {
+                if let Err(error) = reconcile(&state).await {
+                    tracing::warn!(error = %format!("{error:#}"), "runtime supervision pass failed");
+                }
+            }
+            Some(exited) = exits.recv() => {
+                if let Err(error) = record_exit(&state, &exited).await {
+                    tracing::warn!(%error, "cannot record a runtime exit");
+                }
+            }
+            () = shutdown.cancelled() => break,
+        }
+    }
+    stop_all(&state, &mut exits).await;
+}
+
+/// One supervision pass.
+async fn reconcile(state: &AppState) -> anyhow::Result<()> {
+    let deployments = load_deployments(state).await?;
+    watch_runtimes(state).await?;
+    let lobby_demand = state.dispatcher.lobby_demand();
+    let match_demand = state.dispatcher.match_demand();
+    for deployment in &deployments {
+        let lobbies = count_lobbies(state, deployment, &lobby_demand).await?;
+        match plan_lobbies(deployment, lobbies) {
+            LobbyPlan::Paused => {
+                tracing::debug!(deployment_id = %deployment.id, recent_failures = lobbies.recent_failures, "runtimes keep failing; waiting before restarting");
+            }
+            LobbyPlan::Start(count) => {
+                for _ in 0..count {
+                    if let Err(error) =
+                        start_runtime(state, deployment, Qualifier::Lobby, None).await
+                    {
+                        tracing::error!(deployment_id = %deployment.id, error = %format!("{error:#}"), "cannot start a lobby runtime");
+                        break;
+                    }
+                }
+            }
+        }
+        // (While the match starter is at work, matches are its business.)
+        if let Ok(_providing) = state.runtimes.providing.try_lock() {
+            if let Err(error) = provide_matches(state, deployment, &match_demand).await {
+                tracing::error!(deployment_id = %deployment.id, error = %format!("{error:#}"), "cannot start a match runtime");
+            }
+        }
+        if deployment.active {
+            close_idle_lobbies(state, deployment, lobbies.live).await?;
+        } else if lobbies.waiting == 0 {
+            // (Clients back from a match of this deployment wait for the lobby started above.)
+            drain(state, &deployment.id).await?;
+        }
+    }
+    for runtime_id in state.dispatcher.take_finished() {
+        tracing::info!(runtime_id = %runtime_id, "match over; stopping its runtime");
+        stop_runtime(state, &runtime_id, None).await?;
+    }
+    crate::deployed::close_drained(&state.database).await?;
+    Ok(())
+}
+
+/// The active and draining deployments, told to the dispatcher and kept for the match
+/// starter. One whose records do not parse is reported and its runtimes are left alone.
+async fn load_deployments(state: &AppState) -> anyhow::Result<Vec<DeploymentToRun>> {
+    let mut facts = Vec::new();
+    let mut deployments = Vec::new();
+    for loaded in crate::deployed::running(&state.database).await? {
+        match loaded {
+            Ok(deployed) => {
+                deployments.push(DeploymentToRun::from(&deployed));
+                facts.push(DeploymentFacts {
+                    active: deployed.is_active(),
+                    modes: deployed.manifest.modes,
+                    id: deployed.id,
+                    stage_id: deployed.stage_id,
+                });
+            }
+            Err(error) => {
+                tracing::error!(%error, "a deployment cannot be read; its runtimes are left alone")
+            }
+        }
+    }
+    state.dispatcher.set_deployments(facts);
+    *state.runtimes.deployments.lock().expect("deployments lock") = deployments.clone();
+    Ok(deployments)
+}
+
+/// This node's runtimes that are late to connect, or whose pool lost them.
+async fn watch_runtimes(state: &AppState) -> Result<(), StorageError> {
+    let runtimes = &state.runtimes;
+    let rows = sqlx::query(&format!(
+        "SELECT id, status, created_at, {PLACEMENT} FROM runtimes \
+         WHERE node_id = $1 AND status IN ('starting', 'running', 'stopping')"
+    ))
+    .bind(&runtimes.node_id)
+    .fetch_all(state.database.reader())
+    .await?;
+    let now = now_millis();
+    for row in &rows {
+        let id: String = row.get("id");
+        let status: String = row.get("status");
+        let created_at: i64 = row.get("created_at");
+        let alive = match &placement(row) {
+            Some(placement) => {
+                runtimes.pool.tend(&id);
+                runtimes.pool.is_alive(&id, placement)
+            }
+            // Not placed yet: its start is under way, and ends in a placement or a failure.
+            None => true,
+        };
+        let disconnected_at = runtimes
+            .disconnected_at
+            .lock()
+            .expect("disconnect lock")
+            .get(&id)
+            .copied()
+            .unwrap_or(0);
+        let watched = Watched {
+            alive,
+            connected: state.dispatcher.runtime_is_connected(&id),
+            stopping: status == "stopping",
+            waiting_since: created_at.max(runtimes.started_at).max(disconnected_at),
+        };
+        match judge(watched, now, runtimes.start_timeout) {
+            Verdict::Fine => {}
+            Verdict::Gone => record_exit(state, &found_gone(id)).await?,
+            Verdict::Late => {
+                tracing::warn!(runtime_id = %id, "runtime did not connect in time; stopping it");
+                stop_runtime(state, &id, Some("did not connect in time")).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A deployment's lobbies, on every node, and the clients waiting for one.
+async fn count_lobbies(
+    state: &AppState,
+    deployment: &DeploymentToRun,
+    demand: &[crate::dispatcher::LobbyDemand],
+) -> Result<Lobbies, StorageError> {
+    let lobbies = sqlx::query(
+        "SELECT id FROM runtimes WHERE deployment_id = $1 AND qualifier = 'lobby' \
+         AND status IN ('starting', 'running')",
+    )
+    .bind(&deployment.id)
+    .fetch_all(state.database.reader())
+    .await?;
+    // On the way: every lobby not (yet, or any longer) holding its socket. That covers
+    // `starting` ones, and `running` ones between their row's update and their socket's
+    // registration, which would otherwise look full to waiting clients and get a twin.
+    let on_the_way = lobbies
+        .iter()
+        .filter(|row| {
+            !state
+                .dispatcher
+                .runtime_is_connected(&row.get::<String, _>(0))
+        })
+        .count() as i64;
+    let waiting = demand
+        .iter()
+        .find(|demand| demand.deployment_id == deployment.id)
+        .map_or(0, |demand| demand.waiting as i64);
+    let recent_failures: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM runtimes WHERE deployment_id = $1 AND status = 'failed' \
+         AND stopped_at > $2",
+    )
+    .bind(&deployment.id)
+    .bind(now_millis() - scaling::RESTART_WINDOW_MILLIS)
+    .fetch_one(state.database.reader())
+    .await?;
+    Ok(Lobbies {
+        live: lobbies.len() as i64,
+        on_the_way,
+        waiting,
+        recent_failures,
+    })
+}
+
+/// Formed matches that wait for a runtime get one started at once, without waiting for the
+/// supervisor's next pass (which is busy with everything else and may take a while under load).
+async fn start_matches(state: AppState, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = state.dispatcher.match_wanted.notified() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let providing = async {
+            let _providing = state.runtimes.providing.lock().await;
+            // Read under the lock: a pass that held it may have started some already.
+            let demand = state.dispatcher.match_demand();
+            let deployments: Vec<DeploymentToRun> = state
+                .runtimes
+                .deployments
+                .lock()
+                .expect("deployments lock")
+                .iter()
+                .filter(|deployment| {
+                    demand
+                        .iter()
+                        .any(|wanted| wanted.deployment_id == deployment.id && wanted.pending > 0)
+                })
+                .cloned()
+                .collect();
+            for deployment in &deployments {
+                if let Err(error) = provide_matches(&state, deployment, &demand).await {
+                    tracing::error!(deployment_id = %deployment.id, error = %format!("{error:#}"), "cannot start a match runtime");
+                }
+            }
+        };
+        tokio::select! {
+            () = providing => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Match runtimes: one for each formed match waiting for a runtime, plus `warm_matches` idle
+/// ones per mode (active deployments only), counting those already starting or idle.
+async fn provide_matches(
+    state: &AppState,
+    deployment: &DeploymentToRun,
+    demand: &[MatchDemand],
+) -> anyhow::Result<()> {
+    let of_deployment = || demand.iter().filter(|d| d.deployment_id == deployment.id);
+    let modes = scaling::match_modes(deployment, of_deployment().map(|d| d.mode.as_str()));
+    for (mode, warm) in modes {
+        let (pending, idle) = of_deployment()
+            .find(|d| d.mode == mode)
+            .map_or((0, 0), |d| (d.pending as i64, d.idle as i64));
+        let starting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM runtimes WHERE deployment_id = $1 AND qualifier = 'match' \
+             AND mode = $2 AND status = 'starting'",
+        )
+        .bind(&deployment.id)
+        .bind(&mode)
+        .fetch_one(state.database.reader())
+        .await?;
+        let (missing, more_later) = plan_matches(Matches {
+            warm,
+            pending,
+            idle,
+            starting,
+        });
+        if more_later {
+            // More next pass, straight away rather than at the next tick.
+            state.dispatcher.match_wanted.notify_one();
+        }
+        // Started side by side, each in a task of its own: players wait for these.
+        let mut starts = tokio::task::JoinSet::new();
+        for _ in 0..missing {
+            let state = state.clone();
+            let deployment = deployment.clone();
+            let mode = mode.clone();
+            starts.spawn(async move {
+                start_runtime(&state, &deployment, Qualifier::Match, Some(&mode)).await
+            });
+        }
+        let mut failure = None;
+        while let Some(started) = starts.join_next().await {
+            if let Err(error) = started
+                .map_err(anyhow::Error::from)
+                .and_then(|started| started)
+            {
+                failure.get_or_insert(error);
+            }
+        }
+        if let Some(error) = failure {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// Lobbies started for a crowd that has gone: those above `min_lobbies` that have been empty
+/// for the deployment's idle timeout are stopped, emptiest-longest first.
+async fn close_idle_lobbies(
+    state: &AppState,
+    deployment: &DeploymentToRun,
+    live: i64,
+) -> Result<(), StorageError> {
+    let closable = scaling::closable_lobbies(deployment, live);
+    if closable == 0 {
+        return Ok(());
+    }
+    for runtime_id in state
+        .dispatcher
+        .idle_lobbies(&deployment.id, deployment.idle_timeout)
+        .into_iter()
+        .take(closable)
+    {
+        if state.dispatcher.retire_if_empty(&runtime_id) {
+            tracing::info!(runtime_id = %runtime_id, "idle lobby above min_lobbies; stopping it");
+            stop_runtime(state, &runtime_id, None).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Asks the empty runtimes of a draining deployment to stop. Lobbies with clients keep them
+/// until they leave (new clients go to the new deployment); matches run to their end.
+async fn drain(state: &AppState, deployment_id: &str) -> Result<(), StorageError> {
+    let rows = sqlx::query(
+        "SELECT id FROM runtimes WHERE deployment_id = $1 AND node_id = $2 \
+         AND status IN ('starting', 'running')",
+    )
+    .bind(deployment_id)
+    .bind(&state.runtimes.node_id)
+    .fetch_all(state.database.reader())
+    .await?;
+    for row in rows {
+        let id: String = row.get(0);
+        if state.dispatcher.retire_if_empty(&id) {
+            stop_runtime(state, &id, None).await?;
+        }
+    }
+    Ok(())
+}
