@@ -23,7 +23,7 @@ pub enum Event {
     },
     /// `on_client_removed`.
     ClientRemoved { client_id: String, reason: String },
-    /// `on_message`: text stays a string, binary arrives as bytes (base64 decoded).
+    /// `on_message`: text stays a string, binary arrives as bytes.
     Message { client_id: String, payload: Payload },
     /// `on_tick(dt)`, `dt` in seconds since the previous tick.
     Tick { dt: f64 },

@@ -104,7 +104,6 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use mlua::{Function, IntoLuaMulti, Lua, LuaOptions, StdLib, Table, Value, VmState};
 use rally_sdk::runtime::{LogLevel, Payload, Qualifier, RuntimeCommand};
 
@@ -351,16 +350,7 @@ impl LuaEngine {
                 };
                 let (bytes, kind) = match payload {
                     Payload::Text(text) => (self.lua.create_string(text), &self.text_kind),
-                    Payload::Binary(base64) => {
-                        match base64::engine::general_purpose::STANDARD.decode(base64) {
-                            Ok(bytes) => (self.lua.create_string(bytes), &self.binary_kind),
-                            Err(err) => {
-                                return Err(HandlerError::Script {
-                                message: format!("binary message from client {client_id} is not valid base64: {err}"),
-                            });
-                            }
-                        }
-                    }
+                    Payload::Binary(bytes) => (self.lua.create_string(bytes), &self.binary_kind),
                 };
                 let bytes = bytes.map_err(|err| self.classify(err))?;
                 self.call(

@@ -9,8 +9,8 @@ use crate::loader::ReadBundle;
 use crate::watchdog::Call;
 use futures_util::{SinkExt, StreamExt};
 use rally_sdk::runtime::{
-    env, Frame, LogLevel, PlatformMessage, Qualifier, RuntimeCommand, PROTOCOL_VERSION,
-    SOCKET_READ_BUFFER, SUBPROTOCOL,
+    decode_binary_frame, decode_text_frame, encode_frame, env, Encoded, Frame, LogLevel,
+    PlatformMessage, Qualifier, RuntimeCommand, PROTOCOL_VERSION, SOCKET_READ_BUFFER, SUBPROTOCOL,
 };
 use rally_sdk::{ClientError, RallyClient};
 use std::path::PathBuf;
@@ -223,12 +223,13 @@ async fn session(
         let mut commands = Vec::new();
         tokio::select! {
             incoming = socket.next() => {
-                let text = match incoming {
-                    Some(Ok(Message::Text(text))) => text,
+                let frame: Result<Frame<PlatformMessage>, _> = match incoming {
+                    Some(Ok(Message::Text(text))) => decode_text_frame(text.as_str()),
+                    Some(Ok(Message::Binary(envelope))) => decode_binary_frame(envelope),
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ended::Lost,
                     Some(Ok(_)) => continue,
                 };
-                let frame: Frame<PlatformMessage> = match serde_json::from_str(text.as_str()) {
+                let frame = match frame {
                     Ok(frame) => frame,
                     Err(error) => {
                         eprintln!("rally-runtime: unreadable frame from the platform: {error}");
@@ -351,8 +352,11 @@ async fn send(socket: &mut Socket, commands: Vec<RuntimeCommand>) -> Result<(), 
     if commands.is_empty() {
         return Ok(());
     }
-    let text = serde_json::to_string(&Frame { messages: commands }).expect("commands serialise");
-    socket.send(Message::Text(text.into())).await.map_err(drop)
+    let message = match encode_frame(&commands) {
+        Encoded::Text(text) => Message::Text(text.into()),
+        Encoded::Binary(envelope) => Message::Binary(envelope.into()),
+    };
+    socket.send(message).await.map_err(drop)
 }
 
 /// Stopping while disconnected: the logic still gets `on_stop`.

@@ -109,12 +109,12 @@ pub fn parse(script: &str) -> Result<Vec<(usize, Event)>, ScriptError> {
                     Payload::Text(body.to_owned())
                 } else {
                     use base64::Engine as _;
-                    base64::engine::general_purpose::STANDARD
+                    let bytes = base64::engine::general_purpose::STANDARD
                         .decode(body.trim())
                         .map_err(|problem| {
                             error(&format!("binary payload is not base64: {problem}"))
                         })?;
-                    Payload::Binary(body.trim().to_owned())
+                    Payload::Binary(bytes.into())
                 };
                 events.push((
                     line,
@@ -212,7 +212,11 @@ fn describe(event: &Event) -> String {
         Event::ClientRemoved { client_id, reason } => format!("leave {client_id} {reason}"),
         Event::Message { client_id, payload } => match payload {
             Payload::Text(text) => format!("message {client_id} {text}"),
-            Payload::Binary(base64) => format!("binary {client_id} {base64}"),
+            Payload::Binary(bytes) => {
+                use base64::Engine as _;
+                let base64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+                format!("binary {client_id} {base64}")
+            }
         },
         Event::Tick { dt } => format!("tick {dt}"),
         Event::Stopping => "stop".to_owned(),

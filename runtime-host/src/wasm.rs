@@ -94,7 +94,6 @@
 //! once at start.
 
 use crate::engine::{Engine, Event, HandlerError, Limits};
-use base64::Engine as _;
 use rally_sdk::runtime::{LogLevel, Payload, Qualifier, RuntimeCommand};
 use serde::Serialize;
 use std::sync::OnceLock;
@@ -600,11 +599,6 @@ fn read_command(bytes: &[u8], limits: &Limits) -> Result<RuntimeCommand, String>
                 payload.len(),
                 limits.max_payload_bytes
             ));
-        }
-        if let Payload::Binary(base64) = payload {
-            base64::engine::general_purpose::STANDARD
-                .decode(base64)
-                .map_err(|error| format!("binary payload is not base64: {error}"))?;
         }
     }
     Ok(command)

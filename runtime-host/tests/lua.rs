@@ -186,7 +186,7 @@ fn every_handler_is_called_with_its_arguments() {
     );
     let binary = Event::Message {
         client_id: "c2".into(),
-        payload: Payload::Binary("AP8A".into()),
+        payload: Payload::Binary(vec![0x00, 0xff, 0x00].into()),
     };
     assert_eq!(
         ok(&mut engine, binary),
@@ -271,7 +271,7 @@ fn every_command_of_the_api_is_emitted_in_order() {
             respond("c1", "echo hi"),
             RuntimeCommand::RespondClient {
                 client_id: "c1".into(),
-                payload: Payload::Binary("AAEC".into())
+                payload: Payload::Binary(vec![0, 1, 2].into())
             },
             respond("c1", "explicit text"),
             RuntimeCommand::Multicast {
@@ -282,7 +282,7 @@ fn every_command_of_the_api_is_emitted_in_order() {
                 payload: payload("to all")
             },
             RuntimeCommand::Broadcast {
-                payload: Payload::Binary("/w==".into())
+                payload: Payload::Binary(vec![0xff].into())
             },
             RuntimeCommand::KickClient {
                 client_id: "a".into(),

@@ -226,7 +226,7 @@ fn the_example_lobby_greets_echoes_and_asks_for_a_duel() {
         run_ok(&mut lobby, message("c1", "hello there")),
         [respond("c1", "hello there")]
     );
-    let binary = Payload::Binary("AAEC/w==".to_owned());
+    let binary = Payload::Binary(vec![0, 1, 2, 0xff].into());
     let commands = run_ok(
         &mut lobby,
         Event::Message {

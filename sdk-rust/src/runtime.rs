@@ -1,18 +1,26 @@
-//! The runtime protocol (version 1): what the platform and a runtime (a lobby or a match of a
+//! The runtime protocol (version 2): what the platform and a runtime (a lobby or a match of a
 //! game's logic) say to each other over the runtime WebSocket. `docs/protocol.md` describes it
 //! for implementers in other languages; these types are its reference.
 //!
-//! Every WebSocket text frame carries one [`Frame`]: a batch of messages, so that a busy
-//! runtime sends one frame per tick rather than one per message. Payloads for players are
-//! [`Payload`]s: text as is, binary as base64.
+//! Every WebSocket frame carries one [`Frame`]: a batch of messages, so that a busy runtime
+//! sends one frame per tick rather than one per message. Payloads for players are
+//! [`Payload`]s: text, or bytes. A frame whose payloads are all text is a text frame of JSON; a
+//! frame with binary payloads is a binary *envelope* (see [`encode_frame`]) that carries the
+//! bytes as they are, after the JSON, so that binary messages are never base64-encoded between
+//! the platform and a runtime.
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::cell::RefCell;
 
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub use bytes::Bytes;
+
+/// The protocol version this crate speaks. Version 2 added binary envelopes.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The WebSocket subprotocol naming the version, offered by the runtime when it connects.
-pub const SUBPROTOCOL: &str = "rally.runtime.v1";
+pub const SUBPROTOCOL: &str = "rally.runtime.v2";
 
 /// Bytes a runtime link reads from its socket at a time, on either end. Tungstenite's default
 /// (128 KiB) is zero-filled before every read: most of a fresh runtime's time on its socket, and
@@ -184,13 +192,13 @@ impl Qualifier {
 }
 
 /// A message for or from a player: text frames stay text, binary frames stay binary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "lowercase")]
+///
+/// As JSON it is `{"text": "..."}` or `{"binary": "<base64>"}`; inside a binary envelope a
+/// binary payload is `{"attachment": <index>}` and its bytes travel after the JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
     Text(String),
-    /// Base64 (standard alphabet, padded) of the bytes.
-    Binary(String),
+    Binary(Bytes),
 }
 
 impl Payload {
@@ -198,7 +206,7 @@ impl Payload {
     pub fn len(&self) -> usize {
         match self {
             Payload::Text(text) => text.len(),
-            Payload::Binary(base64) => base64.len() / 4 * 3,
+            Payload::Binary(bytes) => bytes.len(),
         }
     }
 
@@ -207,10 +215,179 @@ impl Payload {
     }
 }
 
-/// One WebSocket text frame: messages in order.
+thread_local! {
+    /// While [`encode_frame`] serialises: the bytes of binary payloads, in order. While
+    /// [`decode_frame`] reads an envelope: its attachments.
+    static ATTACHMENTS: RefCell<Option<Vec<Bytes>>> = const { RefCell::new(None) };
+}
+
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(1))?;
+        match self {
+            Payload::Text(text) => map.serialize_entry("text", text)?,
+            Payload::Binary(bytes) => {
+                let attachment = ATTACHMENTS.with_borrow_mut(|attachments| {
+                    attachments.as_mut().map(|attachments| {
+                        attachments.push(bytes.clone());
+                        attachments.len() - 1
+                    })
+                });
+                match attachment {
+                    Some(index) => map.serialize_entry("attachment", &index)?,
+                    None => map.serialize_entry("binary", &base64_encode(bytes))?,
+                }
+            }
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PayloadVisitor;
+
+        impl<'de> Visitor<'de> for PayloadVisitor {
+            type Value = Payload;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str(r#"{"text": ...}, {"binary": base64} or {"attachment": n}"#)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Payload, A::Error> {
+                let key: String = map
+                    .next_key()?
+                    .ok_or_else(|| de::Error::custom("a payload has one key"))?;
+                let payload = match key.as_str() {
+                    "text" => Payload::Text(map.next_value()?),
+                    "binary" => {
+                        let text: String = map.next_value()?;
+                        let bytes = base64_decode(&text)
+                            .ok_or_else(|| de::Error::custom("a binary payload is base64"))?;
+                        Payload::Binary(bytes.into())
+                    }
+                    "attachment" => {
+                        let index: usize = map.next_value()?;
+                        let bytes = ATTACHMENTS.with_borrow(|attachments| {
+                            attachments
+                                .as_ref()
+                                .and_then(|attachments| attachments.get(index).cloned())
+                        });
+                        Payload::Binary(bytes.ok_or_else(|| {
+                            de::Error::custom(format!("no attachment {index} in this frame"))
+                        })?)
+                    }
+                    other => {
+                        return Err(de::Error::unknown_field(
+                            other,
+                            &["text", "binary", "attachment"],
+                        ))
+                    }
+                };
+                if map.next_key::<de::IgnoredAny>()?.is_some() {
+                    return Err(de::Error::custom("a payload has one key"));
+                }
+                Ok(payload)
+            }
+        }
+
+        deserializer.deserialize_map(PayloadVisitor)
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
+}
+
+/// One WebSocket frame: messages in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Frame<M> {
     pub messages: Vec<M>,
+}
+
+/// A frame as it goes on the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Encoded {
+    /// JSON, when no payload is binary.
+    Text(String),
+    /// A binary envelope: a 4-byte big-endian length `n`, `n` bytes of the frame's JSON in
+    /// which binary payloads are `{"attachment": i}`, then each attachment `i` in order as a
+    /// 4-byte big-endian length and its bytes.
+    Binary(Vec<u8>),
+}
+
+/// Encodes `messages` as one frame: text when every payload is text, else a binary envelope
+/// that carries the binary payloads as they are.
+pub fn encode_frame<M: Serialize>(messages: &[M]) -> Encoded {
+    #[derive(Serialize)]
+    struct Borrowed<'a, M> {
+        messages: &'a [M],
+    }
+    let previous = ATTACHMENTS.replace(Some(Vec::new()));
+    let json = serde_json::to_vec(&Borrowed { messages });
+    let attachments = ATTACHMENTS.replace(previous).unwrap_or_default();
+    let json = json.expect("protocol messages serialise");
+    if attachments.is_empty() {
+        return Encoded::Text(String::from_utf8(json).expect("JSON is UTF-8"));
+    }
+    let size = 4 + json.len() + attachments.iter().map(|a| 4 + a.len()).sum::<usize>();
+    let mut envelope = Vec::with_capacity(size);
+    envelope.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    envelope.extend_from_slice(&json);
+    for attachment in &attachments {
+        envelope.extend_from_slice(&(attachment.len() as u32).to_be_bytes());
+        envelope.extend_from_slice(attachment);
+    }
+    Encoded::Binary(envelope)
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("the binary envelope is cut short or malformed")]
+    Envelope,
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Reads a text frame.
+pub fn decode_text_frame<M: DeserializeOwned>(text: &str) -> Result<Frame<M>, FrameError> {
+    Ok(serde_json::from_str(text)?)
+}
+
+/// Reads a binary envelope (see [`Encoded::Binary`]); its attachments become the binary
+/// payloads without a copy.
+pub fn decode_binary_frame<M: DeserializeOwned>(envelope: Bytes) -> Result<Frame<M>, FrameError> {
+    let length = |at: usize| -> Result<usize, FrameError> {
+        let prefix = envelope.get(at..at + 4).ok_or(FrameError::Envelope)?;
+        Ok(u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize)
+    };
+    let json_length = length(0)?;
+    let json_end = 4usize
+        .checked_add(json_length)
+        .filter(|end| *end <= envelope.len())
+        .ok_or(FrameError::Envelope)?;
+    let mut attachments = Vec::new();
+    let mut at = json_end;
+    while at < envelope.len() {
+        let size = length(at)?;
+        let end = (at + 4)
+            .checked_add(size)
+            .filter(|end| *end <= envelope.len())
+            .ok_or(FrameError::Envelope)?;
+        attachments.push(envelope.slice(at + 4..end));
+        at = end;
+    }
+    let previous = ATTACHMENTS.replace(Some(attachments));
+    let frame = serde_json::from_slice(&envelope[4..json_end]);
+    ATTACHMENTS.replace(previous);
+    Ok(frame?)
 }
 
 /// `POST /api/v1/runtime/token`.
@@ -323,6 +500,82 @@ pub enum LogLevel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn received(client_id: &str, payload: Payload) -> PlatformMessage {
+        PlatformMessage::MessageReceived {
+            client_id: client_id.to_owned(),
+            payload,
+        }
+    }
+
+    #[test]
+    fn text_frames_stay_json_text() {
+        let messages = [received("c1", Payload::Text("hi".to_owned()))];
+        let Encoded::Text(text) = encode_frame(&messages) else {
+            panic!("a frame without bytes is text");
+        };
+        assert_eq!(
+            text,
+            r#"{"messages":[{"type":"message_received","client_id":"c1","payload":{"text":"hi"}}]}"#
+        );
+        let frame: Frame<PlatformMessage> = decode_text_frame(&text).unwrap();
+        assert_eq!(frame.messages, messages);
+    }
+
+    #[test]
+    fn binary_payloads_travel_as_they_are_in_an_envelope() {
+        let bytes = Bytes::from_static(&[0, 1, 2, 255]);
+        let messages = [
+            received("c1", Payload::Binary(bytes.clone())),
+            received("c2", Payload::Text("between".to_owned())),
+            received("c3", Payload::Binary(Bytes::from_static(b"second"))),
+        ];
+        let Encoded::Binary(envelope) = encode_frame(&messages) else {
+            panic!("a frame with bytes is an envelope");
+        };
+        // The bytes follow the JSON as they are, each after its length.
+        assert!(envelope.ends_with(&[0, 0, 0, 6, b's', b'e', b'c', b'o', b'n', b'd']));
+        assert!(envelope
+            .windows(8)
+            .any(|window| window == [0, 0, 0, 4, 0, 1, 2, 255]));
+        let json_length = u32::from_be_bytes(envelope[..4].try_into().unwrap()) as usize;
+        let json = std::str::from_utf8(&envelope[4..4 + json_length]).unwrap();
+        assert!(json.contains(r#""payload":{"attachment":0}"#), "{json}");
+        assert!(json.contains(r#""payload":{"attachment":1}"#), "{json}");
+        let frame: Frame<PlatformMessage> = decode_binary_frame(Bytes::from(envelope)).unwrap();
+        assert_eq!(frame.messages, messages);
+        // Outside an envelope the same payload is base64, as in version 1.
+        assert_eq!(
+            serde_json::to_string(&Payload::Binary(bytes.clone())).unwrap(),
+            r#"{"binary":"AAEC/w=="}"#
+        );
+        let parsed: Payload = serde_json::from_str(r#"{"binary":"AAEC/w=="}"#).unwrap();
+        assert_eq!(parsed, Payload::Binary(bytes));
+    }
+
+    #[test]
+    fn broken_envelopes_and_payloads_are_errors() {
+        let frame = |bytes: &[u8]| {
+            decode_binary_frame::<PlatformMessage>(Bytes::copy_from_slice(bytes)).is_err()
+        };
+        assert!(frame(&[]), "no length");
+        assert!(frame(&[0, 0, 0, 200, b'{']), "JSON cut short");
+        let json = br#"{"messages":[{"type":"message_received","client_id":"c","payload":{"attachment":1}}]}"#;
+        let mut envelope = (json.len() as u32).to_be_bytes().to_vec();
+        envelope.extend_from_slice(json);
+        envelope.extend_from_slice(&[0, 0, 0, 1, 7]);
+        assert!(frame(&envelope), "an attachment that is not there");
+        envelope.truncate(envelope.len() - 1);
+        assert!(frame(&envelope), "an attachment cut short");
+        for bad in [
+            r#"{"binary":"not base64!"}"#,
+            r#"{"attachment":0}"#,
+            r#"{"text":"a","binary":"AA=="}"#,
+            r#"{"sound":"a"}"#,
+        ] {
+            assert!(serde_json::from_str::<Payload>(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn messages_are_tagged_by_type() {

@@ -1,9 +1,10 @@
 //! A runtime's commands, applied in order under the dispatcher's lock: messages to its own
-//! clients, profiles, kicks, matchmaking, the end of a match.
+//! clients, profiles, kicks, matchmaking, the end of a match. What goes out to players is made
+//! before the lock is taken, once per command however many players it reaches (a text event is
+//! serialised once; binary bytes are shared, never copied or re-encoded).
 
 use super::journal::Change;
 use super::{error, own_client, unknown_client, Client, Dispatcher, Outgoing};
-use base64::Engine as _;
 use rally_sdk::player::PlayerEvent;
 use rally_sdk::runtime::{Payload, PlatformMessage, Qualifier, RuntimeCommand};
 use std::sync::Arc;
@@ -11,6 +12,55 @@ use tokio::sync::mpsc::error::TrySendError;
 
 /// Largest profile a runtime may store for a player, as JSON.
 const MAX_PROFILE_BYTES: usize = 64 * 1024;
+
+/// A command with what it sends to players made ready.
+enum Step {
+    Respond {
+        client_id: String,
+        outgoing: Outgoing,
+    },
+    Multicast {
+        client_ids: Vec<String>,
+        outgoing: Outgoing,
+    },
+    Broadcast {
+        outgoing: Outgoing,
+    },
+    Other(RuntimeCommand),
+}
+
+impl Step {
+    fn prepare(command: RuntimeCommand) -> Self {
+        match command {
+            RuntimeCommand::RespondClient { client_id, payload } => Step::Respond {
+                client_id,
+                outgoing: outgoing(payload),
+            },
+            RuntimeCommand::Multicast {
+                client_ids,
+                payload,
+            } => Step::Multicast {
+                client_ids,
+                outgoing: outgoing(payload),
+            },
+            RuntimeCommand::Broadcast { payload } => Step::Broadcast {
+                outgoing: outgoing(payload),
+            },
+            other => Step::Other(other),
+        }
+    }
+}
+
+/// What a player receives for a payload: a `message` event, or the bytes as a binary frame.
+fn outgoing(payload: Payload) -> Outgoing {
+    match payload {
+        Payload::Text(text) => Outgoing::event(&PlayerEvent::Message {
+            text: Some(text),
+            binary: None,
+        }),
+        Payload::Binary(bytes) => Outgoing::Binary(bytes),
+    }
+}
 
 impl Dispatcher {
     /// Applies a runtime's commands in order; returns the error replies for it.
@@ -20,6 +70,7 @@ impl Dispatcher {
         commands: Vec<RuntimeCommand>,
     ) -> Vec<PlatformMessage> {
         let mut replies = Vec::new();
+        let steps: Vec<Step> = commands.into_iter().map(Step::prepare).collect();
         let mut guard = self.state();
         let state = &mut *guard;
         let Some(key) = state
@@ -30,26 +81,26 @@ impl Dispatcher {
             return replies;
         };
         let mut slow: Vec<Arc<str>> = Vec::new();
-        for command in commands {
-            match command {
-                RuntimeCommand::RespondClient { client_id, payload } => {
+        for step in steps {
+            let command = match step {
+                Step::Respond {
+                    client_id,
+                    outgoing,
+                } => {
                     match own_client(state, &key, &client_id) {
-                        Some(client) => {
-                            deliver(client, &client_id, &payload, &mut slow, &mut replies)
-                        }
+                        Some(client) => deliver(client, &client_id, &outgoing, &mut slow),
                         None => replies.push(unknown_client(&client_id)),
                     }
+                    continue;
                 }
-                RuntimeCommand::Multicast {
+                Step::Multicast {
                     client_ids,
-                    payload,
+                    outgoing,
                 } => {
                     let mut unknown = Vec::new();
                     for client_id in client_ids {
                         match own_client(state, &key, &client_id) {
-                            Some(client) => {
-                                deliver(client, &client_id, &payload, &mut slow, &mut replies)
-                            }
+                            Some(client) => deliver(client, &client_id, &outgoing, &mut slow),
                             None => unknown.push(client_id),
                         }
                     }
@@ -62,8 +113,9 @@ impl Dispatcher {
                             ),
                         ));
                     }
+                    continue;
                 }
-                RuntimeCommand::Broadcast { payload } => {
+                Step::Broadcast { outgoing } => {
                     let members: Vec<Arc<str>> = state
                         .runtimes
                         .get(&key)
@@ -71,10 +123,14 @@ impl Dispatcher {
                         .unwrap_or_default();
                     for client_id in members {
                         if let Some(client) = state.clients.get_mut(&client_id) {
-                            deliver(client, &client_id, &payload, &mut slow, &mut replies);
+                            deliver(client, &client_id, &outgoing, &mut slow);
                         }
                     }
+                    continue;
                 }
+                Step::Other(command) => command,
+            };
+            match command {
                 RuntimeCommand::SetProfile { client_id, profile } => {
                     let Some(client) = own_client(state, &key, &client_id) else {
                         replies.push(unknown_client(&client_id));
@@ -135,6 +191,10 @@ impl Dispatcher {
                 }
                 // Written to the runtime's log by its connection.
                 RuntimeCommand::Log { .. } => {}
+                // Made into steps above.
+                RuntimeCommand::RespondClient { .. }
+                | RuntimeCommand::Multicast { .. }
+                | RuntimeCommand::Broadcast { .. } => {}
             }
         }
         for client_id in slow {
@@ -154,28 +214,9 @@ impl Dispatcher {
     }
 }
 
-/// Queues a runtime's payload for a client; a client whose queue is full is noted as slow.
-fn deliver(
-    client: &mut Client,
-    client_id: &str,
-    payload: &Payload,
-    slow: &mut Vec<Arc<str>>,
-    replies: &mut Vec<PlatformMessage>,
-) {
-    let outgoing = match payload {
-        Payload::Text(text) => Outgoing::event(&PlayerEvent::Message {
-            text: Some(text.clone()),
-            binary: None,
-        }),
-        Payload::Binary(base64) => match base64::engine::general_purpose::STANDARD.decode(base64) {
-            Ok(bytes) => Outgoing::Binary(bytes.into()),
-            Err(_) => {
-                replies.push(error("invalid_payload", "a binary payload is base64"));
-                return;
-            }
-        },
-    };
-    if let Err(TrySendError::Full(_)) = client.outbox.try_send(outgoing) {
+/// Queues what a runtime sends for a client; a client whose queue is full is noted as slow.
+fn deliver(client: &mut Client, client_id: &str, outgoing: &Outgoing, slow: &mut Vec<Arc<str>>) {
+    if let Err(TrySendError::Full(_)) = client.outbox.try_send(outgoing.clone()) {
         slow.push(Arc::from(client_id));
     }
 }

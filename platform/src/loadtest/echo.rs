@@ -4,14 +4,15 @@
 
 use super::session::{self, client_deleted, error_event, event_in, Game, Socket};
 use super::stats::Stats;
-use anyhow::bail;
-use futures_util::StreamExt;
+use anyhow::{bail, Context as _};
+use futures_util::{SinkExt, StreamExt};
 use rally_sdk::player::{PlayerCommand, PlayerEvent};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::Message;
 
 /// An echo this late is given up on and counted as lost: the platform drops messages beyond a
 /// client's rate limit (with one `rate_limited` error a second, not one per message), and a
@@ -44,6 +45,8 @@ pub(super) struct Plan {
     pub game: Game,
     pub pacing: Pacing,
     pub payload_bytes: usize,
+    /// Messages go as binary frames, and come back as binary frames.
+    pub binary: bool,
 }
 
 /// The whole life of one player; what happens to it is counted in `stats`.
@@ -87,7 +90,10 @@ impl Player<'_> {
         loop {
             tokio::select! {
                 frame = self.socket.next() => {
-                    if let Some(event) = event_in(frame)? {
+                    if let Some(Ok(Message::Binary(bytes))) = &frame {
+                        let echoed = String::from_utf8_lossy(bytes).into_owned();
+                        self.on_echo(&echoed).await?;
+                    } else if let Some(event) = event_in(frame)? {
                         self.on_event(event).await?;
                     }
                 }
@@ -116,16 +122,7 @@ impl Player<'_> {
         match event {
             PlayerEvent::Message {
                 text: Some(text), ..
-            } => {
-                // Texts this player did not send (the lobby's greeting) are no echo.
-                let Some(latency) = self.probes.answered(&text, Instant::now()) else {
-                    return Ok(());
-                };
-                self.stats.echoed(latency);
-                if self.in_closed_loop() {
-                    self.send_probe().await?;
-                }
-            }
+            } => self.on_echo(&text).await?,
             PlayerEvent::Error { code, message } => {
                 self.stats.errors.report(error_event(&code, &message));
             }
@@ -136,6 +133,18 @@ impl Player<'_> {
             | PlayerEvent::RuntimeAssigned(_)
             | PlayerEvent::MatchmakingFailed { .. }
             | PlayerEvent::Message { text: None, .. } => {}
+        }
+        Ok(())
+    }
+
+    /// A message came back; texts this player did not send (the lobby's greeting) are no echo.
+    async fn on_echo(&mut self, text: &str) -> anyhow::Result<()> {
+        let Some(latency) = self.probes.answered(text, Instant::now()) else {
+            return Ok(());
+        };
+        self.stats.echoed(latency);
+        if self.in_closed_loop() {
+            self.send_probe().await?;
         }
         Ok(())
     }
@@ -176,11 +185,16 @@ impl Player<'_> {
 
     async fn send_probe(&mut self) -> anyhow::Result<()> {
         let text = self.probes.next(Instant::now());
-        let command = PlayerCommand::Message {
-            text: Some(text),
-            binary: None,
-        };
-        session::send(&mut self.socket, &command).await?;
+        if self.plan.binary {
+            let frame = Message::Binary(text.into_bytes().into());
+            self.socket.send(frame).await.context("send")?;
+        } else {
+            let command = PlayerCommand::Message {
+                text: Some(text),
+                binary: None,
+            };
+            session::send(&mut self.socket, &command).await?;
+        }
         self.stats.sent();
         Ok(())
     }

@@ -37,6 +37,10 @@ pub(super) struct PlayersArgs {
     /// Size of each message's text in bytes; it carries a sequence number, padded to this.
     #[arg(long, default_value_t = 32)]
     payload_bytes: usize,
+    /// Send each message as a binary WebSocket frame (the lobby echoes it as binary) instead
+    /// of a `message` command with text.
+    #[arg(long)]
+    binary: bool,
 }
 
 impl PlayersArgs {
@@ -73,6 +77,8 @@ struct Report {
     /// Messages each player kept outstanding in closed loop; null at a fixed rate.
     in_flight: Option<usize>,
     payload_bytes: usize,
+    /// Messages went as binary frames.
+    binary: bool,
     /// Seconds measured, after the warm-up.
     duration_secs: f64,
     /// Messages sent while measuring.
@@ -106,6 +112,7 @@ pub(super) async fn run(run: RunArgs, game: GameArgs, args: PlayersArgs) -> anyh
         game: game.game(client.clone())?,
         pacing,
         payload_bytes: args.payload_bytes,
+        binary: args.binary,
     });
     let base_url = client.base_url();
 
@@ -151,6 +158,7 @@ pub(super) async fn run(run: RunArgs, game: GameArgs, args: PlayersArgs) -> anyh
             Pacing::ClosedLoop { in_flight } => Some(in_flight),
         },
         payload_bytes: args.payload_bytes,
+        binary: args.binary,
         duration_secs: elapsed_secs,
         messages_sent: measured.sent,
         round_trips,

@@ -325,7 +325,7 @@ pub fn handle_command(dispatcher: &Dispatcher, client_id: &str, command: PlayerC
             Ok(bytes) if bytes.len() > dispatcher.limits().max_frame_bytes => {
                 frame_too_large(dispatcher, client_id)
             }
-            Ok(_) => dispatcher.client_message(client_id, Payload::Binary(base64)),
+            Ok(bytes) => dispatcher.client_message(client_id, Payload::Binary(bytes.into())),
             Err(_) => dispatcher.client_error(client_id, "invalid_command", "binary is base64"),
         },
         PlayerCommand::Message { .. } => dispatcher.client_error(

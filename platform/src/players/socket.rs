@@ -13,7 +13,6 @@ use axum::extract::{RawQuery, State};
 use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use base64::Engine as _;
 use futures_util::SinkExt;
 use rally_sdk::player::{SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX};
 use rally_sdk::runtime::Payload;
@@ -253,10 +252,7 @@ fn receive(dispatcher: &Dispatcher, client_id: &str, message: Message) -> bool {
             }
         }
         Message::Binary(bytes) if bytes.len() > max => frame_too_large(dispatcher, client_id),
-        Message::Binary(bytes) => {
-            let base64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
-            dispatcher.client_message(client_id, Payload::Binary(base64));
-        }
+        Message::Binary(bytes) => dispatcher.client_message(client_id, Payload::Binary(bytes)),
         Message::Ping(_) | Message::Pong(_) => {}
         Message::Close(_) => return false,
     }

@@ -11,7 +11,10 @@ use crate::storage::now_millis;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
-use rally_sdk::runtime::{Frame, LogLevel, PlatformMessage, RuntimeCommand, PROTOCOL_VERSION};
+use rally_sdk::runtime::{
+    decode_binary_frame, decode_text_frame, encode_frame, Encoded, Frame, FrameError, LogLevel,
+    PlatformMessage, RuntimeCommand, PROTOCOL_VERSION,
+};
 use rally_sdk::wire::{ErrorBody, Role};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +32,7 @@ const MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// Most platform messages sent in one frame.
 const BATCH: usize = 512;
 
-/// The runtime's socket (WebSocket upgrade; subprotocol `rally.runtime.v1`).
+/// The runtime's socket (WebSocket upgrade; subprotocol `rally.runtime.v2`).
 #[utoipa::path(get, path = "/api/v1/runtime/ws", tag = "runtimes",
     security(("bearer" = [])),
     responses((status = 101, description = "switching to the runtime protocol"), (status = "4XX", body = ErrorBody)))]
@@ -114,11 +117,11 @@ async fn serve(
         receiver = attached.receiver.lock_owned() => receiver,
         () = attached.hold.replaced.cancelled() => return,
     };
-    let greeting = serde_json::to_string(&Frame { messages: greeting }).expect("frames serialise");
+    let greeting = socket_frame(&greeting);
     let mut heartbeat = tokio::time::interval(Duration::from_secs(u64::from(HEARTBEAT_SECS)));
     let mut last_heard = tokio::time::Instant::now();
     let mut batch = Vec::with_capacity(BATCH);
-    if socket.send(Message::Text(greeting.into())).await.is_ok() {
+    if socket.send(greeting).await.is_ok() {
         loop {
             tokio::select! {
                 biased;
@@ -128,26 +131,24 @@ async fn serve(
                     if received == 0 {
                         break;
                     }
-                    let frame = Frame { messages: std::mem::take(&mut batch) };
-                    let text = serde_json::to_string(&frame).expect("protocol frames serialise");
-                    if socket.send(Message::Text(text.into())).await.is_err() {
+                    let frame = socket_frame(&batch);
+                    batch.clear();
+                    if socket.send(frame).await.is_err() {
                         break;
                     }
                 }
                 incoming = socket.recv() => {
                     let Some(Ok(message)) = incoming else { break };
                     last_heard = tokio::time::Instant::now();
-                    let replies = match message {
-                        Message::Text(text) => handle_frame(&runtimes, &dispatcher, &runtime_id, text.as_str()).await,
-                        Message::Binary(_) => vec![error("unsupported_frame", "frames are JSON text")],
+                    let frame = match message {
+                        Message::Text(text) => decode_text_frame(text.as_str()),
+                        Message::Binary(envelope) => decode_binary_frame(envelope),
                         Message::Close(_) => break,
-                        Message::Ping(_) | Message::Pong(_) => Vec::new(),
+                        Message::Ping(_) | Message::Pong(_) => continue,
                     };
-                    if !replies.is_empty() {
-                        let text = serde_json::to_string(&Frame { messages: replies }).expect("protocol frames serialise");
-                        if socket.send(Message::Text(text.into())).await.is_err() {
-                            break;
-                        }
+                    let replies = handle_frame(&runtimes, &dispatcher, &runtime_id, frame).await;
+                    if !replies.is_empty() && socket.send(socket_frame(&replies)).await.is_err() {
+                        break;
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -180,6 +181,14 @@ fn error(code: &str, message: &str) -> PlatformMessage {
     }
 }
 
+/// Platform messages as one socket frame: text, or a binary envelope when a payload is binary.
+fn socket_frame(messages: &[PlatformMessage]) -> Message {
+    match encode_frame(messages) {
+        Encoded::Text(text) => Message::Text(text.into()),
+        Encoded::Binary(envelope) => Message::Binary(envelope.into()),
+    }
+}
+
 /// Applies a frame of commands in order; returns the error replies.
 ///
 /// Causal durability: a profile write is committed before anything the runtime sent after it
@@ -190,9 +199,9 @@ async fn handle_frame(
     runtimes: &Runtimes,
     dispatcher: &Dispatcher,
     runtime_id: &str,
-    text: &str,
+    frame: Result<Frame<RuntimeCommand>, FrameError>,
 ) -> Vec<PlatformMessage> {
-    let frame: Frame<RuntimeCommand> = match serde_json::from_str(text) {
+    let frame = match frame {
         Ok(frame) => frame,
         Err(problem) => {
             return vec![error(

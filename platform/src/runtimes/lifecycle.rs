@@ -186,6 +186,10 @@ pub(super) async fn record_exit(state: &AppState, exited: &Exited) -> Result<(),
         .lock()
         .expect("disconnect lock")
         .remove(&exited.runtime_id);
+    let failure = match &exited.reason {
+        Some(reason) => format!("killed: {reason}"),
+        None => exit_failure(exited.exit_code),
+    };
     let result = sqlx::query(
         "UPDATE runtimes SET status = CASE WHEN status = 'stopping' THEN 'stopped' ELSE 'failed' END, \
          stopped_at = $2, exit_code = $3, \
@@ -195,10 +199,7 @@ pub(super) async fn record_exit(state: &AppState, exited: &Exited) -> Result<(),
     .bind(&exited.runtime_id)
     .bind(now_millis())
     .bind(exited.exit_code.map(i64::from))
-    .bind(match &exited.reason {
-        Some(reason) => format!("killed: {reason}"),
-        None => exit_failure(exited.exit_code),
-    })
+    .bind(&failure)
     .fetch_optional(state.database.writer())
     .await?;
     if let Some(row) = result {
@@ -207,6 +208,11 @@ pub(super) async fn record_exit(state: &AppState, exited: &Exited) -> Result<(),
             .dispatcher
             .runtime_ended(&exited.runtime_id, status == "failed");
         if status == "failed" {
+            // Its log says why it ended, next to what it printed last.
+            runtimes.pool.append_log(
+                &exited.runtime_id,
+                &format!("[platform] the runtime failed: {failure}\n"),
+            );
             tracing::warn!(runtime_id = %exited.runtime_id, exit_code = ?exited.exit_code, "runtime failed; it will be replaced");
         } else {
             tracing::info!(runtime_id = %exited.runtime_id, "runtime stopped");

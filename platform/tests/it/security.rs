@@ -661,6 +661,14 @@ async fn runtimes_get_their_deployments_cpu_and_memory_limits(backend: Backend) 
         killed.failure.as_deref(),
         Some("killed: memory limit of 32 MiB exceeded")
     );
+    let log = admin
+        .runtime_logs("studio", "game", "default", &deployment, &lobby)
+        .await
+        .unwrap();
+    assert!(
+        log.contains("[platform] the runtime failed: killed: memory limit of 32 MiB exceeded"),
+        "the reason is in the runtime's log: {log}"
+    );
     assert!(!group.exists(), "the runtime's groups are removed");
 }
 

@@ -5,7 +5,6 @@
 
 use std::rc::Rc;
 
-use base64::Engine as _;
 use mlua::{Function, Lua, MultiValue, Table, Value, Variadic};
 use rally_sdk::runtime::{LogLevel, Payload, Qualifier, RuntimeCommand};
 
@@ -545,9 +544,7 @@ fn payload_arg(
         ));
     }
     if binary {
-        return Ok(Payload::Binary(
-            base64::engine::general_purpose::STANDARD.encode(&*bytes),
-        ));
+        return Ok(Payload::Binary(bytes.to_vec().into()));
     }
     match std::str::from_utf8(&bytes) {
         Ok(text) => Ok(Payload::Text(text.to_owned())),
@@ -563,7 +560,7 @@ fn payload_arg(
 fn payload_size(payload: &Payload) -> usize {
     match payload {
         Payload::Text(text) => text.len(),
-        Payload::Binary(base64) => base64.len(),
+        Payload::Binary(bytes) => bytes.len(),
     }
 }
 
