@@ -9,7 +9,7 @@ use crate::loader::ReadBundle;
 use crate::watchdog::Call;
 use futures_util::{SinkExt, StreamExt};
 use rally_sdk::runtime::{
-    decode_binary_frame, decode_text_frame, encode_frame, env, Encoded, Frame, LogLevel,
+    decode_binary_frame, decode_text_frame, encode_frames, env, Encoded, Frame, LogLevel,
     PlatformMessage, Qualifier, RuntimeCommand, PROTOCOL_VERSION, SOCKET_READ_BUFFER, SUBPROTOCOL,
 };
 use rally_sdk::{ClientError, RallyClient};
@@ -352,11 +352,14 @@ async fn send(socket: &mut Socket, commands: Vec<RuntimeCommand>) -> Result<(), 
     if commands.is_empty() {
         return Ok(());
     }
-    let message = match encode_frame(&commands) {
-        Encoded::Text(text) => Message::Text(text.into()),
-        Encoded::Binary(envelope) => Message::Binary(envelope.into()),
-    };
-    socket.send(message).await.map_err(drop)
+    for frame in encode_frames(&commands) {
+        let message = match frame {
+            Encoded::Text(text) => Message::Text(text.into()),
+            Encoded::Binary(envelope) => Message::Binary(envelope.into()),
+        };
+        socket.send(message).await.map_err(drop)?;
+    }
+    Ok(())
 }
 
 /// Stopping while disconnected: the logic still gets `on_stop`.

@@ -322,6 +322,37 @@ pub enum Encoded {
     Binary(Vec<u8>),
 }
 
+/// Largest frame either side sends, and the most the platform reads.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+impl Encoded {
+    /// Its size on the socket.
+    pub fn len(&self) -> usize {
+        match self {
+            Encoded::Text(text) => text.len(),
+            Encoded::Binary(envelope) => envelope.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Encodes `messages` in order as frames of at most [`MAX_FRAME_BYTES`]: one frame, unless they
+/// do not fit in one. (A single message larger than that stays one frame; the payload limits
+/// keep messages far smaller.)
+pub fn encode_frames<M: Serialize>(messages: &[M]) -> Vec<Encoded> {
+    let encoded = encode_frame(messages);
+    if encoded.len() <= MAX_FRAME_BYTES || messages.len() <= 1 {
+        return vec![encoded];
+    }
+    let (first, second) = messages.split_at(messages.len() / 2);
+    let mut frames = encode_frames(first);
+    frames.extend(encode_frames(second));
+    frames
+}
+
 /// Encodes `messages` as one frame: text when every payload is text, else a binary envelope
 /// that carries the binary payloads as they are.
 pub fn encode_frame<M: Serialize>(messages: &[M]) -> Encoded {
@@ -551,6 +582,29 @@ mod tests {
         );
         let parsed: Payload = serde_json::from_str(r#"{"binary":"AAEC/w=="}"#).unwrap();
         assert_eq!(parsed, Payload::Binary(bytes));
+    }
+
+    #[test]
+    fn a_batch_too_big_for_one_frame_is_split_in_order() {
+        let messages: Vec<PlatformMessage> = (0..600)
+            .map(|n| received(&n.to_string(), Payload::Binary(vec![n as u8; 4096].into())))
+            .collect();
+        let frames = encode_frames(&messages);
+        assert!(frames.len() > 1);
+        let mut decoded = Vec::new();
+        for frame in frames {
+            assert!(frame.len() <= MAX_FRAME_BYTES, "{} bytes", frame.len());
+            let Encoded::Binary(envelope) = frame else {
+                panic!("binary payloads make envelopes");
+            };
+            decoded.extend(
+                decode_binary_frame::<PlatformMessage>(envelope.into())
+                    .unwrap()
+                    .messages,
+            );
+        }
+        assert_eq!(decoded, messages);
+        assert_eq!(encode_frames(&messages[..10]).len(), 1);
     }
 
     #[test]

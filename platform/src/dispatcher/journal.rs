@@ -14,8 +14,9 @@
 //! for it, see the runtime socket).
 
 use crate::storage::{now_millis, Database, StorageError};
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -111,8 +112,8 @@ impl Journal {
         self.closed.cancel();
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().expect("journal lock")
+    fn pending(&self) -> parking_lot::MutexGuard<'_, Pending> {
+        self.pending.lock()
     }
 
     /// Queues a change; returns its number.

@@ -33,12 +33,13 @@ use axum::extract::ws::Utf8Bytes;
 use base64::Engine as _;
 use journal::{Change, Journal};
 use limits::Bucket;
+use parking_lot::Mutex;
 use rally_sdk::player::{PlayerEvent, PolledEvent};
 use rally_sdk::runtime::PlatformMessage;
 use runtimes::RuntimeSlot;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -256,8 +257,8 @@ impl Dispatcher {
         &self.limits
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("dispatcher lock")
+    fn state(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     fn record(&self, change: Change) {

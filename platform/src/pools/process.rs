@@ -13,11 +13,12 @@
 use super::{Artifact, Exited, Placement, PoolKind, RuntimePool, RuntimeSpec, StartError};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use parking_lot::Mutex;
 use rally_sdk::runtime::launch::{self, Report, Start};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, Command};
@@ -63,8 +64,8 @@ struct ProcessState {
 }
 
 impl Processes {
-    fn state(&self) -> std::sync::MutexGuard<'_, ProcessState> {
-        self.state.lock().expect("pool lock")
+    fn state(&self) -> parking_lot::MutexGuard<'_, ProcessState> {
+        self.state.lock()
     }
 
     /// A report of launcher number `launcher`; an exit is returned, to be sent on to the
@@ -410,7 +411,7 @@ impl RuntimePool for ProcessPool {
     }
 
     fn take_exits(&self) -> Option<mpsc::Receiver<Exited>> {
-        self.exits.lock().expect("exits lock").take()
+        self.exits.lock().take()
     }
 
     fn running(&self) -> usize {

@@ -12,8 +12,8 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use rally_sdk::runtime::{
-    decode_binary_frame, decode_text_frame, encode_frame, Encoded, Frame, FrameError, LogLevel,
-    PlatformMessage, RuntimeCommand, PROTOCOL_VERSION,
+    decode_binary_frame, decode_text_frame, encode_frames, Encoded, Frame, FrameError, LogLevel,
+    PlatformMessage, RuntimeCommand, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use rally_sdk::wire::{ErrorBody, Role};
 use std::sync::Arc;
@@ -27,8 +27,6 @@ impl Allowed for RuntimeRole {
 }
 
 const HEARTBEAT_SECS: u32 = 10;
-/// Largest frame a runtime may send.
-const MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// Most platform messages sent in one frame.
 const BATCH: usize = 512;
 
@@ -117,11 +115,10 @@ async fn serve(
         receiver = attached.receiver.lock_owned() => receiver,
         () = attached.hold.replaced.cancelled() => return,
     };
-    let greeting = socket_frame(&greeting);
     let mut heartbeat = tokio::time::interval(Duration::from_secs(u64::from(HEARTBEAT_SECS)));
     let mut last_heard = tokio::time::Instant::now();
     let mut batch = Vec::with_capacity(BATCH);
-    if socket.send(greeting).await.is_ok() {
+    if send_frames(&mut socket, &greeting).await.is_ok() {
         loop {
             tokio::select! {
                 biased;
@@ -131,9 +128,9 @@ async fn serve(
                     if received == 0 {
                         break;
                     }
-                    let frame = socket_frame(&batch);
+                    let sent = send_frames(&mut socket, &batch).await;
                     batch.clear();
-                    if socket.send(frame).await.is_err() {
+                    if sent.is_err() {
                         break;
                     }
                 }
@@ -147,7 +144,7 @@ async fn serve(
                         Message::Ping(_) | Message::Pong(_) => continue,
                     };
                     let replies = handle_frame(&runtimes, &dispatcher, &runtime_id, frame).await;
-                    if !replies.is_empty() && socket.send(socket_frame(&replies)).await.is_err() {
+                    if !replies.is_empty() && send_frames(&mut socket, &replies).await.is_err() {
                         break;
                     }
                 }
@@ -168,7 +165,6 @@ async fn serve(
         runtimes
             .disconnected_at
             .lock()
-            .expect("disconnect lock")
             .insert(runtime_id.clone(), now_millis());
     }
     tracing::info!(runtime_id = %runtime_id, "runtime disconnected");
@@ -181,12 +177,20 @@ fn error(code: &str, message: &str) -> PlatformMessage {
     }
 }
 
-/// Platform messages as one socket frame: text, or a binary envelope when a payload is binary.
-fn socket_frame(messages: &[PlatformMessage]) -> Message {
-    match encode_frame(messages) {
-        Encoded::Text(text) => Message::Text(text.into()),
-        Encoded::Binary(envelope) => Message::Binary(envelope.into()),
+/// Sends platform messages in order, in as few frames as fit: text, or binary envelopes when a
+/// payload is binary.
+async fn send_frames(
+    socket: &mut WebSocket,
+    messages: &[PlatformMessage],
+) -> Result<(), axum::Error> {
+    for frame in encode_frames(messages) {
+        let message = match frame {
+            Encoded::Text(text) => Message::Text(text.into()),
+            Encoded::Binary(envelope) => Message::Binary(envelope.into()),
+        };
+        socket.send(message).await?;
     }
+    Ok(())
 }
 
 /// Applies a frame of commands in order; returns the error replies.

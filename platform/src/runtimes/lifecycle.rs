@@ -181,11 +181,7 @@ async fn mark_stopping(
 pub(super) async fn record_exit(state: &AppState, exited: &Exited) -> Result<(), StorageError> {
     let runtimes = &state.runtimes;
     runtimes.start_over(&exited.runtime_id);
-    runtimes
-        .disconnected_at
-        .lock()
-        .expect("disconnect lock")
-        .remove(&exited.runtime_id);
+    runtimes.disconnected_at.lock().remove(&exited.runtime_id);
     let failure = match &exited.reason {
         Some(reason) => format!("killed: {reason}"),
         None => exit_failure(exited.exit_code),

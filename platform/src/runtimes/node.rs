@@ -6,9 +6,10 @@ use crate::config::Config;
 use crate::pools::process::{self, ProcessPool};
 use crate::pools::RuntimePool;
 use crate::storage::{new_id, now_millis};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -97,19 +98,13 @@ impl Runtimes {
             .ok()
             .and_then(Result::ok);
         if let Some(permit) = permit {
-            self.starting
-                .lock()
-                .expect("starting lock")
-                .insert(runtime_id.to_owned(), permit);
+            self.starting.lock().insert(runtime_id.to_owned(), permit);
         }
     }
 
     /// The runtime's start is over (it connected, failed or ended): another may begin.
     pub(super) fn start_over(&self, runtime_id: &str) {
-        self.starting
-            .lock()
-            .expect("starting lock")
-            .remove(runtime_id);
+        self.starting.lock().remove(runtime_id);
     }
 }
 

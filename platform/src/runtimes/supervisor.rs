@@ -121,7 +121,7 @@ async fn load_deployments(state: &AppState) -> anyhow::Result<Vec<DeploymentToRu
         }
     }
     state.dispatcher.set_deployments(facts);
-    *state.runtimes.deployments.lock().expect("deployments lock") = deployments.clone();
+    *state.runtimes.deployments.lock() = deployments.clone();
     Ok(deployments)
 }
 
@@ -151,7 +151,6 @@ async fn watch_runtimes(state: &AppState) -> Result<(), StorageError> {
         let disconnected_at = runtimes
             .disconnected_at
             .lock()
-            .expect("disconnect lock")
             .get(&id)
             .copied()
             .unwrap_or(0);
@@ -233,7 +232,6 @@ async fn start_matches(state: AppState, shutdown: CancellationToken) {
                 .runtimes
                 .deployments
                 .lock()
-                .expect("deployments lock")
                 .iter()
                 .filter(|deployment| {
                     demand

@@ -49,6 +49,11 @@ function lobby.on_message(ctx, client_id, payload, kind)
         for _ = 1, 400 do
             ctx.respond(client_id, string.rep("x", 1000))
         end
+    elseif command == "bulk" then
+        -- 1.6 MB of binary answers from one call: more than one runtime frame may hold.
+        for n = 1, 400 do
+            ctx.respond(client_id, string.char(n % 256) .. string.rep("b", 3999), "binary")
+        end
     else
         ctx.respond(client_id, payload)
     end
@@ -876,6 +881,29 @@ async fn runtime_commands_take_effect_and_stay_within_the_runtime(backend: Backe
     );
 }
 
+/// A runtime that answers more than one frame may hold (1 MiB) in one go: its commands go in
+/// several frames, in order, and its connection lives on.
+async fn answers_bigger_than_a_frame_arrive_whole_and_in_order(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    deploy(&app, lab_bundle(), serde_json::json!({"min_lobbies": 1})).await;
+    let ada = player(&app).await;
+    let mut socket = connect(&app, &ada).await;
+    socket.greeted_and_assigned().await;
+    socket.say("bulk").await;
+    for n in 1..=400u32 {
+        let bytes = loop {
+            match socket.receive().await {
+                Received::Binary(bytes) => break bytes,
+                Received::Event(_) => {}
+                Received::Closed(frame) => panic!("closed ({frame:?}) after {n} answers"),
+            }
+        };
+        assert_eq!(bytes.len(), 4000);
+        assert_eq!(bytes[0], (n % 256) as u8, "answer {n} in order");
+    }
+    socket.echo("still connected").await;
+}
+
 async fn a_dead_lobby_sends_its_clients_to_another(backend: Backend) {
     let app = app(backend, |_| {}).await;
     let (admin, deployment) =
@@ -1371,6 +1399,7 @@ async fn profiles_survive_a_database_that_refuses_writes(backend: Backend) {
 }
 
 on_both_backends!(
+    answers_bigger_than_a_frame_arrive_whole_and_in_order,
     a_player_is_greeted_assigned_and_echoed,
     the_long_poll_fallback_carries_the_same_events,
     bad_input_gets_clear_errors_and_the_socket_lives_on,
