@@ -117,6 +117,15 @@ pub fn qualifier(stored: &str) -> Qualifier {
     }
 }
 
+/// A deployment's stored config.
+pub fn stored_config(deployment_id: &str, stored: &str) -> Result<DeploymentConfig, LoadError> {
+    serde_json::from_str(stored).map_err(|problem| LoadError::Unreadable {
+        deployment_id: deployment_id.to_owned(),
+        what: "config",
+        problem: problem.to_string(),
+    })
+}
+
 fn deployed(row: &AnyRow) -> Result<Deployed, LoadError> {
     let id: String = row.get(0);
     let unreadable = |what, problem: serde_json::Error| LoadError::Unreadable {
@@ -126,8 +135,7 @@ fn deployed(row: &AnyRow) -> Result<Deployed, LoadError> {
     };
     let manifest: Manifest = serde_json::from_str(&row.get::<String, _>(5))
         .map_err(|problem| unreadable("manifest", problem))?;
-    let config: DeploymentConfig = serde_json::from_str(&row.get::<String, _>(6))
-        .map_err(|problem| unreadable("config", problem))?;
+    let config = stored_config(&id, &row.get::<String, _>(6))?;
     Ok(Deployed {
         stage_id: row.get(1),
         status: row.get(2),

@@ -3,11 +3,12 @@
 //! new clients go to the new one, then it closes.
 
 use crate::audit::{self, Change};
+use crate::deployed::{stored_config, LoadError};
 use crate::error::{ApiError, Json, Path};
 use crate::idempotency::{IdempotencyKey, Idempotent};
 use crate::permissions::{Managing, StagePath, StageScope};
 use crate::state::AppState;
-use crate::storage::{new_id, now_millis, Database, StorageError};
+use crate::storage::{new_id, now_millis, Database};
 use crate::versions;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -31,11 +32,12 @@ const SELECT: &str =
      d.config, d.created_by, d.created_at, d.draining_at, d.closed_at \
      FROM deployments d JOIN versions v ON v.id = d.version_id";
 
-fn deployment(row: &AnyRow) -> Deployment {
+fn deployment(row: &AnyRow) -> Result<Deployment, LoadError> {
+    let id: String = row.get("id");
     let status: String = row.get("status");
-    let config: String = row.get("config");
-    Deployment {
-        id: row.get("id"),
+    Ok(Deployment {
+        config: stored_config(&id, &row.get::<String, _>("config"))?,
+        id,
         stage_id: row.get("stage_id"),
         version_id: row.get("version_id"),
         version_number: row.get("version_number"),
@@ -44,12 +46,11 @@ fn deployment(row: &AnyRow) -> Deployment {
             "draining" => DeploymentStatus::Draining,
             _ => DeploymentStatus::Closed,
         },
-        config: serde_json::from_str(&config).unwrap_or(serde_json::Value::Null),
         created_by: row.get("created_by"),
         created_at: row.get("created_at"),
         draining_at: row.get("draining_at"),
         closed_at: row.get("closed_at"),
-    }
+    })
 }
 
 /// The deployment `deployment_id` if it is one of the stage's.
@@ -57,13 +58,13 @@ pub async fn find(
     database: &Database,
     stage_id: &str,
     deployment_id: &str,
-) -> Result<Option<Deployment>, StorageError> {
+) -> Result<Option<Deployment>, LoadError> {
     let row = sqlx::query(&format!("{SELECT} WHERE d.stage_id = $1 AND d.id = $2"))
         .bind(stage_id)
         .bind(deployment_id)
         .fetch_optional(database.reader())
         .await?;
-    Ok(row.as_ref().map(deployment))
+    row.as_ref().map(deployment).transpose()
 }
 
 /// Deploy a version of the stage's project (stage managers). It becomes the stage's current
@@ -181,7 +182,7 @@ async fn list_deployments(
     .fetch_all(state.database.reader())
     .await?;
     Ok(Json(DeploymentList {
-        deployments: rows.iter().map(deployment).collect(),
+        deployments: rows.iter().map(deployment).collect::<Result<_, _>>()?,
     }))
 }
 

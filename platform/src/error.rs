@@ -125,6 +125,12 @@ impl From<crate::storage::StorageError> for ApiError {
     }
 }
 
+impl From<crate::deployed::LoadError> for ApiError {
+    fn from(error: crate::deployed::LoadError) -> Self {
+        ApiError::Internal(error.into())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::Internal(cause) = &self {

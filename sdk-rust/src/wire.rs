@@ -411,9 +411,9 @@ pub struct Deployment {
     pub version_id: String,
     pub version_number: i64,
     pub status: DeploymentStatus,
-    /// The effective deployment config.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
-    pub config: serde_json::Value,
+    /// The effective deployment config: the version's defaults with the deployment's
+    /// overrides.
+    pub config: crate::manifest::DeploymentConfig,
     pub created_by: String,
     pub created_at: i64,
     pub draining_at: Option<i64>,

@@ -209,7 +209,10 @@ pub fn print_deployment(deployment: &Deployment) {
         ("stage", deployment.stage_id.clone()),
         ("version", deployment.version_number.to_string()),
         ("status", deployment.status.as_str().to_owned()),
-        ("config", deployment.config.to_string()),
+        (
+            "config",
+            serde_json::to_string(&deployment.config).expect("a config serialises"),
+        ),
         ("created by", deployment.created_by.clone()),
         ("created", time(deployment.created_at)),
     ];

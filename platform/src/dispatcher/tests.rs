@@ -10,7 +10,7 @@ use std::time::Duration;
 fn limits() -> PlayerLimits {
     PlayerLimits {
         max_frame_bytes: 4096,
-        messages_per_sec: 50,
+        messages_per_sec: 1_000_000,
         reconnect_grace: Duration::from_secs(30),
         outbox_events: 64,
         heartbeat: Duration::from_secs(10),
@@ -193,4 +193,37 @@ async fn bad_profiles_are_refused_and_good_ones_take_effect() {
     assert_eq!(codes, ["invalid_profile", "profile_too_large"]);
     let profile = dispatcher.state().clients["ada"].profile.clone();
     assert_eq!(profile, serde_json::json!({"wins": 3}));
+}
+
+#[tokio::test]
+async fn a_runtime_that_stops_reading_refuses_messages_once_its_queue_is_full() {
+    let (dispatcher, _directory) = dispatcher().await;
+    // Nothing reads r1's queue: its socket is stuck.
+    dispatcher.runtime_connected("r1", lobby(10));
+    let ada = connected(&dispatcher, "ada");
+    events(&ada).await;
+    // (One place is taken by ada's `client_assigned`.)
+    let fits = RUNTIME_OUTBOX - 1;
+    for n in 0..fits {
+        dispatcher.client_message("ada", text(&n.to_string()));
+    }
+    assert!(events(&ada).await.is_empty(), "the queue holds them all");
+    dispatcher.client_message("ada", text("one too many"));
+    let refused = events(&ada).await;
+    assert!(
+        matches!(&refused[..], [PlayerEvent::Error { code, .. }] if code == "runtime_busy"),
+        "{refused:?}"
+    );
+    // What was queued is all there, in order, for the runtime's next connection.
+    let attached = dispatcher.runtime_connected("r1", lobby(10));
+    let mut receiver = attached.receiver.lock().await;
+    let mut queued = Vec::new();
+    while let Ok(message) = receiver.try_recv() {
+        if let PlatformMessage::MessageReceived { payload, .. } = message {
+            queued.push(payload);
+        }
+    }
+    assert_eq!(queued.len(), fits);
+    assert_eq!(queued.first(), Some(&text("0")));
+    assert_eq!(queued.last(), Some(&text(&(fits - 1).to_string())));
 }

@@ -231,7 +231,7 @@ async fn deploying_replaces_drains_and_closes(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(first.status, DeploymentStatus::Active);
-    assert_eq!(first.config["min_lobbies"], 1, "the version's defaults");
+    assert_eq!(first.config.min_lobbies, 1, "the version's defaults");
     let stage = admin.get_stage("studio", "game", "default").await.unwrap();
     assert_eq!(
         stage.current_deployment_id.as_deref(),
@@ -250,8 +250,8 @@ async fn deploying_replaces_drains_and_closes(backend: Backend) {
         .deploy("studio", "game", "default", &second.id, overrides)
         .await
         .unwrap();
-    assert_eq!(replacement.config["min_lobbies"], 3);
-    assert_eq!(replacement.config["warm_matches"]["duel"], 2);
+    assert_eq!(replacement.config.min_lobbies, 3);
+    assert_eq!(replacement.config.warm_matches["duel"], 2);
     let stage = admin.get_stage("studio", "game", "default").await.unwrap();
     assert_eq!(
         stage.current_deployment_id.as_deref(),

@@ -256,7 +256,35 @@ async fn an_exit_the_pool_reports_fails_the_runtime_and_it_is_replaced(backend: 
     app.stop().await;
 }
 
+/// A deployment whose stored config no longer parses: its runtimes are left alone (not
+/// restarted with made-up defaults), and reading it answers 500 rather than a guess.
+async fn a_deployment_that_cannot_be_read_is_left_alone(backend: Backend) {
+    let pool = FakePool::new();
+    let app = spawn_app_with_pool(backend, pool.clone()).await;
+    let (admin, deployment) = deploy(&app, serde_json::json!({"min_lobbies": 1})).await;
+    eventually("a lobby started", || async { pool.starts().len() == 1 }).await;
+    sqlx::query("UPDATE deployments SET config = $2 WHERE id = $1")
+        .bind(&deployment)
+        .bind(r#"{"min_lobbies": "many"}"#)
+        .execute(app.state.database.writer())
+        .await
+        .unwrap();
+    let lobby = pool.starts()[0].runtime_id.clone();
+    pool.exit(&lobby, 1).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(pool.starts().len(), 1, "no replacement made from defaults");
+    crate::helpers::assert_api_error(
+        admin
+            .get_deployment("studio", "game", "default", &deployment)
+            .await,
+        500,
+        "internal",
+    );
+    app.stop().await;
+}
+
 on_both_backends!(
+    a_deployment_that_cannot_be_read_is_left_alone,
     lobbies_start_through_the_pool_with_the_deployments_limits,
     failed_starts_are_recorded_and_restarts_pause_after_five,
     an_exit_the_pool_reports_fails_the_runtime_and_it_is_replaced,
