@@ -117,6 +117,11 @@ pub trait RuntimePool: Send + Sync + std::fmt::Debug {
     /// for runtimes left by a previous run (and a reused pid is not taken for the runtime).
     fn is_alive(&self, runtime_id: &str, placement: &Placement) -> bool;
 
+    /// After a restart of the platform: which of `known` (this node's runtimes that its
+    /// records say are not over, with their placements) no longer run. The pool also ends
+    /// what it runs for this node that none of them is: a start cut short by a crash.
+    async fn reconcile(&self, known: &[(String, Option<Placement>)]) -> Vec<String>;
+
     /// What the runtime printed, newest last, capped in size; empty when nothing is kept.
     async fn logs(&self, runtime_id: &str) -> Vec<u8>;
 

@@ -388,6 +388,25 @@ impl RuntimePool for ProcessPool {
             || pid_of(placement).is_some_and(|pid| is_runtime_process(pid, runtime_id))
     }
 
+    async fn reconcile(&self, known: &[(String, Option<Placement>)]) -> Vec<String> {
+        let gone = known
+            .iter()
+            .filter(|(runtime_id, placement)| {
+                !placement
+                    .as_ref()
+                    .is_some_and(|placement| self.is_alive(runtime_id, placement))
+            })
+            .map(|(runtime_id, _)| runtime_id.clone())
+            .collect();
+        for (pid, runtime_id) in runtime_processes(&self.log_dir) {
+            if !known.iter().any(|(known, _)| *known == runtime_id) {
+                tracing::warn!(runtime_id = %runtime_id, pid, "a runtime no record knows as live; ending it");
+                signal(pid, Signal::SIGKILL);
+            }
+        }
+        gone
+    }
+
     async fn logs(&self, runtime_id: &str) -> Vec<u8> {
         tokio::fs::read(self.log_path(runtime_id))
             .await
@@ -455,6 +474,30 @@ fn is_runtime_process(pid: u32, runtime_id: &str) -> bool {
     environ
         .split(|byte| *byte == 0)
         .any(|entry| entry == wanted.as_bytes())
+}
+
+/// The processes whose standard error is a runtime's log in `log_dir`, with that runtime's id:
+/// this node's runtime processes, whoever started them.
+fn runtime_processes(log_dir: &Path) -> Vec<(u32, String)> {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let log_dir = std::fs::canonicalize(log_dir).unwrap_or_else(|_| log_dir.to_owned());
+    processes
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(entry.path().join("fd/2")).ok()?;
+            let target = target.to_string_lossy();
+            let target = Path::new(target.strip_suffix(" (deleted)").unwrap_or(&target));
+            if target.parent() != Some(log_dir.as_path()) {
+                return None;
+            }
+            let runtime_id = target.file_name()?.to_str()?.strip_suffix(".log")?;
+            uuid::Uuid::parse_str(runtime_id).ok()?;
+            Some((pid, runtime_id.to_owned()))
+        })
+        .collect()
 }
 
 /// Keeps a runtime's log under its cap: past it, only the newest half stays. (The runtime

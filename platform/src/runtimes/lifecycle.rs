@@ -258,14 +258,13 @@ pub(super) async fn live_on_this_node(
 /// alive get the reconnect window to come back; the rest are marked failed. Those that do not
 /// reconnect in time are stopped by the next passes.
 pub(super) async fn recover_after_restart(state: &AppState) -> Result<(), StorageError> {
-    for (runtime_id, placement) in live_on_this_node(state).await? {
-        let alive = placement
-            .as_ref()
-            .is_some_and(|placement| state.runtimes.pool.is_alive(&runtime_id, placement));
-        if alive {
-            tracing::info!(runtime_id = %runtime_id, "runtime from a previous run is alive; waiting for it to reconnect");
-        } else {
+    let known = live_on_this_node(state).await?;
+    let gone = state.runtimes.pool.reconcile(&known).await;
+    for (runtime_id, _) in known {
+        if gone.contains(&runtime_id) {
             record_exit(state, &found_gone(runtime_id)).await?;
+        } else {
+            tracing::info!(runtime_id = %runtime_id, "runtime from a previous run is alive; waiting for it to reconnect");
         }
     }
     Ok(())

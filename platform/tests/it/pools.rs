@@ -112,6 +112,15 @@ impl RuntimePool for FakePool {
         self.running.lock().unwrap().contains(runtime_id)
     }
 
+    async fn reconcile(&self, known: &[(String, Option<Placement>)]) -> Vec<String> {
+        let running = self.running.lock().unwrap();
+        known
+            .iter()
+            .filter(|(runtime_id, _)| !running.contains(runtime_id))
+            .map(|(runtime_id, _)| runtime_id.clone())
+            .collect()
+    }
+
     async fn logs(&self, runtime_id: &str) -> Vec<u8> {
         format!("log of {runtime_id}\n").into_bytes()
     }

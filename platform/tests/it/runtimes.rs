@@ -444,12 +444,28 @@ async fn after_a_platform_crash_runtimes_reconnect_and_none_is_left_behind() {
             "runtime {pid} died with the platform"
         );
     }
+    // One of them no record knows as live any more (as after a start the crash cut short).
+    let written_off = running(&before)[1].clone();
+    {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}", directory.path().join("rally.db").display());
+        let mut database = sqlx::AnyConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE runtimes SET status = 'failed' WHERE id = $1")
+            .bind(&written_off.id)
+            .execute(&mut database)
+            .await
+            .unwrap();
+        database.close().await.unwrap();
+    }
 
-    // Restart on the same data and port: the same runtimes come back, none is added.
+    // Restart on the same data and port: the runtime still on record comes back, the one
+    // written off is ended and replaced, nothing else is added.
     let platform = PlatformProcess::start(directory.path(), port);
     let after = wait_for(&admin, &deployment, "the lobbies reconnected", |r| {
         running(r).len() == 2
-            && r.iter()
+            && running(r)
+                .iter()
                 .filter(|runtime| runtime.connected_at.is_some())
                 .count()
                 == 2
@@ -457,12 +473,17 @@ async fn after_a_platform_crash_runtimes_reconnect_and_none_is_left_behind() {
     .await;
     let reconnected: Vec<i64> = running(&after).iter().map(|r| r.pid.unwrap()).collect();
     assert_eq!(reconnected.len(), 2);
-    for pid in &pids {
-        assert!(
-            reconnected.contains(pid),
-            "runtime {pid} was replaced instead of kept"
-        );
-    }
+    assert!(
+        reconnected.contains(&pids[0]),
+        "runtime {} was replaced instead of kept",
+        pids[0]
+    );
+    let ended = written_off.pid.unwrap();
+    assert!(!reconnected.contains(&ended));
+    assert!(
+        !is_rally_runtime(ended) || process_state(ended) == Some('Z'),
+        "the runtime no record knew ({ended}) was left running"
+    );
     // Give the reconnected runtimes a moment on their new sockets, then stop the platform.
     tokio::time::sleep(Duration::from_millis(300)).await;
     platform.signal("-TERM");
