@@ -108,33 +108,32 @@ pub async fn of_runtime(
     }))
 }
 
-/// A runtime row's qualifier (the schema allows only these two).
+/// A runtime row's qualifier (the schema allows only `lobby` and `match`).
 pub fn qualifier(stored: &str) -> Qualifier {
-    if stored == "match" {
-        Qualifier::Match
-    } else {
-        Qualifier::Lobby
-    }
+    Qualifier::parse(stored).unwrap_or(Qualifier::Lobby)
 }
 
 /// A deployment's stored config.
 pub fn stored_config(deployment_id: &str, stored: &str) -> Result<DeploymentConfig, LoadError> {
+    parse_stored(deployment_id, "config", stored)
+}
+
+/// A JSON record of deployment `deployment_id`; `what` names it in the error.
+fn parse_stored<T: serde::de::DeserializeOwned>(
+    deployment_id: &str,
+    what: &'static str,
+    stored: &str,
+) -> Result<T, LoadError> {
     serde_json::from_str(stored).map_err(|problem| LoadError::Unreadable {
         deployment_id: deployment_id.to_owned(),
-        what: "config",
+        what,
         problem: problem.to_string(),
     })
 }
 
 fn deployed(row: &AnyRow) -> Result<Deployed, LoadError> {
     let id: String = row.get(0);
-    let unreadable = |what, problem: serde_json::Error| LoadError::Unreadable {
-        deployment_id: id.clone(),
-        what,
-        problem: problem.to_string(),
-    };
-    let manifest: Manifest = serde_json::from_str(&row.get::<String, _>(5))
-        .map_err(|problem| unreadable("manifest", problem))?;
+    let manifest: Manifest = parse_stored(&id, "manifest", &row.get::<String, _>(5))?;
     let config = stored_config(&id, &row.get::<String, _>(6))?;
     Ok(Deployed {
         stage_id: row.get(1),

@@ -42,16 +42,13 @@ impl RuntimeEnv {
         let read = |name: &str| {
             std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
         };
-        let qualifier = match read(env::QUALIFIER)?.as_str() {
-            "lobby" => Qualifier::Lobby,
-            "match" => Qualifier::Match,
-            other => {
-                return Err(format!(
-                    "{} must be lobby or match, not {other:?}",
-                    env::QUALIFIER
-                ))
-            }
-        };
+        let qualifier = read(env::QUALIFIER)?;
+        let qualifier = Qualifier::parse(&qualifier).ok_or_else(|| {
+            format!(
+                "{} must be lobby or match, not {qualifier:?}",
+                env::QUALIFIER
+            )
+        })?;
         Ok(Self {
             runtime_id: read(env::RUNTIME_ID)?,
             secret: read(env::RUNTIME_SECRET)?,

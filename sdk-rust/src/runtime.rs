@@ -189,6 +189,15 @@ impl Qualifier {
             Qualifier::Match => "match",
         }
     }
+
+    /// The qualifier [`Self::as_str`] names.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "lobby" => Some(Qualifier::Lobby),
+            "match" => Some(Qualifier::Match),
+            _ => None,
+        }
+    }
 }
 
 /// A message for or from a player: text frames stay text, binary frames stay binary.

@@ -57,6 +57,15 @@ pub struct Placement {
     pub handle: String,
 }
 
+impl Placement {
+    /// The process id, for a runtime of a local-process pool.
+    pub fn pid(&self) -> Option<u32> {
+        (self.kind == PoolKind::Process)
+            .then(|| self.handle.parse().ok())
+            .flatten()
+    }
+}
+
 /// What a runtime is made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Artifact {

@@ -358,7 +358,7 @@ impl RuntimePool for ProcessPool {
         }
         // Left by a previous run of this node, or by a launcher that ended: not our child,
         // ended by pid once it is sure the pid is still the runtime's.
-        let Some(pid) = pid_of(placement) else {
+        let Some(pid) = placement.pid() else {
             return;
         };
         if is_runtime_process(pid, runtime_id) {
@@ -376,7 +376,7 @@ impl RuntimePool for ProcessPool {
     fn kill(&self, runtime_id: &str, placement: &Placement) {
         if let Some(pid) = self.processes.state().pids.get(runtime_id).copied() {
             signal(pid, Signal::SIGKILL);
-        } else if let Some(pid) = pid_of(placement) {
+        } else if let Some(pid) = placement.pid() {
             if is_runtime_process(pid, runtime_id) {
                 signal(pid, Signal::SIGKILL);
             }
@@ -385,7 +385,9 @@ impl RuntimePool for ProcessPool {
 
     fn is_alive(&self, runtime_id: &str, placement: &Placement) -> bool {
         self.is_child(runtime_id)
-            || pid_of(placement).is_some_and(|pid| is_runtime_process(pid, runtime_id))
+            || placement
+                .pid()
+                .is_some_and(|pid| is_runtime_process(pid, runtime_id))
     }
 
     async fn reconcile(&self, known: &[(String, Option<Placement>)]) -> Vec<String> {
@@ -442,13 +444,6 @@ impl RuntimePool for ProcessPool {
     }
 }
 
-/// The pid a placement of this pool names.
-fn pid_of(placement: &Placement) -> Option<u32> {
-    (placement.kind == PoolKind::Process)
-        .then(|| placement.handle.parse().ok())
-        .flatten()
-}
-
 fn signal(pid: u32, signal: Signal) {
     if let Err(error) = kill(Pid::from_raw(pid as i32), signal) {
         tracing::debug!(pid, %error, "cannot signal runtime process");
@@ -461,11 +456,8 @@ fn signal(pid: u32, signal: Signal) {
 /// of its own (by an earlier platform) also carries its id in its environment.
 fn is_runtime_process(pid: u32, runtime_id: &str) -> bool {
     let log_name = format!("{runtime_id}.log");
-    let logs_to_its_file = std::fs::read_link(format!("/proc/{pid}/fd/2")).is_ok_and(|target| {
-        let target = target.to_string_lossy();
-        let target = target.strip_suffix(" (deleted)").unwrap_or(&target);
-        Path::new(target).file_name() == Some(std::ffi::OsStr::new(&log_name))
-    });
+    let logs_to_its_file = standard_error(pid)
+        .is_some_and(|target| target.file_name() == Some(std::ffi::OsStr::new(&log_name)));
     if logs_to_its_file {
         return true;
     }
@@ -474,6 +466,15 @@ fn is_runtime_process(pid: u32, runtime_id: &str) -> bool {
     environ
         .split(|byte| *byte == 0)
         .any(|entry| entry == wanted.as_bytes())
+}
+
+/// The file process `pid`'s standard error is open on (also when it was deleted since).
+fn standard_error(pid: u32) -> Option<PathBuf> {
+    let target = std::fs::read_link(format!("/proc/{pid}/fd/2")).ok()?;
+    let target = target.to_string_lossy();
+    Some(PathBuf::from(
+        target.strip_suffix(" (deleted)").unwrap_or(&target),
+    ))
 }
 
 /// The processes whose standard error is a runtime's log in `log_dir`, with that runtime's id:
@@ -487,9 +488,7 @@ fn runtime_processes(log_dir: &Path) -> Vec<(u32, String)> {
         .flatten()
         .filter_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let target = std::fs::read_link(entry.path().join("fd/2")).ok()?;
-            let target = target.to_string_lossy();
-            let target = Path::new(target.strip_suffix(" (deleted)").unwrap_or(&target));
+            let target = standard_error(pid)?;
             if target.parent() != Some(log_dir.as_path()) {
                 return None;
             }

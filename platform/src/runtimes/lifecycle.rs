@@ -237,12 +237,19 @@ fn exit_failure(exit_code: Option<i32>) -> String {
     }
 }
 
+/// One of this node's runtimes that is not over.
+pub(super) struct Live {
+    pub id: String,
+    pub status: String,
+    pub created_at: i64,
+    /// `None` until its pool has placed it.
+    pub placement: Option<Placement>,
+}
+
 /// This node's runtimes that are not over, with where they run.
-pub(super) async fn live_on_this_node(
-    state: &AppState,
-) -> Result<Vec<(String, Option<Placement>)>, StorageError> {
+pub(super) async fn live_on_this_node(state: &AppState) -> Result<Vec<Live>, StorageError> {
     let rows = sqlx::query(&format!(
-        "SELECT id, {PLACEMENT} FROM runtimes WHERE node_id = $1 \
+        "SELECT id, status, created_at, {PLACEMENT} FROM runtimes WHERE node_id = $1 \
          AND status IN ('starting', 'running', 'stopping')"
     ))
     .bind(&state.runtimes.node_id)
@@ -250,7 +257,23 @@ pub(super) async fn live_on_this_node(
     .await?;
     Ok(rows
         .iter()
-        .map(|row| (row.get::<String, _>("id"), placement(row)))
+        .map(|row| Live {
+            id: row.get("id"),
+            status: row.get("status"),
+            created_at: row.get("created_at"),
+            placement: placement(row),
+        })
+        .collect())
+}
+
+/// This node's runtimes that are not over, each with where it runs.
+async fn placed_on_this_node(
+    state: &AppState,
+) -> Result<Vec<(String, Option<Placement>)>, StorageError> {
+    let live = live_on_this_node(state).await?;
+    Ok(live
+        .into_iter()
+        .map(|live| (live.id, live.placement))
         .collect())
 }
 
@@ -258,7 +281,7 @@ pub(super) async fn live_on_this_node(
 /// alive get the reconnect window to come back; the rest are marked failed. Those that do not
 /// reconnect in time are stopped by the next passes.
 pub(super) async fn recover_after_restart(state: &AppState) -> Result<(), StorageError> {
-    let known = live_on_this_node(state).await?;
+    let known = placed_on_this_node(state).await?;
     let gone = state.runtimes.pool.reconcile(&known).await;
     for (runtime_id, _) in known {
         if gone.contains(&runtime_id) {
@@ -275,7 +298,7 @@ pub(super) async fn recover_after_restart(state: &AppState) -> Result<(), Storag
 pub(super) async fn stop_all(state: &AppState, exits: &mut mpsc::Receiver<Exited>) {
     let runtimes = &state.runtimes;
     let pool = &runtimes.pool;
-    let live = live_on_this_node(state).await.unwrap_or_default();
+    let live = placed_on_this_node(state).await.unwrap_or_default();
     let deadline_ms = runtimes.stop_grace.as_millis() as u64;
     for (runtime_id, placement) in &live {
         let _ = mark_stopping(&state.database, runtime_id, None).await;

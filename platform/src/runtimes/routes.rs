@@ -2,11 +2,11 @@
 //! a deployment's runtimes (the list, a runtime's log). The runtime socket is in
 //! `connection`.
 
+use super::lifecycle::placement;
 use crate::auth::{hash_secret, refresh};
 use crate::deployed::qualifier;
 use crate::error::{ApiError, Json, Path};
 use crate::permissions::StageScope;
-use crate::pools::PoolKind;
 use crate::state::AppState;
 use crate::storage::now_millis;
 use axum::extract::State;
@@ -22,8 +22,6 @@ const COLUMNS: &str = "id, deployment_id, qualifier, mode, status, node_id, pool
      server, handle, created_at, connected_at, stopped_at, exit_code, failure";
 
 fn runtime(row: &AnyRow) -> RuntimeInfo {
-    let pool_kind: String = row.get("pool_kind");
-    let handle: Option<String> = row.get("handle");
     RuntimeInfo {
         id: row.get("id"),
         deployment_id: row.get("deployment_id"),
@@ -31,14 +29,13 @@ fn runtime(row: &AnyRow) -> RuntimeInfo {
         mode: row.get("mode"),
         status: row.get("status"),
         node_id: row.get("node_id"),
-        pid: handle
-            .as_deref()
-            .filter(|_| PoolKind::parse(&pool_kind) == Some(PoolKind::Process))
-            .and_then(|handle| handle.parse().ok()),
-        pool_kind,
+        pid: placement(row)
+            .and_then(|placement| placement.pid())
+            .map(i64::from),
+        pool_kind: row.get("pool_kind"),
         pool: row.get("pool"),
         server: row.get("server"),
-        handle,
+        handle: row.get("handle"),
         created_at: row.get("created_at"),
         connected_at: row.get("connected_at"),
         stopped_at: row.get("stopped_at"),

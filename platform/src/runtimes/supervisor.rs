@@ -4,8 +4,8 @@
 //! What to do is decided in `scaling`; this file counts and acts.
 
 use super::lifecycle::{
-    found_gone, placement, record_exit, recover_after_restart, start_runtime, stop_all,
-    stop_runtime, PLACEMENT,
+    found_gone, live_on_this_node, record_exit, recover_after_restart, start_runtime, stop_all,
+    stop_runtime, Live,
 };
 use super::scaling::{
     self, judge, plan_lobbies, plan_matches, DeploymentToRun, Lobbies, LobbyPlan, Matches, Verdict,
@@ -128,19 +128,15 @@ async fn load_deployments(state: &AppState) -> anyhow::Result<Vec<DeploymentToRu
 /// This node's runtimes that are late to connect, or whose pool lost them.
 async fn watch_runtimes(state: &AppState) -> Result<(), StorageError> {
     let runtimes = &state.runtimes;
-    let rows = sqlx::query(&format!(
-        "SELECT id, status, created_at, {PLACEMENT} FROM runtimes \
-         WHERE node_id = $1 AND status IN ('starting', 'running', 'stopping')"
-    ))
-    .bind(&runtimes.node_id)
-    .fetch_all(state.database.reader())
-    .await?;
     let now = now_millis();
-    for row in &rows {
-        let id: String = row.get("id");
-        let status: String = row.get("status");
-        let created_at: i64 = row.get("created_at");
-        let alive = match &placement(row) {
+    for Live {
+        id,
+        status,
+        created_at,
+        placement,
+    } in live_on_this_node(state).await?
+    {
+        let alive = match &placement {
             Some(placement) => {
                 runtimes.pool.tend(&id);
                 runtimes.pool.is_alive(&id, placement)
