@@ -25,7 +25,6 @@ pub const IDLE_TIMEOUT_SECS_RANGE: RangeInclusive<u32> = 10..=86_400;
 /// A version's manifest, as written in `rally.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub runtime: RuntimeConfig,
     /// Missing modes parse as an empty list so that validation can say `no_modes` in words
@@ -42,7 +41,6 @@ pub struct Manifest {
 /// Which engine runs the logic, and where the logic starts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     pub kind: RuntimeKind,
     /// Entry file of lobby runtimes, relative to the bundle root.
@@ -89,7 +87,6 @@ impl fmt::Display for RuntimeKind {
 /// A way to play: the matchmaker fills a match of this mode from its groups (teams).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct Mode {
     pub name: String,
     pub min_players: u32,
@@ -100,7 +97,6 @@ pub struct Mode {
 /// A team within a mode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct Group {
     pub name: String,
     pub min_players: u32,
@@ -111,7 +107,7 @@ pub struct Group {
 /// override them with [`DeploymentOverrides`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct DeploymentConfig {
     /// Lobby runtimes kept running even when empty.
     pub min_lobbies: u32,
@@ -242,14 +238,30 @@ impl Manifest {
     /// rules.
     #[cfg(feature = "bundle")]
     pub fn from_toml(text: &str) -> Result<Manifest, ManifestSyntaxError> {
-        let mut manifest: Manifest = toml::from_str(text).map_err(|error: toml::de::Error| {
-            let position = error.span().map(|span| line_and_column(text, span.start));
+        let at = |span: Option<std::ops::Range<usize>>, message: String| {
+            let position = span.map(|span| line_and_column(text, span.start));
             ManifestSyntaxError {
                 line: position.map(|(line, _)| line),
                 column: position.map(|(_, column)| column),
-                message: error.message().trim_end().to_owned(),
+                message,
             }
-        })?;
+        };
+        // The types read unknown fields as absent (a runtime reading a newer platform's
+        // manifest in `runtime_created` must not fail); in `rally.toml` a misspelt key is an
+        // error, found here.
+        let mut unknown = Vec::new();
+        let parsed: Result<Manifest, toml::de::Error> =
+            serde_ignored::deserialize(toml::Deserializer::new(text), |path| {
+                unknown.push(segments(&path))
+            });
+        let mut manifest =
+            parsed.map_err(|error| at(error.span(), error.message().trim_end().to_owned()))?;
+        if let Some(path) = unknown.first() {
+            return Err(at(
+                key_span(text, path),
+                format!("unknown field `{}`", describe_path(path)),
+            ));
+        }
         toml_dates_as_strings(&mut manifest.user_data);
         Ok(manifest)
     }
@@ -309,6 +321,80 @@ fn toml_dates_as_strings(value: &mut serde_json::Value) {
 
 /// Turns a byte offset into a 1-based line and column (in characters).
 #[cfg(feature = "bundle")]
+/// One step of the way to a value in `rally.toml`: a key, or a place in an array.
+#[cfg(feature = "bundle")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+#[cfg(feature = "bundle")]
+fn segments(path: &serde_ignored::Path) -> Vec<Segment> {
+    use serde_ignored::Path;
+    let mut segments = match path {
+        Path::Root => return Vec::new(),
+        Path::Seq { parent, .. }
+        | Path::Map { parent, .. }
+        | Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => segments(parent),
+    };
+    match path {
+        Path::Seq { index, .. } => segments.push(Segment::Index(*index)),
+        Path::Map { key, .. } => segments.push(Segment::Key(key.clone())),
+        _ => {}
+    }
+    segments
+}
+
+/// `modes[0].max_playres`
+#[cfg(feature = "bundle")]
+fn describe_path(path: &[Segment]) -> String {
+    let mut described = String::new();
+    for segment in path {
+        match segment {
+            Segment::Key(key) if described.is_empty() => described.push_str(key),
+            Segment::Key(key) => {
+                described.push('.');
+                described.push_str(key);
+            }
+            Segment::Index(index) => described.push_str(&format!("[{index}]")),
+        }
+    }
+    described
+}
+
+/// Where the last key of `path` is written in `text`.
+#[cfg(feature = "bundle")]
+fn key_span(text: &str, path: &[Segment]) -> Option<std::ops::Range<usize>> {
+    use toml_edit::{Item, TableLike, Value};
+    let document = toml_edit::ImDocument::parse(text).ok()?;
+    let mut table: &dyn TableLike = document.as_table();
+    let mut span = None;
+    let mut steps = path.iter().peekable();
+    while let Some(step) = steps.next() {
+        let Segment::Key(key) = step else {
+            return span;
+        };
+        let (key, item) = table.get_key_value(key)?;
+        span = key.span();
+        table = match steps.peek() {
+            None => break,
+            Some(Segment::Key(_)) => item.as_table_like()?,
+            Some(Segment::Index(index)) => {
+                steps.next();
+                match item {
+                    Item::ArrayOfTables(tables) => tables.get(*index)?,
+                    Item::Value(Value::Array(values)) => values.get(*index)?.as_inline_table()?,
+                    _ => return span,
+                }
+            }
+        };
+    }
+    span
+}
+
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
@@ -1000,6 +1086,25 @@ warm_matches = { duel = 2 }
             assert!(error.message.contains("max_playres"), "{error}");
             assert!(error.line.is_some(), "{error:?}");
             assert!(error.to_string().starts_with("line "), "{error}");
+        }
+
+        #[test]
+        fn unknown_keys_are_named_with_their_path_and_line() {
+            // Line 1 is the empty line the constant starts with.
+            let text = HELLO.replace("  name = \"blue\"\n", "  name = \"blue\"\n  colour = 3\n");
+            let error = Manifest::from_toml(&text).unwrap_err();
+            assert_eq!(error.message, "unknown field `modes[0].groups[1].colour`");
+            assert_eq!((error.line, error.column), (Some(17), Some(3)), "{error}");
+
+            let text = format!("{HELLO}min_lobies = 2\n");
+            let error = Manifest::from_toml(&text).unwrap_err();
+            assert_eq!(error.message, "unknown field `deployment.min_lobies`");
+            assert_eq!(error.line, Some(26), "{error}");
+
+            let text = HELLO.replace("[runtime]\n", "[runtime]\nengine = \"x\"\n");
+            let error = Manifest::from_toml(&text).unwrap_err();
+            assert_eq!(error.message, "unknown field `runtime.engine`");
+            assert_eq!(error.line, Some(3), "{error}");
         }
 
         #[test]

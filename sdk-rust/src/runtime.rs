@@ -369,9 +369,9 @@ pub fn encode_frame<M: Serialize>(messages: &[M]) -> Encoded {
     struct Borrowed<'a, M> {
         messages: &'a [M],
     }
-    let previous = ATTACHMENTS.replace(Some(Vec::new()));
+    let scope = AttachmentsScope::enter(Vec::new());
     let json = serde_json::to_vec(&Borrowed { messages });
-    let attachments = ATTACHMENTS.replace(previous).unwrap_or_default();
+    let attachments = scope.leave();
     let json = json.expect("protocol messages serialise");
     if attachments.is_empty() {
         return Encoded::Text(String::from_utf8(json).expect("JSON is UTF-8"));
@@ -402,7 +402,7 @@ pub fn decode_text_frame<M: DeserializeOwned>(text: &str) -> Result<Frame<M>, Fr
 }
 
 /// Reads a binary envelope (see [`Encoded::Binary`]); its attachments become the binary
-/// payloads without a copy.
+/// payloads, without a copy when they are most of the envelope.
 pub fn decode_binary_frame<M: DeserializeOwned>(envelope: Bytes) -> Result<Frame<M>, FrameError> {
     let length = |at: usize| -> Result<usize, FrameError> {
         let prefix = envelope.get(at..at + 4).ok_or(FrameError::Envelope)?;
@@ -421,13 +421,48 @@ pub fn decode_binary_frame<M: DeserializeOwned>(envelope: Bytes) -> Result<Frame
             .checked_add(size)
             .filter(|end| *end <= envelope.len())
             .ok_or(FrameError::Envelope)?;
-        attachments.push(envelope.slice(at + 4..end));
+        // An attachment that is the bulk of its envelope shares it; a small one is copied, so
+        // that a few bytes kept in a slow player's queue do not keep a whole envelope alive.
+        let attachment = if size >= envelope.len() / 2 {
+            envelope.slice(at + 4..end)
+        } else {
+            Bytes::copy_from_slice(&envelope[at + 4..end])
+        };
+        attachments.push(attachment);
         at = end;
     }
-    let previous = ATTACHMENTS.replace(Some(attachments));
+    let scope = AttachmentsScope::enter(attachments);
     let frame = serde_json::from_slice(&envelope[4..json_end]);
-    ATTACHMENTS.replace(previous);
+    drop(scope);
     Ok(frame?)
+}
+
+/// Sets [`ATTACHMENTS`] for the time it lives and puts back what was there before, also when
+/// serde or a `Serialize` implementation panics: the thread never keeps a stale list.
+struct AttachmentsScope {
+    previous: Option<Option<Vec<Bytes>>>,
+}
+
+impl AttachmentsScope {
+    fn enter(attachments: Vec<Bytes>) -> Self {
+        Self {
+            previous: Some(ATTACHMENTS.replace(Some(attachments))),
+        }
+    }
+
+    /// Ends the scope, returning the list as it is now.
+    fn leave(mut self) -> Vec<Bytes> {
+        let previous = self.previous.take().expect("left once");
+        ATTACHMENTS.replace(previous).unwrap_or_default()
+    }
+}
+
+impl Drop for AttachmentsScope {
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            ATTACHMENTS.replace(previous);
+        }
+    }
 }
 
 /// `POST /api/v1/runtime/token`.
@@ -546,6 +581,78 @@ mod tests {
             client_id: client_id.to_owned(),
             payload,
         }
+    }
+
+    /// Protocol §7: fields may be added within a version. A runtime built before the
+    /// platform added a manifest key or a config setting still reads `runtime_created`.
+    #[test]
+    fn runtime_created_from_a_newer_platform_reads_past_fields_it_does_not_know() {
+        let text = r#"{"messages":[{"type":"runtime_created","qualifier":"match",
+            "manifest":{"runtime":{"kind":"lua","lobby":"l.lua","match":"m.lua","gpu":true},
+                "modes":[{"name":"duel","min_players":2,"max_players":2,"ranked":true,
+                    "groups":[{"name":"all","min_players":2,"max_players":2,"colour":"red"}]}],
+                "deployment":{"min_lobbies":3,"regions":["eu"]},"store":{}},
+            "config":{"min_lobbies":3,"autoscale":"fast"},
+            "user_data":{},"mode":"duel","node":"n1"}]}"#;
+        let frame: Frame<PlatformMessage> = decode_text_frame(text).unwrap();
+        let [PlatformMessage::RuntimeCreated {
+            manifest, config, ..
+        }] = frame.messages.as_slice()
+        else {
+            panic!("{:?}", frame.messages);
+        };
+        assert_eq!(manifest.runtime.match_entry, "m.lua");
+        assert_eq!(manifest.modes[0].groups[0].name, "all");
+        assert_eq!(
+            (manifest.deployment.min_lobbies, config.min_lobbies),
+            (3, 3)
+        );
+    }
+
+    #[test]
+    fn a_panic_while_encoding_leaves_no_attachment_list_behind() {
+        struct Explodes;
+        impl Serialize for Explodes {
+            fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                panic!("a message that cannot be written");
+            }
+        }
+        #[derive(Serialize)]
+        struct Both(Payload, Explodes);
+        let both = [Both(Payload::Binary(Bytes::from_static(&[7])), Explodes)];
+        let encoding =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode_frame(&both)));
+        assert!(encoding.is_err());
+        // Outside an envelope a binary payload is base64 again, not a dangling attachment.
+        assert_eq!(
+            serde_json::to_string(&Payload::Binary(Bytes::from_static(&[1]))).unwrap(),
+            r#"{"binary":"AQ=="}"#
+        );
+    }
+
+    #[test]
+    fn small_attachments_do_not_hold_their_envelope() {
+        let big = Bytes::from(vec![1u8; 64 * 1024]);
+        let messages = [
+            received("c1", Payload::Binary(big.clone())),
+            received("c2", Payload::Binary(Bytes::from_static(b"tiny"))),
+        ];
+        let Encoded::Binary(envelope) = encode_frame(&messages) else {
+            panic!("an envelope");
+        };
+        let envelope = Bytes::from(envelope);
+        let inside = |bytes: &Bytes| envelope.as_ptr_range().contains(&bytes.as_ptr());
+        let frame: Frame<PlatformMessage> = decode_binary_frame(envelope.clone()).unwrap();
+        assert_eq!(frame.messages, messages);
+        let payload = |index: usize| match &frame.messages[index] {
+            PlatformMessage::MessageReceived {
+                payload: Payload::Binary(bytes),
+                ..
+            } => bytes.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(inside(&payload(0)), "the bulk of the envelope is shared");
+        assert!(!inside(&payload(1)), "a few bytes are copied out");
     }
 
     #[test]

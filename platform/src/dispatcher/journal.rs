@@ -2,7 +2,7 @@
 //! that relaying messages never waits for the database.
 //!
 //! The queue is bounded by what it holds: at most one pending change per client and column
-//! (its runtime, its deployment, its deletion) and one per player (the profile). A change to
+//! (its assignment, its deletion) and one per player (the profile). A change to
 //! something that already waits replaces the waiting value and keeps its place in line, since
 //! only the newest value matters once written. So the queue never holds more entries than
 //! there are clients and players on this node, however long the database is away, and nothing
@@ -24,19 +24,18 @@ use tokio_util::sync::CancellationToken;
 /// One change the dispatcher made to a client or player.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
+    /// The client's runtime (none while it waits for a lobby) and group, with the deployment
+    /// it belongs to: a match of a newer deployment takes a client along, and its runtime and
+    /// deployment change in one write, never one without the other.
     Assigned {
         client_id: String,
         runtime_id: Option<String>,
         group: Option<String>,
+        deployment_id: String,
     },
     Deleted {
         client_id: String,
         reason: String,
-    },
-    /// The client moved to a newer deployment of its stage (through a match).
-    Moved {
-        client_id: String,
-        deployment_id: String,
     },
     Profile {
         player_id: String,
@@ -50,7 +49,6 @@ pub enum Change {
 enum Key {
     Runtime(String),
     Deletion(String),
-    Deployment(String),
     Profile(String),
 }
 
@@ -59,7 +57,6 @@ impl Change {
         match self {
             Change::Assigned { client_id, .. } => Key::Runtime(client_id.clone()),
             Change::Deleted { client_id, .. } => Key::Deletion(client_id.clone()),
-            Change::Moved { client_id, .. } => Key::Deployment(client_id.clone()),
             Change::Profile { player_id, .. } => Key::Profile(player_id.clone()),
         }
     }
@@ -242,14 +239,16 @@ async fn write_batch(database: &Database, batch: &[Change]) -> Result<(), Storag
                 client_id,
                 runtime_id,
                 group,
+                deployment_id,
             } => {
                 sqlx::query(
-                    "UPDATE clients SET runtime_id = $2, group_name = $3 \
+                    "UPDATE clients SET runtime_id = $2, group_name = $3, deployment_id = $4 \
                      WHERE id = $1 AND status = 'active'",
                 )
                 .bind(client_id)
                 .bind(runtime_id)
                 .bind(group)
+                .bind(deployment_id)
                 .execute(&mut *transaction)
                 .await?;
             }
@@ -261,18 +260,6 @@ async fn write_batch(database: &Database, batch: &[Change]) -> Result<(), Storag
                 .bind(client_id)
                 .bind(reason)
                 .bind(now)
-                .execute(&mut *transaction)
-                .await?;
-            }
-            Change::Moved {
-                client_id,
-                deployment_id,
-            } => {
-                sqlx::query(
-                    "UPDATE clients SET deployment_id = $2 WHERE id = $1 AND status = 'active'",
-                )
-                .bind(client_id)
-                .bind(deployment_id)
                 .execute(&mut *transaction)
                 .await?;
             }
@@ -308,6 +295,7 @@ mod tests {
             client_id: client_id.to_owned(),
             runtime_id: Some(runtime_id.to_owned()),
             group: None,
+            deployment_id: "d1".to_owned(),
         }
     }
 

@@ -74,6 +74,7 @@ impl Dispatcher {
             client_id: client_id.to_string(),
             runtime_id: Some(runtime_id.to_string()),
             group,
+            deployment_id: client.deployment_id.to_string(),
         });
     }
 
@@ -106,6 +107,7 @@ impl Dispatcher {
                 client_id: client_id.to_string(),
                 runtime_id: None,
                 group: None,
+                deployment_id: client.deployment_id.to_string(),
             });
             self.find_lobby(state, client_id);
         }

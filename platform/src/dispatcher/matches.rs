@@ -238,11 +238,8 @@ impl Dispatcher {
         // lobby of that deployment.
         if let Some(slot) = state.runtimes.get(runtime_id) {
             if *slot.description.deployment_id != *client.deployment_id {
+                // (Written with the assignment below.)
                 client.deployment_id = Arc::from(slot.description.deployment_id.as_str());
-                self.record(super::journal::Change::Moved {
-                    client_id: client_id.to_string(),
-                    deployment_id: slot.description.deployment_id.clone(),
-                });
             }
         }
         self.assign(state, client_id, runtime_id, Some(group));

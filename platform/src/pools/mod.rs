@@ -17,6 +17,9 @@ use tokio::sync::mpsc;
 
 /// Exits a pool may have reported and the supervisor not yet recorded. When it is full the
 /// pool's reporting waits (the launcher's pipe fills, the launcher waits): no exit is dropped.
+/// Starts wait with it (their reports come down the same pipe) and fail after the start wait
+/// if the supervisor does not catch up; the supervisor frees each exit's start turn as soon as
+/// the exit leaves this queue.
 pub const EXITS_QUEUE: usize = 1024;
 
 /// Kinds of pool; the names are what the runtime rows store.

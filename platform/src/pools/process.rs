@@ -183,6 +183,18 @@ impl ProcessPool {
         }
     }
 
+    /// The same pool with room for `capacity` unread exits instead of
+    /// [`super::EXITS_QUEUE`].
+    pub fn with_exits_queue(mut self, capacity: usize) -> Self {
+        let (exits, exits_receiver) = mpsc::channel(capacity);
+        self.processes = Arc::new(Processes {
+            exits,
+            state: Mutex::default(),
+        });
+        self.exits = Mutex::new(Some(exits_receiver));
+        self
+    }
+
     fn log_path(&self, runtime_id: &str) -> PathBuf {
         self.log_dir.join(format!("{runtime_id}.log"))
     }

@@ -143,7 +143,14 @@ async fn serve(
                         Message::Close(_) => break,
                         Message::Ping(_) | Message::Pong(_) => continue,
                     };
-                    let replies = handle_frame(&runtimes, &dispatcher, &runtime_id, frame).await;
+                    let handled = handle_frame(&runtimes, &dispatcher, &runtime_id, frame);
+                    let replies = tokio::select! {
+                        replies = handled => replies,
+                        // A wait for the database ends with the socket: what the frame held
+                        // after its profile writes never reaches a player ahead of them.
+                        () = attached.hold.replaced.cancelled() => break,
+                        () = dispatcher.shutdown.cancelled() => break,
+                    };
                     if !replies.is_empty() && send_frames(&mut socket, &replies).await.is_err() {
                         break;
                     }

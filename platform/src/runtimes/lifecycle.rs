@@ -54,7 +54,14 @@ pub(super) async fn start_runtime(
     let bundle = cached_bundle(state, &deployment.bundle_sha256).await?;
     let id = new_id();
     // Before the record exists: the wait for a turn does not count against its start timeout.
-    runtimes.take_start_turn(&id).await;
+    // A platform that stops waits for no turn.
+    tokio::select! {
+        () = runtimes.take_start_turn(&id) => {}
+        () = state.dispatcher.shutdown.cancelled() => {
+            runtimes.start_over(&id);
+            anyhow::bail!("the platform is stopping");
+        }
+    }
     let secret = new_secret();
     let pool = &runtimes.pool;
     let recorded = sqlx::query(
@@ -84,31 +91,63 @@ pub(super) async fn start_runtime(
         artifact: Artifact::Bundle(bundle),
         limits: deployment.limits,
     };
-    match pool.start(spec).await {
-        Ok(placement) => {
-            sqlx::query("UPDATE runtimes SET server = $2, handle = $3 WHERE id = $1")
-                .bind(&id)
-                .bind(&placement.server)
-                .bind(&placement.handle)
-                .execute(state.database.writer())
-                .await?;
-            tracing::info!(runtime_id = %id, deployment_id = %deployment.id, qualifier = qualifier.as_str(),
-                server = %placement.server, handle = %placement.handle, "runtime started");
-            Ok(id)
-        }
+    let placement = match pool.start(spec).await {
+        Ok(placement) => placement,
         Err(error) => {
             runtimes.start_over(&id);
-            sqlx::query(
-                "UPDATE runtimes SET status = 'failed', stopped_at = $2, failure = $3 WHERE id = $1",
-            )
-            .bind(&id)
-            .bind(now_millis())
-            .bind(error.to_string())
-            .execute(state.database.writer())
-            .await?;
-            Err(error.into())
+            mark_failed(state, &id, &error.to_string()).await?;
+            return Err(error.into());
+        }
+    };
+    let placed: Result<Option<String>, sqlx::Error> = sqlx::query_scalar(
+        "UPDATE runtimes SET server = $2, handle = $3 WHERE id = $1 RETURNING status",
+    )
+    .bind(&id)
+    .bind(&placement.server)
+    .bind(&placement.handle)
+    .fetch_optional(state.database.writer())
+    .await;
+    match placed {
+        Ok(Some(status)) => {
+            tracing::info!(runtime_id = %id, deployment_id = %deployment.id, qualifier = qualifier.as_str(),
+                server = %placement.server, handle = %placement.handle, "runtime started");
+            if status == "stopping" {
+                // Asked to stop while its pool was starting it: the stop found no placement
+                // to end, so it is ended from here.
+                pool.stop(&id, &placement, runtimes.stop_grace);
+            }
+            Ok(id)
+        }
+        unrecorded => {
+            // A runtime whose record does not say where it runs could never be stopped.
+            pool.kill(&id, &placement);
+            runtimes.start_over(&id);
+            let error = match unrecorded {
+                Err(error) => anyhow::Error::from(error),
+                Ok(_) => anyhow::anyhow!("the runtime's record is gone"),
+            };
+            let _ = mark_failed(state, &id, &format!("cannot record where it runs: {error}")).await;
+            Err(error.context("cannot record where the runtime runs"))
         }
     }
+}
+
+/// Marks a runtime that could not be started.
+async fn mark_failed(
+    state: &AppState,
+    runtime_id: &str,
+    failure: &str,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "UPDATE runtimes SET status = 'failed', stopped_at = $2, failure = $3 \
+         WHERE id = $1 AND status IN ('starting', 'running', 'stopping')",
+    )
+    .bind(runtime_id)
+    .bind(now_millis())
+    .bind(failure)
+    .execute(state.database.writer())
+    .await?;
+    Ok(())
 }
 
 /// The bundle archive on local disk, written from the database the first time it is needed.
@@ -147,8 +186,8 @@ pub(super) async fn stop_runtime(
     let runtime_id = runtime_id.to_owned();
     tokio::spawn(async move {
         tokio::time::sleep(grace).await;
-        // Read after the grace period: a runtime stopped while its start was under way has
-        // been placed by now.
+        // Read after the grace period. A runtime with no placement yet is still being
+        // started: its start sees the `stopping` status once it is placed, and ends it.
         match placement_of(&state.database, &runtime_id).await {
             Ok(Some(placement)) => state.runtimes.pool.stop(&runtime_id, &placement, grace),
             Ok(None) => {}

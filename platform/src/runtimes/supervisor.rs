@@ -12,19 +12,22 @@ use super::scaling::{
     Watched,
 };
 use crate::dispatcher::{DeploymentFacts, MatchDemand};
+use crate::pools::Exited;
 use crate::state::AppState;
 use crate::storage::{now_millis, StorageError};
 use rally_sdk::runtime::Qualifier;
 use sqlx::Row;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Keeps runtimes as the deployments want them, until shutdown. On shutdown it stops every
 /// runtime of this node, with the grace period, so that stopping the platform stops its games.
 pub async fn supervise(state: AppState, shutdown: CancellationToken) {
-    let Some(mut exits) = state.runtimes.pool.take_exits() else {
+    let Some(exits) = state.runtimes.pool.take_exits() else {
         return;
     };
+    let mut exits = free_start_turns(&state, exits);
     if let Err(error) = recover_after_restart(&state).await {
         tracing::error!(%error, "cannot check runtimes left by a previous run");
     }
@@ -53,6 +56,23 @@ pub async fn supervise(state: AppState, shutdown: CancellationToken) {
         }
     }
     stop_all(&state, &mut exits).await;
+}
+
+/// Passes the pool's exits on to the supervisor, giving back each ended runtime's start turn
+/// as soon as the pool reports the end: a pass that waits for a turn (`runtime_starts_at_once`)
+/// while starts keep failing gets it then, not when the pass is over and reads the exit.
+fn free_start_turns(state: &AppState, mut exits: mpsc::Receiver<Exited>) -> mpsc::Receiver<Exited> {
+    let (forward, forwarded) = mpsc::channel(crate::pools::EXITS_QUEUE);
+    let runtimes = state.runtimes.clone();
+    tokio::spawn(async move {
+        while let Some(exited) = exits.recv().await {
+            runtimes.start_over(&exited.runtime_id);
+            if forward.send(exited).await.is_err() {
+                return;
+            }
+        }
+    });
+    forwarded
 }
 
 /// One supervision pass.

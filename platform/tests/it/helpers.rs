@@ -150,12 +150,14 @@ pub async fn start(config: Config, database: TestDatabase) -> TestApp {
 pub async fn spawn_app_with_pool(
     backend: Backend,
     pool: std::sync::Arc<dyn rally_platform::pools::RuntimePool>,
+    adjust: impl FnOnce(&mut Config),
 ) -> TestApp {
     let database = TestDatabase::create(backend).await;
-    let config = Config {
+    let mut config = Config {
         runtime_stop_grace_secs: 1,
         ..test_config(&database)
     };
+    adjust(&mut config);
     let platform = Platform::start_with_pool(config.clone(), |_| pool)
         .await
         .expect("platform starts");

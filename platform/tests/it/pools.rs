@@ -5,9 +5,12 @@
 
 use crate::helpers::{spawn_app_with_pool, Backend, TestApp};
 use crate::on_both_backends;
+use rally_platform::pools::process::ProcessPool;
 use rally_platform::pools::{
     Artifact, Exited, Placement, PoolKind, RuntimePool, RuntimeSpec, StartError,
 };
+use rally_sdk::runtime::launch::ResourceLimits;
+use rally_sdk::runtime::Qualifier;
 use rally_sdk::wire::RuntimeInfo;
 use rally_sdk::RallyClient;
 use std::collections::HashSet;
@@ -167,7 +170,7 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, check: im
 
 async fn lobbies_start_through_the_pool_with_the_deployments_limits(backend: Backend) {
     let pool = FakePool::new();
-    let app = spawn_app_with_pool(backend, pool.clone()).await;
+    let app = spawn_app_with_pool(backend, pool.clone(), |_| {}).await;
     let (admin, deployment) = deploy(
         &app,
         serde_json::json!({"min_lobbies": 2, "runtime_cpu_millis": 250, "runtime_memory_mb": 96}),
@@ -215,7 +218,7 @@ async fn lobbies_start_through_the_pool_with_the_deployments_limits(backend: Bac
 async fn failed_starts_are_recorded_and_restarts_pause_after_five(backend: Backend) {
     let pool = FakePool::new();
     pool.failing_starts.store(1000, Ordering::SeqCst);
-    let app = spawn_app_with_pool(backend, pool.clone()).await;
+    let app = spawn_app_with_pool(backend, pool.clone(), |_| {}).await;
     let (admin, deployment) = deploy(&app, serde_json::json!({"min_lobbies": 1})).await;
     eventually("five failed starts", || async { pool.starts().len() >= 5 }).await;
     // Then nothing more within the window, though the deployment still lacks its lobby.
@@ -233,7 +236,7 @@ async fn failed_starts_are_recorded_and_restarts_pause_after_five(backend: Backe
 
 async fn an_exit_the_pool_reports_fails_the_runtime_and_it_is_replaced(backend: Backend) {
     let pool = FakePool::new();
-    let app = spawn_app_with_pool(backend, pool.clone()).await;
+    let app = spawn_app_with_pool(backend, pool.clone(), |_| {}).await;
     let (admin, deployment) = deploy(&app, serde_json::json!({"min_lobbies": 1})).await;
     eventually("a lobby started", || async { pool.starts().len() == 1 }).await;
     let first = pool.starts()[0].runtime_id.clone();
@@ -269,7 +272,7 @@ async fn an_exit_the_pool_reports_fails_the_runtime_and_it_is_replaced(backend: 
 /// restarted with made-up defaults), and reading it answers 500 rather than a guess.
 async fn a_deployment_that_cannot_be_read_is_left_alone(backend: Backend) {
     let pool = FakePool::new();
-    let app = spawn_app_with_pool(backend, pool.clone()).await;
+    let app = spawn_app_with_pool(backend, pool.clone(), |_| {}).await;
     let (admin, deployment) = deploy(&app, serde_json::json!({"min_lobbies": 1})).await;
     eventually("a lobby started", || async { pool.starts().len() == 1 }).await;
     sqlx::query("UPDATE deployments SET config = $2 WHERE id = $1")
@@ -292,7 +295,81 @@ async fn a_deployment_that_cannot_be_read_is_left_alone(backend: Backend) {
     app.stop().await;
 }
 
+/// One start at a time (`runtime_starts_at_once = 1`), and runtimes that never connect: the
+/// second lobby waits for the first's turn. When the pool reports the first gone, its turn is
+/// free at once, not after the start timeout of the supervision pass that waits for it.
+async fn a_start_turn_comes_back_when_the_pool_reports_the_runtime_gone(backend: Backend) {
+    let pool = FakePool::new();
+    let app = spawn_app_with_pool(backend, pool.clone(), |config| {
+        config.runtime_starts_at_once = 1;
+        config.runtime_start_timeout_secs = 60;
+    })
+    .await;
+    let (_admin, _deployment) = deploy(&app, serde_json::json!({"min_lobbies": 2})).await;
+    eventually("a first lobby started", || async {
+        pool.starts().len() == 1
+    })
+    .await;
+    // The second start waits for the turn the first holds.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(pool.starts().len(), 1, "one start at a time");
+    let first = pool.starts()[0].runtime_id.clone();
+    pool.exit(&first, 1).await;
+    eventually("the second lobby started on the freed turn", || async {
+        pool.starts().len() >= 2
+    })
+    .await;
+    app.stop().await;
+}
+
+/// The local-process pool's exits queue is bounded: when nobody reads it, the launcher's
+/// reports wait for room, and every exit arrives once the supervisor reads again.
+#[tokio::test]
+async fn exits_wait_for_room_in_a_full_queue_and_none_is_lost() {
+    let directory = tempfile::tempdir().unwrap();
+    let pool = ProcessPool::new(
+        "node".to_owned(),
+        crate::runtimes::runtime_binary(),
+        directory.path().join("runtimes"),
+        1 << 20,
+        Duration::from_secs(10),
+    )
+    .with_exits_queue(1);
+    let mut exits = pool.take_exits().unwrap();
+    let mut started = HashSet::new();
+    for number in 0..2 {
+        // No bundle at that path: the runtime ends as soon as it starts.
+        let spec = RuntimeSpec {
+            runtime_id: format!("runtime-{number}"),
+            secret: "secret".to_owned(),
+            qualifier: Qualifier::Lobby,
+            platform_url: "http://127.0.0.1:9".to_owned(),
+            artifact: Artifact::Bundle(directory.path().join("missing.tar.gz")),
+            limits: ResourceLimits {
+                cpu_millis: 1000,
+                memory_mb: 64,
+            },
+        };
+        started.insert(spec.runtime_id.clone());
+        pool.start(spec).await.expect("the process starts");
+    }
+    // Both ended (the pool saw it), while the queue had room for one exit.
+    eventually("both runtimes ended", || async { pool.running() == 0 }).await;
+    let mut reported = HashSet::new();
+    for _ in 0..2 {
+        let exited = tokio::time::timeout(Duration::from_secs(5), exits.recv())
+            .await
+            .expect("an exit waits in line")
+            .unwrap();
+        assert!(exited.exit_code.is_some_and(|code| code != 0), "{exited:?}");
+        reported.insert(exited.runtime_id);
+    }
+    assert_eq!(reported, started);
+    pool.kill_all();
+}
+
 on_both_backends!(
+    a_start_turn_comes_back_when_the_pool_reports_the_runtime_gone,
     a_deployment_that_cannot_be_read_is_left_alone,
     lobbies_start_through_the_pool_with_the_deployments_limits,
     failed_starts_are_recorded_and_restarts_pause_after_five,
