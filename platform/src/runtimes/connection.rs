@@ -18,6 +18,7 @@ use rally_sdk::runtime::{
 use rally_sdk::wire::{ErrorBody, Role};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Runtime tokens only.
 #[derive(Debug)]
@@ -143,13 +144,11 @@ async fn serve(
                         Message::Close(_) => break,
                         Message::Ping(_) | Message::Pong(_) => continue,
                     };
-                    let handled = handle_frame(&runtimes, &dispatcher, &runtime_id, frame);
-                    let replies = tokio::select! {
-                        replies = handled => replies,
-                        // A wait for the database ends with the socket: what the frame held
-                        // after its profile writes never reaches a player ahead of them.
-                        () = attached.hold.replaced.cancelled() => break,
-                        () = dispatcher.shutdown.cancelled() => break,
+                    let closing = &attached.hold.replaced;
+                    let Some(replies) =
+                        handle_frame(&runtimes, &dispatcher, &runtime_id, frame, closing).await
+                    else {
+                        break;
                     };
                     if !replies.is_empty() && send_frames(&mut socket, &replies).await.is_err() {
                         break;
@@ -200,25 +199,28 @@ async fn send_frames(
     Ok(())
 }
 
-/// Applies a frame of commands in order; returns the error replies.
+/// Applies a frame of commands in order; returns the error replies, or `None` when the socket
+/// closed (`replaced`, or the platform stopping) while the frame waited for the database.
 ///
 /// Causal durability: a profile write is committed before anything the runtime sent after it
 /// reaches a player. So after each run of `set_profile` commands, the rest of the frame (and
 /// the runtime's next frames, which are not read meanwhile) waits for the database; frames
-/// without profile writes never wait.
+/// without profile writes never wait. A wait cut short by the socket's end drops the rest of
+/// the frame rather than send it ahead of the profiles.
 async fn handle_frame(
     runtimes: &Runtimes,
     dispatcher: &Dispatcher,
     runtime_id: &str,
     frame: Result<Frame<RuntimeCommand>, FrameError>,
-) -> Vec<PlatformMessage> {
+    replaced: &CancellationToken,
+) -> Option<Vec<PlatformMessage>> {
     let frame = match frame {
         Ok(frame) => frame,
         Err(problem) => {
-            return vec![error(
+            return Some(vec![error(
                 "malformed_frame",
                 &format!("not a frame of runtime commands: {problem}"),
-            )]
+            )])
         }
     };
     for command in &frame.messages {
@@ -235,13 +237,17 @@ async fn handle_frame(
             .count();
         let rest = commands.split_off(first + run);
         replies.extend(dispatcher.runtime_commands(runtime_id, commands));
-        dispatcher.flush().await;
+        tokio::select! {
+            () = dispatcher.flush() => {}
+            () = replaced.cancelled() => return None,
+            () = dispatcher.shutdown.cancelled() => return None,
+        }
         commands = rest;
     }
     if !commands.is_empty() {
         replies.extend(dispatcher.runtime_commands(runtime_id, commands));
     }
-    replies
+    Some(replies)
 }
 
 fn is_profile_write(command: &RuntimeCommand) -> bool {
