@@ -65,7 +65,7 @@ pub async fn find_project(
 }
 
 /// Stage columns plus the id of its active deployment.
-pub const STAGE_SELECT: &str = "SELECT s.id, s.project_id, s.alias, s.name, s.created_at, \
+pub const STAGE_SELECT: &str = "SELECT s.id, s.project_id, s.alias, s.name, s.pool, s.created_at, \
      (SELECT d.id FROM deployments d WHERE d.stage_id = s.id AND d.status = 'active') AS current_deployment_id \
      FROM stages s";
 
@@ -76,6 +76,7 @@ pub fn stage(row: &AnyRow) -> Stage {
         alias: row.get("alias"),
         name: row.get("name"),
         current_deployment_id: row.get("current_deployment_id"),
+        pool: row.get("pool"),
         created_at: row.get("created_at"),
     }
 }

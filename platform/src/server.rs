@@ -117,6 +117,7 @@ pub fn api_router(config: &Config) -> OpenApiRouter<AppState> {
         .merge(deployments::routes())
         .merge(audit::routes())
         .merge(runtimes::routes())
+        .merge(crate::pools::api::routes())
         .merge(players::routes())
         .layer(RequestBodyLimitLayer::new(config.body_limit_bytes));
     let upload_routes = versions::upload_routes()

@@ -45,6 +45,7 @@ async fn create_stage(
         alias: request.alias,
         name: request.name,
         current_deployment_id: None,
+        pool: crate::pools::registry::LOCAL_POOL.to_owned(),
         created_at: now_millis(),
     };
     let mut transaction = state.database.writer().begin().await?;

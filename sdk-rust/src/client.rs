@@ -7,6 +7,10 @@ use crate::wire::{
     PasswordReset, Project, ProjectList, RefreshRequest, Stage, StageList, Tenant, TenantList,
     TokenPair, UserSignInRequest, Version, VersionList,
 };
+use crate::wire::{
+    CreatePool, PlacementStrategy, Pool, PoolList, RegisterServer, RuntimeInfo, RuntimeList,
+    Server, ServerList, ServerStatus, SetServerStatus, SetStagePool, SetStrategy,
+};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -80,6 +84,14 @@ fn project_path(tenant: &str, project: &str) -> String {
         "/api/v1/tenants/{}/projects/{}",
         segment(tenant),
         segment(project)
+    )
+}
+
+fn server_path(pool: &str, server: &str) -> String {
+    format!(
+        "/api/v1/pools/{}/servers/{}",
+        segment(pool),
+        segment(server)
     )
 }
 
@@ -268,6 +280,111 @@ impl RallyClient {
             password: password.to_owned(),
         };
         self.call_empty(Method::POST, &path, Some(&body)).await
+    }
+
+    // Pools and servers (staff).
+
+    pub async fn create_pool(
+        &self,
+        name: &str,
+        strategy: PlacementStrategy,
+    ) -> Result<Pool, ClientError> {
+        let body = CreatePool {
+            name: name.to_owned(),
+            strategy,
+        };
+        self.call(Method::POST, "/api/v1/pools", Some(&body)).await
+    }
+
+    pub async fn list_pools(&self) -> Result<Vec<Pool>, ClientError> {
+        let list: PoolList = self.call(Method::GET, "/api/v1/pools", None::<&()>).await?;
+        Ok(list.pools)
+    }
+
+    pub async fn get_pool(&self, pool: &str) -> Result<Pool, ClientError> {
+        let path = format!("/api/v1/pools/{}", segment(pool));
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    pub async fn delete_pool(&self, pool: &str) -> Result<(), ClientError> {
+        let path = format!("/api/v1/pools/{}", segment(pool));
+        self.call_empty(Method::DELETE, &path, None::<&()>).await
+    }
+
+    pub async fn set_pool_strategy(
+        &self,
+        pool: &str,
+        strategy: PlacementStrategy,
+    ) -> Result<Pool, ClientError> {
+        let path = format!("/api/v1/pools/{}/strategy", segment(pool));
+        self.call(Method::PUT, &path, Some(&SetStrategy { strategy }))
+            .await
+    }
+
+    pub async fn register_server(
+        &self,
+        pool: &str,
+        server: &RegisterServer,
+    ) -> Result<Server, ClientError> {
+        let path = format!("/api/v1/pools/{}/servers", segment(pool));
+        self.call(Method::POST, &path, Some(server)).await
+    }
+
+    /// The servers of `pool`, or of every pool.
+    pub async fn list_servers(&self, pool: Option<&str>) -> Result<Vec<Server>, ClientError> {
+        let path = match pool {
+            Some(pool) => format!("/api/v1/pools/{}/servers", segment(pool)),
+            None => "/api/v1/servers".to_owned(),
+        };
+        let list: ServerList = self.call(Method::GET, &path, None::<&()>).await?;
+        Ok(list.servers)
+    }
+
+    pub async fn get_server(&self, pool: &str, server: &str) -> Result<Server, ClientError> {
+        let path = server_path(pool, server);
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    pub async fn remove_server(&self, pool: &str, server: &str) -> Result<(), ClientError> {
+        let path = server_path(pool, server);
+        self.call_empty(Method::DELETE, &path, None::<&()>).await
+    }
+
+    pub async fn set_server_status(
+        &self,
+        pool: &str,
+        server: &str,
+        status: ServerStatus,
+    ) -> Result<Server, ClientError> {
+        let path = format!("{}/status", server_path(pool, server));
+        self.call(Method::PUT, &path, Some(&SetServerStatus { status }))
+            .await
+    }
+
+    /// The runtimes on a server that are not over.
+    pub async fn server_runtimes(
+        &self,
+        pool: &str,
+        server: &str,
+    ) -> Result<Vec<RuntimeInfo>, ClientError> {
+        let path = format!("{}/runtimes", server_path(pool, server));
+        let list: RuntimeList = self.call(Method::GET, &path, None::<&()>).await?;
+        Ok(list.runtimes)
+    }
+
+    /// Moves a stage's new runtimes to `pool`.
+    pub async fn set_stage_pool(
+        &self,
+        tenant: &str,
+        project: &str,
+        stage: &str,
+        pool: &str,
+    ) -> Result<Stage, ClientError> {
+        let path = format!("{}/pool", stage_path(tenant, project, stage));
+        let body = SetStagePool {
+            pool: pool.to_owned(),
+        };
+        self.call(Method::PUT, &path, Some(&body)).await
     }
 
     pub async fn create_tenant(

@@ -256,6 +256,8 @@ pub struct Stage {
     pub name: String,
     /// The stage's current (active) deployment, if any.
     pub current_deployment_id: Option<String>,
+    /// The pool its new runtimes start in.
+    pub pool: String,
     pub created_at: i64,
 }
 
@@ -483,6 +485,235 @@ pub struct RuntimeInfo {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RuntimeList {
     pub runtimes: Vec<RuntimeInfo>,
+}
+
+/// How a pool picks the server for a new runtime among those it fits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementStrategy {
+    /// The server with the most room left: runtimes spread over the servers, so a lost server
+    /// takes few games with it.
+    #[default]
+    Spread,
+    /// The server with the least room left that still fits: servers fill one after another,
+    /// so that idle ones can be drained and removed.
+    Pack,
+}
+
+impl PlacementStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Spread => "spread",
+            Self::Pack => "pack",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "spread" => Some(Self::Spread),
+            "pack" => Some(Self::Pack),
+            _ => None,
+        }
+    }
+}
+
+/// A pool of servers where runtimes run; each stage uses one (`local` unless moved).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Pool {
+    pub name: String,
+    pub strategy: PlacementStrategy,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PoolList {
+    pub pools: Vec<Pool>,
+}
+
+/// `POST /api/v1/pools`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreatePool {
+    /// A slug: 1 to 63 of `a-z 0-9 -`, starting with a letter.
+    pub name: String,
+    #[serde(default)]
+    pub strategy: PlacementStrategy,
+}
+
+/// `PUT /api/v1/pools/{pool}/strategy`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SetStrategy {
+    pub strategy: PlacementStrategy,
+}
+
+/// Kinds of server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ServerKind {
+    /// The platform node's own machine: runtimes are its child processes.
+    Process,
+    /// A Docker daemon: runtimes are containers.
+    Docker,
+}
+
+impl ServerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Docker => "docker",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "process" => Some(Self::Process),
+            "docker" => Some(Self::Docker),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a server takes new runtimes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ServerStatus {
+    /// Takes new runtimes.
+    Enabled,
+    /// Takes no new runtimes; those running finish their lobbies and matches.
+    Draining,
+    /// Takes no new runtimes, and those on it are stopped (with the grace period) and
+    /// replaced elsewhere.
+    Disabled,
+}
+
+impl ServerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enabled => "enabled",
+            Self::Draining => "draining",
+            Self::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "enabled" => Some(Self::Enabled),
+            "draining" => Some(Self::Draining),
+            "disabled" => Some(Self::Disabled),
+            _ => None,
+        }
+    }
+}
+
+/// What a server offers runtimes; `None` is not limited (the process server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    /// Thousandths of a CPU core.
+    pub cpu_millis: Option<u32>,
+    pub memory_mb: Option<u32>,
+    /// Runtimes at once.
+    pub runtimes: Option<u32>,
+}
+
+/// What the runtimes on a server hold of its capacity, as their deployments asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Usage {
+    pub cpu_millis: u64,
+    pub memory_mb: u64,
+    pub runtimes: u64,
+}
+
+/// Client certificate files for a Docker daemon on TCP with TLS: paths on the platform's host,
+/// so that the key never passes through the API or the database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DockerTls {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// Where a Docker server's daemon is and how its containers reach the platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DockerEndpoint {
+    /// `unix:///var/run/docker.sock`, or `tcp://host:2376` (with `tls`).
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<DockerTls>,
+    /// The network containers join: `host` (the default) or a named network.
+    #[serde(default = "host_network")]
+    pub network: String,
+    /// The URL runtimes in its containers use to reach the platform; the platform's own
+    /// runtime URL when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_url: Option<String>,
+}
+
+fn host_network() -> String {
+    "host".to_owned()
+}
+
+/// A server as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Server {
+    pub name: String,
+    pub pool: String,
+    pub kind: ServerKind,
+    pub status: ServerStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerEndpoint>,
+    pub capacity: Capacity,
+    pub usage: Usage,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServerList {
+    pub servers: Vec<Server>,
+}
+
+/// `POST /api/v1/pools/{pool}/servers`: a Docker daemon joins the pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RegisterServer {
+    /// A slug, unique among all servers.
+    pub name: String,
+    pub docker: DockerEndpoint,
+    /// Every field is required for a Docker server.
+    pub capacity: Capacity,
+}
+
+/// `PUT /api/v1/pools/{pool}/servers/{server}/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SetServerStatus {
+    pub status: ServerStatus,
+}
+
+/// `PUT /api/v1/tenants/{tenant}/projects/{project}/stages/{stage}/pool`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SetStagePool {
+    pub pool: String,
 }
 
 #[cfg(test)]

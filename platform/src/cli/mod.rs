@@ -12,6 +12,7 @@ mod deployments;
 mod dev;
 mod developers;
 mod permissions;
+mod pools;
 mod progress;
 mod projects;
 mod runtimes;
@@ -76,6 +77,9 @@ enum Command {
     /// List a deployment's runtimes and read their logs.
     #[command(subcommand)]
     Runtime(runtimes::RuntimeCommand),
+    /// Manage the pools runtimes run in and their servers (admin or support).
+    #[command(subcommand)]
+    Pool(pools::PoolCommand),
     /// Manage developer accounts (admin or support).
     #[command(subcommand)]
     Developer(developers::DeveloperCommand),
@@ -305,6 +309,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Version(command) => versions::run(command).await,
         Command::Deployment(command) => deployments::run(command).await,
         Command::Runtime(command) => runtimes::run(command).await,
+        Command::Pool(command) => pools::run_pool(command).await,
         Command::Developer(command) => developers::run(command).await,
         Command::Permission(command) => permissions::run(command).await,
         Command::Audit(args) => audit::run(args).await,

@@ -1,4 +1,4 @@
-//! `rally stage create|list|show|delete --tenant T --project P`: where a project's versions run
+//! `rally stage create|list|show|set-pool|delete --tenant T --project P`: where a project's versions run
 //! (`default`, `staging`, `production`...).
 
 use super::args::{IdempotencyArgs, ProjectArgs};
@@ -35,6 +35,18 @@ pub enum StageCommand {
     Show {
         /// Stage id or alias.
         stage: String,
+        #[command(flatten)]
+        project: ProjectArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Move a stage to a pool (admin or support): its new runtimes start there; those
+    /// running finish where they are.
+    SetPool {
+        /// Stage id or alias.
+        stage: String,
+        /// The pool's name.
+        pool: String,
         #[command(flatten)]
         project: ProjectArgs,
         #[command(flatten)]
@@ -78,13 +90,20 @@ pub async fn run(command: StageCommand) -> Result<(), CliError> {
             if target.output.json {
                 print_json(&StageList { stages })?;
             } else {
-                let mut table =
-                    Table::new(&["ID", "ALIAS", "NAME", "CURRENT DEPLOYMENT", "CREATED"]);
+                let mut table = Table::new(&[
+                    "ID",
+                    "ALIAS",
+                    "NAME",
+                    "POOL",
+                    "CURRENT DEPLOYMENT",
+                    "CREATED",
+                ]);
                 for stage in &stages {
                     table.row(vec![
                         stage.id.clone(),
                         or_dash(stage.alias.as_deref()),
                         stage.name.clone(),
+                        stage.pool.clone(),
                         or_dash(stage.current_deployment_id.as_deref()),
                         time(stage.created_at),
                     ]);
@@ -100,6 +119,22 @@ pub async fn run(command: StageCommand) -> Result<(), CliError> {
             let stage = connect(&target)
                 .await?
                 .get_stage(&project.tenant, &project.project, &stage)
+                .await?;
+            if target.output.json {
+                print_json(&stage)?;
+            } else {
+                print_stage(&stage);
+            }
+        }
+        StageCommand::SetPool {
+            stage,
+            pool,
+            project,
+            target,
+        } => {
+            let stage = connect(&target)
+                .await?
+                .set_stage_pool(&project.tenant, &project.project, &stage, &pool)
                 .await?;
             if target.output.json {
                 print_json(&stage)?;
@@ -135,6 +170,7 @@ fn print_stage(stage: &Stage) {
         ("project", stage.project_id.clone()),
         ("alias", or_dash(stage.alias.as_deref())),
         ("name", stage.name.clone()),
+        ("pool", stage.pool.clone()),
         (
             "current deployment",
             or_dash(stage.current_deployment_id.as_deref()),

@@ -7,7 +7,10 @@
 //! handle: a pid, a container id) is kept on its row, so that a platform that restarts can
 //! find, watch and stop the runtimes it left running.
 
+pub mod api;
+pub mod docker;
 pub mod process;
+pub mod registry;
 
 use rally_sdk::runtime::launch::ResourceLimits;
 use rally_sdk::runtime::Qualifier;

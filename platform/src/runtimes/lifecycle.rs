@@ -66,7 +66,8 @@ pub(super) async fn start_runtime(
     let pool = &runtimes.pool;
     let recorded = sqlx::query(
         "INSERT INTO runtimes (id, deployment_id, qualifier, mode, status, secret_hash, node_id, \
-         pool_kind, pool, created_at) VALUES ($1, $2, $3, $4, 'starting', $5, $6, $7, $8, $9)",
+         pool_kind, pool, cpu_millis, memory_mb, created_at) \
+         VALUES ($1, $2, $3, $4, 'starting', $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&id)
     .bind(&deployment.id)
@@ -76,6 +77,8 @@ pub(super) async fn start_runtime(
     .bind(&runtimes.node_id)
     .bind(pool.kind().as_str())
     .bind(pool.name())
+    .bind(i64::from(deployment.limits.cpu_millis))
+    .bind(i64::from(deployment.limits.memory_mb))
     .bind(now_millis())
     .execute(state.database.writer())
     .await;

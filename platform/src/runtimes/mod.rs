@@ -14,6 +14,7 @@ pub mod scaling;
 mod supervisor;
 
 pub use node::Runtimes;
+pub use routes::on_server;
 pub use supervisor::supervise;
 
 use crate::state::AppState;

@@ -128,6 +128,35 @@ pub(super) async fn list_runtimes(
     }))
 }
 
+/// The runtimes on `server` that are not over, oldest first: every local-process runtime for
+/// the process server.
+pub async fn on_server(
+    database: &crate::storage::Database,
+    server: &rally_sdk::wire::Server,
+) -> Result<Vec<RuntimeInfo>, crate::storage::StorageError> {
+    let live = "status IN ('starting', 'running', 'stopping')";
+    let rows = match server.kind {
+        rally_sdk::wire::ServerKind::Process => {
+            sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM runtimes WHERE pool_kind = 'process' AND {live} \
+                 ORDER BY created_at, id"
+            ))
+            .fetch_all(database.reader())
+            .await?
+        }
+        rally_sdk::wire::ServerKind::Docker => {
+            sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM runtimes WHERE pool_kind = 'docker' AND server = $1 \
+                 AND {live} ORDER BY created_at, id"
+            ))
+            .bind(&server.name)
+            .fetch_all(database.reader())
+            .await?
+        }
+    };
+    Ok(rows.iter().map(runtime).collect())
+}
+
 #[derive(Debug, Deserialize)]
 pub(super) struct RuntimePath {
     deployment: String,

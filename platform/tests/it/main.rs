@@ -18,6 +18,7 @@ mod pools;
 mod runtimes;
 mod security;
 mod server;
+mod servers;
 mod storage;
 mod tictactoe;
 mod users;

@@ -84,6 +84,16 @@ fn matrix() -> Vec<(&'static str, String, Rule)> {
         ("GET", format!("{T}/audit"), Granted),
         ("GET", format!("{P}/audit"), Granted),
         ("GET", format!("{S}/players/{{user}}"), Granted),
+        ("GET", "/api/v1/pools".into(), Staff),
+        ("GET", "/api/v1/pools/{pool}".into(), Staff),
+        ("GET", "/api/v1/pools/{pool}/servers".into(), Staff),
+        ("GET", "/api/v1/pools/{pool}/servers/{server}".into(), Staff),
+        (
+            "GET",
+            "/api/v1/pools/{pool}/servers/{server}/runtimes".into(),
+            Staff,
+        ),
+        ("GET", "/api/v1/servers".into(), Staff),
         ("POST", "/api/v1/developers".into(), Staff),
         (
             "POST",
@@ -107,6 +117,21 @@ fn matrix() -> Vec<(&'static str, String, Rule)> {
         ("POST", format!("{P}/stages"), Granted),
         ("POST", format!("{P}/versions"), Granted),
         ("POST", format!("{S}/deployments"), Granted),
+        ("POST", "/api/v1/pools".into(), Staff),
+        ("POST", "/api/v1/pools/{pool}/servers".into(), Staff),
+        ("PUT", "/api/v1/pools/{pool}/strategy".into(), Staff),
+        (
+            "PUT",
+            "/api/v1/pools/{pool}/servers/{server}/status".into(),
+            Staff,
+        ),
+        ("PUT", format!("{S}/pool"), Staff),
+        (
+            "DELETE",
+            "/api/v1/pools/{pool}/servers/{server}".into(),
+            Staff,
+        ),
+        ("DELETE", "/api/v1/pools/{pool}".into(), Staff),
         (
             "POST",
             format!("{S}/deployments/{{deployment}}/stop"),
@@ -219,6 +244,15 @@ async fn fixture(app: &TestApp) -> Fixture {
     admin.grant(&tenant_alias, &grant).await.unwrap();
     let (tenant_alias, grant) = manager_of("beta", "mallory");
     admin.grant(&tenant_alias, &grant).await.unwrap();
+    // A pool with a server on this machine's Docker daemon, for the pool routes.
+    admin
+        .create_pool("walk", rally_sdk::wire::PlacementStrategy::Spread)
+        .await
+        .unwrap();
+    admin
+        .register_server("walk", &crate::servers::docker_server("walk-server", 2))
+        .await
+        .unwrap();
     let runtime = rally_platform::storage::new_id();
     sqlx::query(
         "INSERT INTO runtimes (id, deployment_id, qualifier, status, secret_hash, node_id, pool_kind, created_at) \
@@ -270,14 +304,37 @@ impl Fixture {
             .replace("{developer}", &self.bob_id)
             .replace("{runtime}", &self.runtime)
             .replace("{user}", &self.player_user)
+            .replace("{pool}", "walk")
+            .replace("{server}", "walk-server")
     }
 
     /// A body the route would accept from someone allowed to call it.
     fn body(&self, method: &str, template: &str, serial: usize) -> (Option<&'static str>, Vec<u8>) {
         let json =
             |value: serde_json::Value| (Some("application/json"), value.to_string().into_bytes());
+        if method == "PUT" {
+            if template.ends_with("/strategy") {
+                return json(serde_json::json!({"strategy": "pack"}));
+            }
+            if template.ends_with("/status") {
+                return json(serde_json::json!({"status": "draining"}));
+            }
+            if template.ends_with("/pool") {
+                return json(serde_json::json!({"pool": "walk"}));
+            }
+        }
         if method != "POST" {
             return (None, Vec::new());
+        }
+        if template.ends_with("/pools") {
+            return json(serde_json::json!({"name": format!("made-{serial}")}));
+        }
+        if template.ends_with("/servers") {
+            return json(serde_json::json!({
+                "name": format!("made-{serial}"),
+                "docker": {"url": crate::servers::LOCAL_DOCKER},
+                "capacity": {"cpu_millis": 1000, "memory_mb": 512, "runtimes": 2},
+            }));
         }
         if template.ends_with("/versions") {
             return (Some("application/gzip"), self.bundle.clone());
@@ -326,6 +383,11 @@ async fn snapshot(app: &TestApp) -> Vec<String> {
         "SELECT COUNT(*) FROM idempotency_keys",
         "SELECT COUNT(*) FROM players",
         "SELECT COUNT(*) FROM clients",
+        "SELECT COUNT(*) FROM pools",
+        "SELECT COUNT(*) FROM pools WHERE strategy = 'spread'",
+        "SELECT COUNT(*) FROM servers",
+        "SELECT COUNT(*) FROM servers WHERE status = 'enabled'",
+        "SELECT COUNT(*) FROM stages WHERE pool = 'local'",
     ];
     let mut values = Vec::new();
     for query in queries {
