@@ -57,6 +57,12 @@ pub struct Config {
     pub runtime_stop_grace_secs: u64,
     /// Cap on each runtime's log file; older lines are dropped past it.
     pub runtime_log_max_bytes: u64,
+    /// A Docker server whose daemon has not answered for this long has its runtimes reported
+    /// ended, so that they are replaced on other servers.
+    pub docker_server_lost_secs: u64,
+    /// The repository of the runtime images made for Docker servers: `<it>:<bundle>-<program>`
+    /// for each version, on `<it>-base:<program>` for the runtime program.
+    pub docker_image_repository: String,
     /// How long a graceful shutdown waits for requests in flight.
     pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
@@ -108,6 +114,8 @@ impl Default for Config {
                 .map_or(4, |cores| 2 * cores.get() as u32),
             runtime_stop_grace_secs: 5,
             runtime_log_max_bytes: 1024 * 1024,
+            docker_server_lost_secs: 30,
+            docker_image_repository: "rally-runtime".to_owned(),
             shutdown_grace_secs: 10,
             log_format: LogFormat::Human,
             player_max_frame_bytes: 64 * 1024,
@@ -156,6 +164,8 @@ const SETTINGS: &[&str] = &[
     "runtime_starts_at_once",
     "runtime_stop_grace_secs",
     "runtime_log_max_bytes",
+    "docker_server_lost_secs",
+    "docker_image_repository",
     "shutdown_grace_secs",
     "log_format",
     "player_max_frame_bytes",
@@ -240,6 +250,21 @@ impl Config {
         }
         if self.runtime_start_timeout_secs == 0 {
             return Err(invalid("runtime_start_timeout_secs", "must be at least 1"));
+        }
+        if self.docker_server_lost_secs == 0 {
+            return Err(invalid("docker_server_lost_secs", "must be at least 1"));
+        }
+        let repository_valid = !self.docker_image_repository.is_empty()
+            && self.docker_image_repository.len() <= 128
+            && self
+                .docker_image_repository
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_./".contains(&b));
+        if !repository_valid {
+            return Err(invalid(
+                "docker_image_repository",
+                "must be a Docker repository name: a-z, 0-9, '-', '_', '.', '/'",
+            ));
         }
         if self.bundle_uploads_at_once == 0 {
             return Err(invalid("bundle_uploads_at_once", "must be at least 1"));
@@ -398,6 +423,7 @@ mod tests {
                     "log_format" => "json",
                     "data_dir" | "database_url" | "runtime_binary" => "sqlite://x.db",
                     "runtime_platform_url" => "http://127.0.0.1:1",
+                    "docker_image_repository" => "registry.local/rally-runtime",
                     "admin_password" | "jwt_secret" => "0123456789abcdef0123456789abcdef",
                     _ => "100000",
                 };

@@ -22,6 +22,11 @@ pub struct Deployed {
     pub bundle_sha256: String,
     pub manifest: Manifest,
     pub config: DeploymentConfig,
+    /// Where its new runtimes start: its stage's pool.
+    pub pool: String,
+    pub tenant_id: String,
+    pub project_id: String,
+    pub version_id: String,
 }
 
 impl Deployed {
@@ -67,7 +72,9 @@ impl From<sqlx::Error> for LoadError {
 }
 
 const SELECT: &str = "SELECT d.id, d.stage_id, d.status, v.number, v.bundle_sha256, \
-     v.manifest, d.config FROM deployments d JOIN versions v ON v.id = d.version_id";
+     v.manifest, d.config, s.pool, p.tenant_id, s.project_id, d.version_id \
+     FROM deployments d JOIN versions v ON v.id = d.version_id \
+     JOIN stages s ON s.id = d.stage_id JOIN projects p ON p.id = s.project_id";
 
 /// The deployments whose runtimes run or may run: active and draining ones. Each one that
 /// cannot be read is an error of its own, so that one bad record stops nothing else.
@@ -89,9 +96,12 @@ pub async fn of_runtime(
 ) -> Result<Option<RuntimeOf>, LoadError> {
     let row = sqlx::query(
         "SELECT d.id, d.stage_id, d.status, v.number, v.bundle_sha256, v.manifest, d.config, \
+         s.pool, p.tenant_id, s.project_id, d.version_id, \
          r.status AS runtime_status, r.connected_at, r.qualifier, r.mode \
          FROM runtimes r JOIN deployments d ON d.id = r.deployment_id \
-         JOIN versions v ON v.id = d.version_id WHERE r.id = $1",
+         JOIN versions v ON v.id = d.version_id \
+         JOIN stages s ON s.id = d.stage_id JOIN projects p ON p.id = s.project_id \
+         WHERE r.id = $1",
     )
     .bind(runtime_id)
     .fetch_optional(database.reader())
@@ -142,6 +152,10 @@ fn deployed(row: &AnyRow) -> Result<Deployed, LoadError> {
         bundle_sha256: row.get(4),
         manifest,
         config,
+        pool: row.get(7),
+        tenant_id: row.get(8),
+        project_id: row.get(9),
+        version_id: row.get(10),
         id,
     })
 }

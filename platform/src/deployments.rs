@@ -111,6 +111,7 @@ async fn create_deployment(
                 .join("; "),
             details: serde_json::json!({ "problems": problems }),
         })?;
+    check_capacity(&state, &scope.stage.pool, &config).await?;
     let config = serde_json::to_string(&config).map_err(ApiError::internal)?;
     let principal = &scope.access.principal;
     let id = new_id();
@@ -258,4 +259,33 @@ async fn stop_deployment(
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound { what: "deployment" })
+}
+
+/// A deployment to a Docker pool whose runtimes no server of the pool could ever hold (its
+/// limits above every server's capacity) is refused before anything changes.
+async fn check_capacity(
+    state: &AppState,
+    pool: &str,
+    config: &rally_sdk::manifest::DeploymentConfig,
+) -> Result<(), ApiError> {
+    if pool == crate::pools::registry::LOCAL_POOL {
+        return Ok(());
+    }
+    let limits = rally_sdk::runtime::launch::ResourceLimits {
+        cpu_millis: config.runtime_cpu_millis,
+        memory_mb: config.runtime_memory_mb,
+    };
+    let servers = crate::pools::registry::servers(&state.database, Some(pool)).await?;
+    if crate::pools::schedule::could_ever_fit(&servers, limits) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "no_capacity",
+            format!(
+                "no server of pool {pool:?} can hold a runtime of {} CPU millis and {} MiB; \
+                 lower runtime_cpu_millis / runtime_memory_mb or add a bigger server",
+                limits.cpu_millis, limits.memory_mb
+            ),
+        ))
+    }
 }

@@ -69,8 +69,8 @@ impl Platform {
             .await
             .context("cannot create the admin account")?;
         let runtimes = match pool {
-            None => Runtimes::new(&config),
-            Some(pool) => Runtimes::with_pool(&config, pool),
+            None => Runtimes::new(&config, &database),
+            Some(pool) => Runtimes::with_pool(&config, &database, pool),
         }
         .context("cannot prepare the runtime pool")?;
         let dispatcher = Dispatcher::new(PlayerLimits::from_config(&config), database.clone());

@@ -395,6 +395,7 @@ fn key_span(text: &str, path: &[Segment]) -> Option<std::ops::Range<usize>> {
     span
 }
 
+#[cfg(feature = "bundle")]
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;

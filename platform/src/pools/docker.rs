@@ -1,10 +1,41 @@
-//! Docker servers through bollard. Debian's engine 20.10 speaks Engine API 1.41 at most, so
-//! every client negotiates its version with the daemon before its first call.
+//! Docker pools: each runtime in a container of its own on one of the pool's Docker servers,
+//! with its deployment's CPU and memory limits, a read-only root file system and no
+//! capabilities. Containers carry labels (`rally.node`, `rally.runtime`, the tenant, project,
+//! stage, version and deployment), by which a restarted platform finds them again.
+//!
+//! - Images: one per version and runtime program, made here without pulling anything: a base
+//!   image imported from a tar of the `rally-runtime` program and the shared libraries it needs
+//!   (none for the static build), and on top of it one layer with the version's bundle
+//!   (`docker commit`). Tags derive from the program's and the bundle's SHA-256, so making an
+//!   image twice is a no-op and a version's runtimes share one.
+//! - Exits: a watcher per server follows the daemon's `die` events; the container's output is
+//!   kept (bounded) and the container removed. A server whose daemon stops answering takes no
+//!   new runtimes, and after `lost_after` its runtimes are reported ended, to be replaced.
+//! - Debian's engine 20.10 speaks Engine API 1.41 at most: every client negotiates its version
+//!   with the daemon before its first call.
 
+use super::registry;
+use super::schedule;
+use super::{Exited, Placement, PoolKind, RuntimePool, RuntimeSpec, StartError, EXITS_QUEUE};
+use crate::storage::Database;
+use bollard::models::{ContainerConfig, ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::query_parameters::{
+    CommitContainerOptions, CreateContainerOptions, CreateImageOptions, EventsOptions,
+    ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
+    UploadToContainerOptions,
+};
 use bollard::Docker;
-use rally_sdk::wire::DockerEndpoint;
-use std::path::Path;
-use std::time::Duration;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use rally_sdk::runtime::env;
+use rally_sdk::wire::{DockerEndpoint, Server, ServerKind};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Seconds a call to a daemon may take before it counts as not answering.
 const CALL_TIMEOUT_SECS: u64 = 10;
@@ -12,31 +43,40 @@ const CALL_TIMEOUT_SECS: u64 = 10;
 /// How long registering a server waits for its daemon.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Label every container and image this platform makes carries.
+pub const MANAGED_LABEL: &str = "rally.managed";
+/// Label naming the platform node that placed a container.
+pub const NODE_LABEL: &str = "rally.node";
+/// Label naming the runtime a container runs.
+pub const RUNTIME_LABEL: &str = "rally.runtime";
+
+/// Where the bundle sits in a runtime image.
+const BUNDLE_PATH: &str = "/bundle.tar.gz";
+/// Where the runtime program sits in a runtime image.
+const PROGRAM_PATH: &str = "/rally-runtime";
+/// The user runtimes run as in their containers (nobody).
+const RUNTIME_USER: &str = "65534:65534";
+/// Processes and threads a runtime container may have.
+const PIDS_LIMIT: i64 = 256;
+/// Lines of a container's output kept when it ends.
+const LOG_TAIL_LINES: &str = "5000";
+
 /// A client for the daemon at `endpoint`, speaking the daemon's API version.
 pub async fn connect(endpoint: &DockerEndpoint) -> Result<Docker, bollard::errors::Error> {
-    let docker = if endpoint.url.starts_with("unix://") {
-        Docker::connect_with_unix(
+    let docker = match &endpoint.tls {
+        None => Docker::connect_with_unix(
             &endpoint.url,
             CALL_TIMEOUT_SECS,
             bollard::API_DEFAULT_VERSION,
-        )?
-    } else {
-        let tls =
-            endpoint
-                .tls
-                .as_ref()
-                .ok_or(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 0,
-                    message: "a TCP daemon needs TLS client certificates".to_owned(),
-                })?;
-        Docker::connect_with_ssl(
+        )?,
+        Some(tls) => Docker::connect_with_ssl(
             &endpoint.url,
             Path::new(&tls.key),
             Path::new(&tls.cert),
             Path::new(&tls.ca),
             CALL_TIMEOUT_SECS,
             bollard::API_DEFAULT_VERSION,
-        )?
+        )?,
     };
     docker.negotiate_version().await
 }
@@ -51,4 +91,944 @@ pub async fn check_daemon(endpoint: &DockerEndpoint) -> Result<(), String> {
     tokio::time::timeout(CHECK_TIMEOUT, check)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())))
+}
+
+/// Runtimes in containers on the Docker servers of every Docker pool.
+#[derive(Debug, Clone)]
+pub struct DockerPool {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    node_id: String,
+    database: Database,
+    /// The `rally-runtime` program that goes into images.
+    program: PathBuf,
+    /// Where the images go: `<repository>:<bundle>-<program>`, `<repository>-base:<program>`.
+    repository: String,
+    /// Kept output of ended containers and the platform's lines about each runtime.
+    log_dir: PathBuf,
+    log_max_bytes: u64,
+    /// A server silent this long has its runtimes reported ended.
+    lost_after: Duration,
+    daemons: Mutex<HashMap<String, Arc<Daemon>>>,
+    /// Runtimes running in a container of this node, by runtime id.
+    live: Mutex<HashMap<String, Live>>,
+    /// Choosing a server and recording the choice happen one runtime at a time.
+    scheduling: tokio::sync::Mutex<()>,
+    /// One image is made at a time.
+    imaging: tokio::sync::Mutex<()>,
+    program_digest: tokio::sync::OnceCell<String>,
+    exits: mpsc::Sender<Exited>,
+    exits_receiver: Mutex<Option<mpsc::Receiver<Exited>>>,
+    closed: CancellationToken,
+}
+
+#[derive(Debug, Clone)]
+struct Live {
+    server: String,
+    container: String,
+}
+
+/// One server's daemon.
+#[derive(Debug)]
+struct Daemon {
+    server: String,
+    docker: Docker,
+    endpoint: DockerEndpoint,
+    /// Since when it has not answered.
+    silent_since: Mutex<Option<Instant>>,
+}
+
+impl DockerPool {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node_id: String,
+        database: Database,
+        program: PathBuf,
+        repository: String,
+        log_dir: PathBuf,
+        log_max_bytes: u64,
+        lost_after: Duration,
+    ) -> Self {
+        let (exits, exits_receiver) = mpsc::channel(EXITS_QUEUE);
+        Self {
+            inner: Arc::new(Inner {
+                node_id,
+                database,
+                program,
+                repository,
+                log_dir,
+                log_max_bytes,
+                lost_after,
+                daemons: Mutex::default(),
+                live: Mutex::default(),
+                scheduling: tokio::sync::Mutex::new(()),
+                imaging: tokio::sync::Mutex::new(()),
+                program_digest: tokio::sync::OnceCell::new(),
+                exits,
+                exits_receiver: Mutex::new(Some(exits_receiver)),
+                closed: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Whether this pool has (or had) the runtime: it runs here, or its log is kept here.
+    pub fn knows(&self, runtime_id: &str) -> bool {
+        self.inner.live.lock().contains_key(runtime_id)
+            || self.inner.output_path(runtime_id).exists()
+            || self.inner.platform_lines_path(runtime_id).exists()
+    }
+}
+
+fn start_error(what: &str, error: impl std::fmt::Display) -> StartError {
+    StartError(format!("{what}: {error}"))
+}
+
+impl Inner {
+    fn output_path(&self, runtime_id: &str) -> PathBuf {
+        self.log_dir.join(format!("{runtime_id}.log"))
+    }
+
+    fn platform_lines_path(&self, runtime_id: &str) -> PathBuf {
+        self.log_dir.join(format!("{runtime_id}.platform.log"))
+    }
+
+    /// The daemon of `server`, connected on first use (and its watcher started).
+    async fn daemon(self: &Arc<Self>, server: &Server) -> Result<Arc<Daemon>, String> {
+        if let Some(daemon) = self.daemons.lock().get(&server.name) {
+            return Ok(daemon.clone());
+        }
+        let endpoint = server
+            .docker
+            .clone()
+            .ok_or_else(|| format!("server {:?} is not a Docker server", server.name))?;
+        let docker = tokio::time::timeout(CHECK_TIMEOUT, connect(&endpoint))
+            .await
+            .map_err(|_| format!("no answer within {} s", CHECK_TIMEOUT.as_secs()))?
+            .map_err(|error| error.to_string())?;
+        let daemon = Arc::new(Daemon {
+            server: server.name.clone(),
+            docker,
+            endpoint,
+            silent_since: Mutex::new(None),
+        });
+        let daemon = self
+            .daemons
+            .lock()
+            .entry(server.name.clone())
+            .or_insert_with(|| {
+                tokio::spawn(watch(self.clone(), daemon.clone()));
+                daemon
+            })
+            .clone();
+        Ok(daemon)
+    }
+
+    /// The daemon of the server named `name`, from its record.
+    async fn daemon_named(self: &Arc<Self>, name: &str) -> Result<Arc<Daemon>, String> {
+        if let Some(daemon) = self.daemons.lock().get(name) {
+            return Ok(daemon.clone());
+        }
+        let servers = registry::servers(&self.database, None)
+            .await
+            .map_err(|error| error.to_string())?;
+        let server = servers
+            .iter()
+            .find(|server| server.name == name)
+            .ok_or_else(|| format!("no server named {name:?}"))?;
+        self.daemon(server).await
+    }
+
+    fn answering(&self, server: &str) -> bool {
+        self.daemons
+            .lock()
+            .get(server)
+            .is_some_and(|daemon| daemon.silent_since.lock().is_none())
+    }
+
+    /// SHA-256 of the runtime program, computed once.
+    async fn program_digest(&self) -> Result<&str, StartError> {
+        self.program_digest
+            .get_or_try_init(|| async {
+                let program = self.program.clone();
+                tokio::task::spawn_blocking(move || file_digest(&program))
+                    .await
+                    .map_err(|error| start_error("cannot read the runtime program", error))?
+                    .map_err(|error| start_error("cannot read the runtime program", error))
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    /// The image for a bundle on `daemon`, made if it is not there yet.
+    async fn image(&self, daemon: &Daemon, bundle: &Path) -> Result<String, StartError> {
+        let program = self.program_digest().await?.to_owned();
+        let bundle_bytes = tokio::fs::read(bundle)
+            .await
+            .map_err(|error| start_error("cannot read the bundle", error))?;
+        let bundle_digest = hex(&Sha256::digest(&bundle_bytes));
+        let tag = format!(
+            "{}:{}-{}",
+            self.repository,
+            &bundle_digest[..16],
+            &program[..12]
+        );
+        let docker = &daemon.docker;
+        if docker.inspect_image(&tag).await.is_ok() {
+            return Ok(tag);
+        }
+        let _one_at_a_time = self.imaging.lock().await;
+        if docker.inspect_image(&tag).await.is_ok() {
+            return Ok(tag);
+        }
+        let base = format!("{}-base:{}", self.repository, &program[..16]);
+        if docker.inspect_image(&base).await.is_err() {
+            let program_path = self.program.clone();
+            let root = tokio::task::spawn_blocking(move || base_root(&program_path))
+                .await
+                .map_err(|error| start_error("cannot pack the runtime program", error))?
+                .map_err(|error| start_error("cannot pack the runtime program", error))?;
+            let (repo, base_tag) = base.rsplit_once(':').expect("a tag");
+            let options = CreateImageOptions {
+                from_src: Some("-".to_owned()),
+                repo: Some(repo.to_owned()),
+                tag: Some(base_tag.to_owned()),
+                changes: vec![
+                    format!("ENTRYPOINT [\"{PROGRAM_PATH}\"]"),
+                    format!("LABEL {MANAGED_LABEL}=true"),
+                ],
+                ..Default::default()
+            };
+            let mut progress =
+                docker.create_image(Some(options), Some(bollard::body_full(root.into())), None);
+            while let Some(step) = progress.next().await {
+                step.map_err(|error| start_error("cannot import the runtime image", error))?;
+            }
+        }
+        // The version's layer: the bundle, on top of the base, committed from a container
+        // that never runs.
+        let scratch = docker
+            .create_container(
+                None::<CreateContainerOptions>,
+                ContainerCreateBody {
+                    image: Some(base.clone()),
+                    labels: Some(HashMap::from([(
+                        MANAGED_LABEL.to_owned(),
+                        "true".to_owned(),
+                    )])),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|error| start_error("cannot make the version's image", error))?
+            .id;
+        let layered = async {
+            let archive = bundle_archive(&bundle_bytes)
+                .map_err(|error| start_error("cannot pack the bundle", error))?;
+            docker
+                .upload_to_container(
+                    &scratch,
+                    Some(UploadToContainerOptions {
+                        path: "/".to_owned(),
+                        ..Default::default()
+                    }),
+                    bollard::body_full(archive.into()),
+                )
+                .await
+                .map_err(|error| start_error("cannot add the bundle to the image", error))?;
+            let (repo, version_tag) = tag.rsplit_once(':').expect("a tag");
+            docker
+                .commit_container(
+                    CommitContainerOptions {
+                        container: Some(scratch.clone()),
+                        repo: Some(repo.to_owned()),
+                        tag: Some(version_tag.to_owned()),
+                        ..Default::default()
+                    },
+                    ContainerConfig {
+                        entrypoint: Some(vec![PROGRAM_PATH.to_owned()]),
+                        env: Some(vec![format!("{}={BUNDLE_PATH}", env::BUNDLE)]),
+                        user: Some(RUNTIME_USER.to_owned()),
+                        labels: Some(HashMap::from([
+                            (MANAGED_LABEL.to_owned(), "true".to_owned()),
+                            ("rally.bundle".to_owned(), bundle_digest.clone()),
+                            ("rally.program".to_owned(), program.clone()),
+                        ])),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|error| start_error("cannot commit the version's image", error))?;
+            Ok::<(), StartError>(())
+        }
+        .await;
+        remove(docker, &scratch).await;
+        layered?;
+        tracing::info!(server = %daemon.server, image = %tag, "runtime image made");
+        Ok(tag)
+    }
+
+    /// Creates and starts the runtime's container; nothing is left behind when it fails.
+    async fn run(
+        &self,
+        daemon: &Daemon,
+        spec: &RuntimeSpec,
+        image: String,
+    ) -> Result<String, StartError> {
+        let platform_url = daemon
+            .endpoint
+            .platform_url
+            .clone()
+            .unwrap_or_else(|| spec.platform_url.clone());
+        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        labels.extend([
+            (MANAGED_LABEL.to_owned(), "true".to_owned()),
+            (NODE_LABEL.to_owned(), self.node_id.clone()),
+            (RUNTIME_LABEL.to_owned(), spec.runtime_id.clone()),
+            (
+                "rally.qualifier".to_owned(),
+                spec.qualifier.as_str().to_owned(),
+            ),
+            ("rally.pool".to_owned(), spec.pool.clone()),
+            ("rally.server".to_owned(), daemon.server.clone()),
+        ]);
+        let memory = i64::from(spec.limits.memory_mb) * 1024 * 1024;
+        let body = ContainerCreateBody {
+            image: Some(image),
+            env: Some(vec![
+                format!("{}={}", env::RUNTIME_ID, spec.runtime_id),
+                format!("{}={}", env::RUNTIME_SECRET, spec.secret),
+                format!("{}={}", env::QUALIFIER, spec.qualifier.as_str()),
+                format!("{}={platform_url}", env::PLATFORM_URL),
+                format!("{}={BUNDLE_PATH}", env::BUNDLE),
+            ]),
+            user: Some(RUNTIME_USER.to_owned()),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                nano_cpus: Some(i64::from(spec.limits.cpu_millis) * 1_000_000),
+                memory: Some(memory),
+                memory_swap: Some(memory),
+                pids_limit: Some(PIDS_LIMIT),
+                readonly_rootfs: Some(true),
+                cap_drop: Some(vec!["ALL".to_owned()]),
+                security_opt: Some(vec!["no-new-privileges".to_owned()]),
+                network_mode: Some(daemon.endpoint.network.clone()),
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".to_owned()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_owned(), "1m".to_owned()),
+                        ("max-file".to_owned(), "2".to_owned()),
+                    ])),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let docker = &daemon.docker;
+        let container = docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(format!("rally-{}", spec.runtime_id)),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|error| start_error("cannot create the container", error))?
+            .id;
+        // Known before it starts, so that a `die` right after the start finds it.
+        self.live.lock().insert(
+            spec.runtime_id.clone(),
+            Live {
+                server: daemon.server.clone(),
+                container: container.clone(),
+            },
+        );
+        if let Err(error) = docker.start_container(&container, None).await {
+            self.live.lock().remove(&spec.runtime_id);
+            remove(docker, &container).await;
+            return Err(start_error("cannot start the container", error));
+        }
+        Ok(container)
+    }
+
+    /// A runtime's container ended: its output is kept, the container removed, the end
+    /// reported (once).
+    async fn ended(
+        &self,
+        daemon: &Daemon,
+        runtime_id: &str,
+        container: &str,
+        reason: Option<String>,
+    ) {
+        let docker = &daemon.docker;
+        let state = docker
+            .inspect_container(container, None)
+            .await
+            .ok()
+            .and_then(|inspected| inspected.state);
+        let exit_code = state
+            .as_ref()
+            .and_then(|state| state.exit_code)
+            .map(|code| code as i32);
+        let oom = state
+            .as_ref()
+            .and_then(|state| state.oom_killed)
+            .unwrap_or(false);
+        self.keep_output(docker, runtime_id, container).await;
+        remove(docker, container).await;
+        let was_live = {
+            let mut live = self.live.lock();
+            match live.get(runtime_id) {
+                Some(entry) if entry.container == container => live.remove(runtime_id).is_some(),
+                _ => false,
+            }
+        };
+        if was_live {
+            let reason = reason.or_else(|| {
+                oom.then(|| "its memory limit was reached and the kernel ended it".to_owned())
+            });
+            let _ = self
+                .exits
+                .send(Exited {
+                    runtime_id: runtime_id.to_owned(),
+                    // A killed container reports 137; the code says a signal ended it.
+                    exit_code: exit_code.filter(|code| *code < 128),
+                    reason,
+                })
+                .await;
+        }
+    }
+
+    /// The container's last output, kept on this node for the log API.
+    async fn keep_output(&self, docker: &Docker, runtime_id: &str, container: &str) {
+        let output = container_output(docker, container).await;
+        if output.is_empty() {
+            return;
+        }
+        let keep = output.len().saturating_sub(self.log_max_bytes as usize);
+        let _ = tokio::fs::create_dir_all(&self.log_dir).await;
+        let _ = tokio::fs::write(self.output_path(runtime_id), &output[keep..]).await;
+    }
+}
+
+/// A container's output (standard output and error), its last lines.
+async fn container_output(docker: &Docker, container: &str) -> Vec<u8> {
+    let mut output = Vec::new();
+    let mut lines = docker.logs(
+        container,
+        Some(LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: LOG_TAIL_LINES.to_owned(),
+            ..Default::default()
+        }),
+    );
+    while let Some(Ok(line)) = lines.next().await {
+        output.extend_from_slice(&line.into_bytes());
+    }
+    output
+}
+
+/// Follows one server's daemon: its `die` events, and what ended while it was not watched.
+async fn watch(inner: Arc<Inner>, daemon: Arc<Daemon>) {
+    let mut backoff = Duration::from_millis(200);
+    let mut reported_lost = false;
+    loop {
+        if inner.closed.is_cancelled() {
+            return;
+        }
+        let since = (crate::storage::now_millis() / 1000).to_string();
+        match resync(&inner, &daemon).await {
+            Ok(()) => {
+                *daemon.silent_since.lock() = None;
+                backoff = Duration::from_millis(200);
+                reported_lost = false;
+                let options = EventsOptions {
+                    since: Some(since),
+                    filters: Some(HashMap::from([
+                        ("type".to_owned(), vec!["container".to_owned()]),
+                        ("event".to_owned(), vec!["die".to_owned()]),
+                        (
+                            "label".to_owned(),
+                            vec![format!("{NODE_LABEL}={}", inner.node_id)],
+                        ),
+                    ])),
+                    ..Default::default()
+                };
+                let mut events = daemon.docker.events(Some(options));
+                loop {
+                    let event = tokio::select! {
+                        event = events.next() => event,
+                        () = inner.closed.cancelled() => return,
+                    };
+                    let Some(Ok(event)) = event else { break };
+                    let Some(actor) = event.actor else { continue };
+                    let (Some(container), Some(attributes)) = (actor.id, actor.attributes) else {
+                        continue;
+                    };
+                    if let Some(runtime_id) = attributes.get(RUNTIME_LABEL) {
+                        inner.ended(&daemon, runtime_id, &container, None).await;
+                    }
+                }
+                tracing::warn!(server = %daemon.server, "lost the Docker daemon's events; watching again");
+            }
+            Err(error) => {
+                let silent_for = {
+                    let mut silent_since = daemon.silent_since.lock();
+                    silent_since.get_or_insert_with(Instant::now).elapsed()
+                };
+                tracing::warn!(server = %daemon.server, %error, "the Docker daemon does not answer");
+                if silent_for >= inner.lost_after && !reported_lost {
+                    reported_lost = true;
+                    lost(&inner, &daemon, silent_for).await;
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = inner.closed.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// What the daemon runs for this node, against what this pool thinks runs there: containers
+/// of runtimes that ended unseen are handled as ends.
+async fn resync(inner: &Arc<Inner>, daemon: &Daemon) -> Result<(), bollard::errors::Error> {
+    let containers = ours(&daemon.docker, &inner.node_id).await?;
+    let on_this_server: Vec<(String, Live)> = inner
+        .live
+        .lock()
+        .iter()
+        .filter(|(_, live)| live.server == daemon.server)
+        .map(|(id, live)| (id.clone(), live.clone()))
+        .collect();
+    for (runtime_id, live) in on_this_server {
+        let running = containers
+            .iter()
+            .any(|(id, _, running)| *id == live.container && *running);
+        if !running {
+            inner
+                .ended(daemon, &runtime_id, &live.container, None)
+                .await;
+        }
+    }
+    Ok(())
+}
+
+/// The containers of node `node_id` on a daemon: (container id, runtime id, running).
+async fn ours(
+    docker: &Docker,
+    node_id: &str,
+) -> Result<Vec<(String, String, bool)>, bollard::errors::Error> {
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![format!("{NODE_LABEL}={node_id}")],
+            )])),
+            ..Default::default()
+        }))
+        .await?;
+    Ok(containers
+        .into_iter()
+        .filter_map(|container| {
+            let runtime = container.labels?.get(RUNTIME_LABEL)?.clone();
+            let running = container
+                .state
+                .is_some_and(|state| state == bollard::models::ContainerSummaryStateEnum::RUNNING);
+            Some((container.id?, runtime, running))
+        })
+        .collect())
+}
+
+/// A server silent past `lost_after`: its runtimes are reported ended (the supervisor replaces
+/// them elsewhere); their containers are removed if the daemon comes back.
+async fn lost(inner: &Inner, daemon: &Daemon, silent_for: Duration) {
+    let gone: Vec<String> = {
+        let mut live = inner.live.lock();
+        let ids: Vec<String> = live
+            .iter()
+            .filter(|(_, entry)| entry.server == daemon.server)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            live.remove(id);
+        }
+        ids
+    };
+    for runtime_id in gone {
+        let _ = inner
+            .exits
+            .send(Exited {
+                runtime_id,
+                exit_code: None,
+                reason: Some(format!(
+                    "server {} has not answered for {} s",
+                    daemon.server,
+                    silent_for.as_secs()
+                )),
+            })
+            .await;
+    }
+}
+
+#[async_trait::async_trait]
+impl RuntimePool for DockerPool {
+    fn kind(&self) -> PoolKind {
+        PoolKind::Docker
+    }
+
+    fn name(&self) -> &str {
+        "docker"
+    }
+
+    async fn start(&self, spec: RuntimeSpec) -> Result<Placement, StartError> {
+        let inner = &self.inner;
+        let super::Artifact::Bundle(bundle) = &spec.artifact;
+        let (server, daemon) = {
+            let _one_at_a_time = inner.scheduling.lock().await;
+            let servers = registry::servers(&inner.database, Some(&spec.pool))
+                .await
+                .map_err(|error| start_error("cannot read the pool's servers", error))?;
+            let strategy = registry::find_pool(&inner.database, &spec.pool)
+                .await
+                .map(|pool| pool.strategy)
+                .unwrap_or_default();
+            for server in &servers {
+                if server.kind == ServerKind::Docker
+                    && !inner.daemons.lock().contains_key(&server.name)
+                {
+                    if let Err(error) = inner.daemon(server).await {
+                        tracing::warn!(server = %server.name, %error, "the Docker daemon does not answer");
+                    }
+                }
+            }
+            let docker_servers: Vec<Server> = servers
+                .into_iter()
+                .filter(|server| server.kind == ServerKind::Docker)
+                .collect();
+            let chosen = schedule::choose(
+                &spec.pool,
+                &docker_servers,
+                spec.limits,
+                strategy,
+                |server| inner.answering(&server.name),
+            )
+            .map_err(|error| StartError(format!("no_capacity: {error}")))?;
+            // From here on the runtime counts against the server's capacity.
+            sqlx::query("UPDATE runtimes SET server = $2 WHERE id = $1")
+                .bind(&spec.runtime_id)
+                .bind(&chosen.name)
+                .execute(inner.database.writer())
+                .await
+                .map_err(|error| start_error("cannot record the chosen server", error))?;
+            let daemon = inner
+                .daemon(chosen)
+                .await
+                .map_err(|error| start_error("the Docker daemon does not answer", error))?;
+            (chosen.name.clone(), daemon)
+        };
+        let image = inner.image(&daemon, bundle).await?;
+        let container = inner.run(&daemon, &spec, image).await?;
+        Ok(Placement {
+            kind: PoolKind::Docker,
+            pool: spec.pool.clone(),
+            server,
+            handle: container,
+        })
+    }
+
+    fn stop(&self, runtime_id: &str, placement: &Placement, grace: Duration) {
+        let inner = self.inner.clone();
+        let runtime_id = runtime_id.to_owned();
+        let placement = placement.clone();
+        tokio::spawn(async move {
+            let daemon = match inner.daemon_named(&placement.server).await {
+                Ok(daemon) => daemon,
+                Err(error) => {
+                    tracing::warn!(runtime_id = %runtime_id, %error, "cannot reach the server to stop a runtime");
+                    return;
+                }
+            };
+            let stopped = daemon
+                .docker
+                .stop_container(
+                    &placement.handle,
+                    Some(StopContainerOptions {
+                        t: Some(grace.as_secs().max(1) as i32),
+                        ..Default::default()
+                    }),
+                )
+                .await;
+            if let Err(error) = stopped {
+                tracing::debug!(runtime_id = %runtime_id, %error, "stopping a container");
+            }
+            if !inner.live.lock().contains_key(&runtime_id) {
+                // Not ours to report (left by a previous run): removed here.
+                remove(&daemon.docker, &placement.handle).await;
+            }
+        });
+    }
+
+    fn kill(&self, runtime_id: &str, placement: &Placement) {
+        let inner = self.inner.clone();
+        let runtime_id = runtime_id.to_owned();
+        let placement = placement.clone();
+        tokio::spawn(async move {
+            if let Ok(daemon) = inner.daemon_named(&placement.server).await {
+                let _ = daemon
+                    .docker
+                    .kill_container(
+                        &placement.handle,
+                        None::<bollard::query_parameters::KillContainerOptions>,
+                    )
+                    .await;
+                if !inner.live.lock().contains_key(&runtime_id) {
+                    remove(&daemon.docker, &placement.handle).await;
+                }
+            }
+        });
+    }
+
+    fn is_alive(&self, runtime_id: &str, _placement: &Placement) -> bool {
+        self.inner.live.lock().contains_key(runtime_id)
+    }
+
+    async fn reconcile(&self, known: &[(String, Option<Placement>)]) -> Vec<String> {
+        let inner = &self.inner;
+        let mut adopted = std::collections::HashSet::new();
+        let servers = registry::servers(&inner.database, None)
+            .await
+            .unwrap_or_default();
+        for server in servers
+            .iter()
+            .filter(|server| server.kind == ServerKind::Docker)
+        {
+            let daemon = match inner.daemon(server).await {
+                Ok(daemon) => daemon,
+                Err(error) => {
+                    // Its runtimes are taken as running: the watcher reports them ended if the
+                    // server stays silent.
+                    tracing::warn!(server = %server.name, %error, "the Docker daemon does not answer; its runtimes wait for it");
+                    for (runtime_id, placement) in known {
+                        if let Some(placement) = placement.as_ref().filter(|placement| {
+                            placement.kind == PoolKind::Docker && placement.server == server.name
+                        }) {
+                            inner.live.lock().insert(
+                                runtime_id.clone(),
+                                Live {
+                                    server: server.name.clone(),
+                                    container: placement.handle.clone(),
+                                },
+                            );
+                            adopted.insert(runtime_id.clone());
+                        }
+                    }
+                    continue;
+                }
+            };
+            let containers = match ours(&daemon.docker, &inner.node_id).await {
+                Ok(containers) => containers,
+                Err(error) => {
+                    tracing::warn!(server = %server.name, %error, "cannot list the server's containers");
+                    continue;
+                }
+            };
+            for (container, runtime_id, running) in containers {
+                let known_here = known.iter().any(|(id, placement)| {
+                    *id == runtime_id
+                        && placement.as_ref().is_some_and(|placement| {
+                            placement.kind == PoolKind::Docker && placement.handle == container
+                        })
+                });
+                if known_here && running {
+                    tracing::info!(runtime_id = %runtime_id, server = %server.name, "container from a previous run adopted");
+                    inner.live.lock().insert(
+                        runtime_id.clone(),
+                        Live {
+                            server: server.name.clone(),
+                            container,
+                        },
+                    );
+                    adopted.insert(runtime_id);
+                } else {
+                    if known_here {
+                        inner
+                            .keep_output(&daemon.docker, &runtime_id, &container)
+                            .await;
+                    } else {
+                        tracing::warn!(runtime_id = %runtime_id, container = %container, server = %server.name, "removing a container no record knows as live");
+                    }
+                    remove(&daemon.docker, &container).await;
+                }
+            }
+        }
+        known
+            .iter()
+            .filter(|(runtime_id, _)| !adopted.contains(runtime_id))
+            .map(|(runtime_id, _)| runtime_id.clone())
+            .collect()
+    }
+
+    async fn logs(&self, runtime_id: &str) -> Vec<u8> {
+        let inner = &self.inner;
+        let live = inner.live.lock().get(runtime_id).cloned();
+        let mut log = match live {
+            Some(live) => match inner.daemon_named(&live.server).await {
+                Ok(daemon) => container_output(&daemon.docker, &live.container).await,
+                Err(error) => {
+                    format!("[platform] cannot read the container's output: {error}\n").into_bytes()
+                }
+            },
+            None => tokio::fs::read(inner.output_path(runtime_id))
+                .await
+                .unwrap_or_default(),
+        };
+        log.extend(
+            tokio::fs::read(inner.platform_lines_path(runtime_id))
+                .await
+                .unwrap_or_default(),
+        );
+        log
+    }
+
+    fn append_log(&self, runtime_id: &str, line: &str) {
+        use std::io::Write;
+        let path = self.inner.platform_lines_path(runtime_id);
+        let written = std::fs::create_dir_all(&self.inner.log_dir).and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut file| file.write_all(line.as_bytes()))
+        });
+        if let Err(problem) = written {
+            tracing::debug!(runtime_id, %problem, "cannot write a runtime log line");
+        }
+    }
+
+    fn tend(&self, runtime_id: &str) {
+        super::process::trim_log(
+            &self.inner.platform_lines_path(runtime_id),
+            self.inner.log_max_bytes,
+        );
+    }
+
+    fn take_exits(&self) -> Option<mpsc::Receiver<Exited>> {
+        self.inner.exits_receiver.lock().take()
+    }
+
+    fn running(&self) -> usize {
+        self.inner.live.lock().len()
+    }
+
+    fn kill_all(&self) {
+        let inner = self.inner.clone();
+        let live: Vec<(String, Live)> = inner.live.lock().drain().collect();
+        let daemons = inner.daemons.lock().clone();
+        inner.closed.cancel();
+        for (runtime_id, entry) in live {
+            let Some(daemon) = daemons.get(&entry.server).cloned() else {
+                continue;
+            };
+            tokio::spawn(async move {
+                tracing::warn!(runtime_id = %runtime_id, "removing a runtime's container at shutdown");
+                remove(&daemon.docker, &entry.container).await;
+            });
+        }
+    }
+}
+
+/// Removes a container, running or not; one already gone is no error worth telling.
+async fn remove(docker: &Docker, container: &str) {
+    let removed = docker
+        .remove_container(
+            container,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await;
+    if let Err(error) = removed {
+        tracing::debug!(container, %error, "removing a container");
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn file_digest(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex(&hasher.finalize()))
+}
+
+/// The base image's root file system: the runtime program, and the shared libraries and
+/// loader `ldd` lists for it (none for a static build), at the paths it names.
+fn base_root(program: &Path) -> std::io::Result<Vec<u8>> {
+    let mut archive = tar::Builder::new(Vec::new());
+    archive.mode(tar::HeaderMode::Deterministic);
+    archive.follow_symlinks(true);
+    let mut header = tar::Header::new_gnu();
+    let content = std::fs::read(program)?;
+    header.set_size(content.len() as u64);
+    header.set_mode(0o755);
+    header.set_cksum();
+    archive.append_data(
+        &mut header,
+        PROGRAM_PATH.trim_start_matches('/'),
+        content.as_slice(),
+    )?;
+    for library in shared_libraries(program) {
+        let content = std::fs::read(&library)?;
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o755);
+        header.set_cksum();
+        let name = library.to_string_lossy();
+        archive.append_data(
+            &mut header,
+            name.trim_start_matches('/'),
+            content.as_slice(),
+        )?;
+    }
+    archive.into_inner()
+}
+
+/// The absolute paths of the shared libraries and loader a program needs, as `ldd` lists them.
+fn shared_libraries(program: &Path) -> Vec<PathBuf> {
+    let Ok(output) = std::process::Command::new("ldd").arg(program).output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            // "libm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x...)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            let path = match line.split_once("=>") {
+                Some((_, target)) => target.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// A tar holding the bundle at [`BUNDLE_PATH`], readable by the runtime's user.
+fn bundle_archive(bundle: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(bundle.len() as u64);
+    header.set_mode(0o444);
+    header.set_cksum();
+    archive.append_data(&mut header, BUNDLE_PATH.trim_start_matches('/'), bundle)?;
+    archive.into_inner()
 }

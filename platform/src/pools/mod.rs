@@ -11,6 +11,7 @@ pub mod api;
 pub mod docker;
 pub mod process;
 pub mod registry;
+pub mod schedule;
 
 use rally_sdk::runtime::launch::ResourceLimits;
 use rally_sdk::runtime::Qualifier;
@@ -91,6 +92,11 @@ pub struct RuntimeSpec {
     pub artifact: Artifact,
     /// The deployment's CPU and memory limits, which the pool enforces.
     pub limits: ResourceLimits,
+    /// The pool to run it in: the stage's.
+    pub pool: String,
+    /// What the runtime belongs to (`rally.tenant`, `rally.deployment`, ...), for the labels
+    /// of a container.
+    pub labels: Vec<(String, String)>,
 }
 
 /// A runtime that ended, as its pool saw it.
@@ -155,4 +161,127 @@ pub trait RuntimePool: Send + Sync + std::fmt::Debug {
 
     /// Kills every runtime it started (shutdown, after the grace period).
     fn kill_all(&self);
+}
+
+/// A node's pools as one: its local pool (processes; or what a test gives) for the stages of
+/// the `local` pool, and the Docker pool for every other. Calls about a runtime go to the pool
+/// its placement names.
+#[derive(Debug)]
+pub struct Pools {
+    local: std::sync::Arc<dyn RuntimePool>,
+    docker: docker::DockerPool,
+}
+
+impl Pools {
+    pub fn new(local: std::sync::Arc<dyn RuntimePool>, docker: docker::DockerPool) -> Self {
+        Self { local, docker }
+    }
+
+    fn of(&self, placement: &Placement) -> &dyn RuntimePool {
+        if placement.kind == self.local.kind() && placement.pool == self.local.name() {
+            self.local.as_ref()
+        } else {
+            &self.docker
+        }
+    }
+
+    fn of_runtime(&self, runtime_id: &str) -> &dyn RuntimePool {
+        if self.docker.knows(runtime_id) {
+            &self.docker
+        } else {
+            self.local.as_ref()
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RuntimePool for Pools {
+    fn kind(&self) -> PoolKind {
+        self.local.kind()
+    }
+
+    fn name(&self) -> &str {
+        self.local.name()
+    }
+
+    async fn start(&self, spec: RuntimeSpec) -> Result<Placement, StartError> {
+        if spec.pool == registry::LOCAL_POOL {
+            self.local.start(spec).await
+        } else {
+            self.docker.start(spec).await
+        }
+    }
+
+    fn stop(&self, runtime_id: &str, placement: &Placement, grace: Duration) {
+        self.of(placement).stop(runtime_id, placement, grace)
+    }
+
+    fn kill(&self, runtime_id: &str, placement: &Placement) {
+        self.of(placement).kill(runtime_id, placement)
+    }
+
+    fn is_alive(&self, runtime_id: &str, placement: &Placement) -> bool {
+        self.of(placement).is_alive(runtime_id, placement)
+    }
+
+    async fn reconcile(&self, known: &[(String, Option<Placement>)]) -> Vec<String> {
+        // A runtime with no placement was cut short while starting: each pool ends what it
+        // runs of it, and both call it gone.
+        let (local, docker): (Vec<_>, Vec<_>) =
+            known.iter().cloned().partition(|(_, placement)| {
+                placement.as_ref().is_none_or(|placement| {
+                    placement.kind == self.local.kind() && placement.pool == self.local.name()
+                })
+            });
+        let unplaced: Vec<_> = local
+            .iter()
+            .filter(|(_, placement)| placement.is_none())
+            .cloned()
+            .collect();
+        let mut gone = self.local.reconcile(&local).await;
+        let docker_known: Vec<_> = docker.into_iter().chain(unplaced).collect();
+        for runtime_id in self.docker.reconcile(&docker_known).await {
+            if !gone.contains(&runtime_id) {
+                gone.push(runtime_id);
+            }
+        }
+        gone
+    }
+
+    async fn logs(&self, runtime_id: &str) -> Vec<u8> {
+        self.of_runtime(runtime_id).logs(runtime_id).await
+    }
+
+    fn append_log(&self, runtime_id: &str, line: &str) {
+        self.of_runtime(runtime_id).append_log(runtime_id, line)
+    }
+
+    fn tend(&self, runtime_id: &str) {
+        self.of_runtime(runtime_id).tend(runtime_id)
+    }
+
+    fn take_exits(&self) -> Option<mpsc::Receiver<Exited>> {
+        let sources = [self.local.take_exits()?, self.docker.take_exits()?];
+        let (merged, receiver) = mpsc::channel(EXITS_QUEUE);
+        for mut source in sources {
+            let merged = merged.clone();
+            tokio::spawn(async move {
+                while let Some(exited) = source.recv().await {
+                    if merged.send(exited).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Some(receiver)
+    }
+
+    fn running(&self) -> usize {
+        self.local.running() + self.docker.running()
+    }
+
+    fn kill_all(&self) {
+        self.local.kill_all();
+        self.docker.kill_all();
+    }
 }

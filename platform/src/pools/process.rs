@@ -514,7 +514,7 @@ fn runtime_processes(log_dir: &Path) -> Vec<(u32, String)> {
 /// Keeps a runtime's log under its cap: past it, only the newest half stays. (The runtime
 /// appends to the file itself; lines written while it is cut may be lost, which a log can
 /// afford.)
-fn trim_log(path: &Path, max_bytes: u64) {
+pub(crate) fn trim_log(path: &Path, max_bytes: u64) {
     let Ok(metadata) = std::fs::metadata(path) else {
         return;
     };

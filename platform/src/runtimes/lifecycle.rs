@@ -75,8 +75,8 @@ pub(super) async fn start_runtime(
     .bind(mode)
     .bind(hash_secret(&secret))
     .bind(&runtimes.node_id)
-    .bind(pool.kind().as_str())
-    .bind(pool.name())
+    .bind(target_kind(&deployment.pool).as_str())
+    .bind(&deployment.pool)
     .bind(i64::from(deployment.limits.cpu_millis))
     .bind(i64::from(deployment.limits.memory_mb))
     .bind(now_millis())
@@ -93,6 +93,8 @@ pub(super) async fn start_runtime(
         platform_url,
         artifact: Artifact::Bundle(bundle),
         limits: deployment.limits,
+        pool: deployment.pool.clone(),
+        labels: deployment.labels.clone(),
     };
     let placement = match pool.start(spec).await {
         Ok(placement) => placement,
@@ -103,9 +105,12 @@ pub(super) async fn start_runtime(
         }
     };
     let placed: Result<Option<String>, sqlx::Error> = sqlx::query_scalar(
-        "UPDATE runtimes SET server = $2, handle = $3 WHERE id = $1 RETURNING status",
+        "UPDATE runtimes SET pool_kind = $2, pool = $3, server = $4, handle = $5 WHERE id = $1 \
+         RETURNING status",
     )
     .bind(&id)
+    .bind(placement.kind.as_str())
+    .bind(&placement.pool)
     .bind(&placement.server)
     .bind(&placement.handle)
     .fetch_optional(state.database.writer())
@@ -151,6 +156,16 @@ async fn mark_failed(
     .execute(state.database.writer())
     .await?;
     Ok(())
+}
+
+/// The kind of runtimes a pool runs: the `local` pool holds the process server, every other
+/// pool Docker servers.
+fn target_kind(pool: &str) -> PoolKind {
+    if pool == crate::pools::registry::LOCAL_POOL {
+        PoolKind::Process
+    } else {
+        PoolKind::Docker
+    }
 }
 
 /// The bundle archive on local disk, written from the database the first time it is needed.

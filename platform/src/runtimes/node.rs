@@ -3,8 +3,10 @@
 
 use super::scaling::DeploymentToRun;
 use crate::config::Config;
+use crate::pools::docker::DockerPool;
 use crate::pools::process::{self, ProcessPool};
-use crate::pools::RuntimePool;
+use crate::pools::{Pools, RuntimePool};
+use crate::storage::Database;
 use crate::storage::{new_id, now_millis};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -43,8 +45,8 @@ pub struct Runtimes {
 
 impl Runtimes {
     /// The embedded default: runtimes are processes of this machine.
-    pub fn new(config: &Config) -> std::io::Result<Self> {
-        Self::with_pool(config, |node_id| {
+    pub fn new(config: &Config, database: &Database) -> std::io::Result<Self> {
+        Self::with_pool(config, database, |node_id| {
             Arc::new(ProcessPool::new(
                 node_id.to_owned(),
                 runtime_binary(config),
@@ -55,13 +57,24 @@ impl Runtimes {
         })
     }
 
-    /// Runtimes placed by the pool `pool` makes for this node's id.
+    /// Runtimes of the `local` pool placed by the pool `pool` makes for this node's id; those
+    /// of other pools in containers on their Docker servers.
     pub fn with_pool(
         config: &Config,
+        database: &Database,
         pool: impl FnOnce(&str) -> Arc<dyn RuntimePool>,
     ) -> std::io::Result<Self> {
         let node_id = node_id(&config.data_dir)?;
-        let pool = pool(&node_id);
+        let docker = DockerPool::new(
+            node_id.clone(),
+            database.clone(),
+            runtime_binary(config),
+            config.docker_image_repository.clone(),
+            config.data_dir.join("runtimes").join("containers"),
+            config.runtime_log_max_bytes,
+            Duration::from_secs(config.docker_server_lost_secs),
+        );
+        let pool: Arc<dyn RuntimePool> = Arc::new(Pools::new(pool(&node_id), docker));
         Ok(Self {
             node_id,
             pool,

@@ -27,6 +27,10 @@ pub struct DeploymentToRun {
     pub warm_matches: Vec<(String, i64)>,
     /// What each of its runtimes may use.
     pub limits: ResourceLimits,
+    /// Where its new runtimes start.
+    pub pool: String,
+    /// What its runtimes belong to, for the labels of their containers.
+    pub labels: Vec<(String, String)>,
 }
 
 impl From<&Deployed> for DeploymentToRun {
@@ -48,6 +52,14 @@ impl From<&Deployed> for DeploymentToRun {
                 cpu_millis: config.runtime_cpu_millis,
                 memory_mb: config.runtime_memory_mb,
             },
+            pool: deployed.pool.clone(),
+            labels: vec![
+                ("rally.tenant".to_owned(), deployed.tenant_id.clone()),
+                ("rally.project".to_owned(), deployed.project_id.clone()),
+                ("rally.stage".to_owned(), deployed.stage_id.clone()),
+                ("rally.version".to_owned(), deployed.version_id.clone()),
+                ("rally.deployment".to_owned(), deployed.id.clone()),
+            ],
         }
     }
 }
@@ -197,6 +209,8 @@ mod tests {
                 cpu_millis: 1000,
                 memory_mb: 64,
             },
+            pool: "local".to_owned(),
+            labels: Vec::new(),
         }
     }
 

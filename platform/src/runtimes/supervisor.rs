@@ -111,6 +111,7 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
             drain(state, &deployment.id).await?;
         }
     }
+    leave_disabled_servers(state).await?;
     for runtime_id in state.dispatcher.take_finished() {
         tracing::info!(runtime_id = %runtime_id, "match over; stopping its runtime");
         stop_runtime(state, &runtime_id, None).await?;
@@ -347,6 +348,24 @@ async fn close_idle_lobbies(
             tracing::info!(runtime_id = %runtime_id, "idle lobby above min_lobbies; stopping it");
             stop_runtime(state, &runtime_id, None).await?;
         }
+    }
+    Ok(())
+}
+
+/// Runtimes of this node on a server an operator disabled are stopped (their clients go to a
+/// lobby elsewhere; the deployments' wants start replacements on the servers left).
+async fn leave_disabled_servers(state: &AppState) -> Result<(), StorageError> {
+    let on_disabled: Vec<String> = sqlx::query_scalar(
+        "SELECT r.id FROM runtimes r JOIN servers s ON s.name = r.server \
+         WHERE r.node_id = $1 AND r.pool_kind = 'docker' AND s.status = 'disabled' \
+         AND r.status IN ('starting', 'running')",
+    )
+    .bind(&state.runtimes.node_id)
+    .fetch_all(state.database.reader())
+    .await?;
+    for runtime_id in on_disabled {
+        tracing::info!(runtime_id = %runtime_id, "its server is disabled; stopping it");
+        stop_runtime(state, &runtime_id, Some("its server was disabled")).await?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod helpers;
 mod auth;
 mod cli;
 mod dev;
+mod docker;
 mod docs;
 mod errors;
 mod imports;

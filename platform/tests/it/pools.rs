@@ -349,6 +349,8 @@ async fn exits_wait_for_room_in_a_full_queue_and_none_is_lost() {
                 cpu_millis: 1000,
                 memory_mb: 64,
             },
+            pool: "local".to_owned(),
+            labels: Vec::new(),
         };
         started.insert(spec.runtime_id.clone());
         pool.start(spec).await.expect("the process starts");

@@ -1,0 +1,351 @@
+//! Docker pools on this machine's real Docker daemon: a stage moved to a pool of two Docker
+//! servers (the same daemon registered twice) runs its lobbies in containers with the
+//! deployment's limits; players are seated and echoed through them; a container killed with
+//! `docker kill` is replaced and its clients go back to a lobby; a disabled server's runtimes
+//! move; capacity is never exceeded; stopping the platform removes its containers. Every container and image a test makes carries its labels and is removed,
+//! also when the test fails.
+
+use crate::helpers::{Backend, TestApp};
+use crate::on_both_backends;
+use crate::permissions::hello_bundle;
+use crate::players::{app, connect, deploy, is_error, player};
+use crate::servers::docker_server;
+use rally_sdk::player::PlayerEvent;
+use rally_sdk::wire::{PlacementStrategy, RuntimeInfo};
+use rally_sdk::RallyClient;
+use std::process::Command;
+use std::time::Duration;
+
+/// Removes what a test made on the daemon: containers of its platform node, and its images.
+struct DockerCleanup {
+    node_id: String,
+    repository: String,
+}
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        // A test that fails leaves its platform running a moment longer (until the test's
+        // runtime is dropped), which may still replace a removed lobby: a few rounds.
+        for round in 0..6 {
+            let containers = Command::new("docker")
+                .args(["ps", "-aq", "--filter"])
+                .arg(format!("label=rally.node={}", self.node_id))
+                .output()
+                .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+                .unwrap_or_default();
+            for container in containers.split_whitespace() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f", container])
+                    .output();
+            }
+            if containers.trim().is_empty() && round > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        for repository in [self.repository.clone(), format!("{}-base", self.repository)] {
+            let images = Command::new("docker")
+                .args(["images", "-q", &repository])
+                .output()
+                .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+                .unwrap_or_default();
+            for image in images.split_whitespace() {
+                let _ = Command::new("docker").args(["rmi", "-f", image]).output();
+            }
+        }
+    }
+}
+
+/// A platform whose stage `studio/game/default` runs on pool `containers` (strategy `pack`):
+/// two servers on the local daemon, `roomy` (8 runtimes) and `tight` (1 runtime).
+async fn docker_app(backend: Backend) -> (TestApp, DockerCleanup) {
+    let repository = format!("rally-test-{}", rally_platform::storage::new_id());
+    let image_repository = repository.clone();
+    let app = app(backend, move |config| {
+        config.docker_image_repository = image_repository;
+        config.runtime_start_timeout_secs = 30;
+    })
+    .await;
+    let cleanup = DockerCleanup {
+        node_id: app.state.runtimes.node_id.clone(),
+        repository,
+    };
+    let admin = app.admin().await;
+    admin
+        .create_pool("containers", PlacementStrategy::Pack)
+        .await
+        .unwrap();
+    admin
+        .register_server("containers", &docker_server("roomy", 8))
+        .await
+        .unwrap();
+    admin
+        .register_server("containers", &docker_server("tight", 1))
+        .await
+        .unwrap();
+    admin.create_tenant("Studio", Some("studio")).await.unwrap();
+    admin
+        .create_project("studio", "Game", Some("game"))
+        .await
+        .unwrap();
+    admin
+        .set_stage_pool("studio", "game", "default", "containers")
+        .await
+        .unwrap();
+    (app, cleanup)
+}
+
+async fn runtimes(admin: &RallyClient, deployment: &str) -> Vec<RuntimeInfo> {
+    admin
+        .list_runtimes("studio", "game", "default", deployment)
+        .await
+        .unwrap()
+}
+
+fn inspect(container: &str, format: &str) -> String {
+    let output = Command::new("docker")
+        .args(["inspect", "--format", format, container])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+async fn lobbies_run_in_containers_and_a_killed_one_is_replaced(backend: Backend) {
+    let (app, _cleanup) = docker_app(backend).await;
+    let (admin, deployment) = deploy(
+        &app,
+        hello_bundle(),
+        serde_json::json!({"min_lobbies": 2, "runtime_cpu_millis": 250, "runtime_memory_mb": 96}),
+    )
+    .await;
+    let ada = player(&app).await;
+    let mut socket = connect(&app, &ada).await;
+    let lobby = socket.greeted_and_assigned().await;
+    socket.echo("through a container").await;
+
+    // Both lobbies run in containers: `pack` fills `tight` first, and never past its one.
+    let mut listed = Vec::new();
+    for _ in 0..150 {
+        listed = runtimes(&admin, &deployment).await;
+        let placed = listed
+            .iter()
+            .filter(|runtime| runtime.status == "running" && runtime.handle.is_some())
+            .count();
+        if placed == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let running: Vec<&RuntimeInfo> = listed
+        .iter()
+        .filter(|runtime| runtime.status == "running")
+        .collect();
+    assert_eq!(running.len(), 2, "{listed:?}");
+    let mut servers: Vec<&str> = running
+        .iter()
+        .map(|runtime| runtime.server.as_deref().unwrap())
+        .collect();
+    servers.sort();
+    assert_eq!(servers, ["roomy", "tight"]);
+    let seated = listed.iter().find(|runtime| runtime.id == lobby).unwrap();
+    assert_eq!(
+        (seated.pool_kind.as_str(), seated.pool.as_str()),
+        ("docker", "containers")
+    );
+    assert_eq!(seated.pid, None);
+    let container = seated.handle.clone().unwrap();
+    // The container as the deployment asked: its limits, read-only, no capabilities, labels.
+    assert_eq!(inspect(&container, "{{.State.Running}}"), "true");
+    assert_eq!(inspect(&container, "{{.HostConfig.NanoCpus}}"), "250000000");
+    assert_eq!(
+        inspect(&container, "{{.HostConfig.Memory}}"),
+        (96u64 * 1024 * 1024).to_string()
+    );
+    assert_eq!(
+        inspect(&container, "{{.HostConfig.ReadonlyRootfs}}"),
+        "true"
+    );
+    assert_eq!(inspect(&container, "{{.HostConfig.CapDrop}}"), "[ALL]");
+    assert_eq!(
+        inspect(&container, "{{index .Config.Labels \"rally.deployment\"}}"),
+        deployment
+    );
+    assert_eq!(inspect(&container, "{{.Config.User}}"), "65534:65534");
+    // Usage against capacity.
+    let tight = admin.get_server("containers", "tight").await.unwrap();
+    assert_eq!(tight.usage.runtimes, 1);
+    assert_eq!(tight.usage.memory_mb, 96);
+    // The container's output is the runtime's log.
+    let log = admin
+        .runtime_logs("studio", "game", "default", &deployment, &lobby)
+        .await
+        .unwrap();
+    assert!(!log.is_empty(), "the runtime's log is empty");
+
+    // docker kill: the runtime failed, its client goes to the other lobby or a new one.
+    let killed = Command::new("docker")
+        .args(["kill", &container])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    socket
+        .until("runtime_failed", |event| is_error(event, "runtime_failed"))
+        .await;
+    let assigned = socket
+        .until("runtime_assigned", |event| {
+            matches!(event, PlayerEvent::RuntimeAssigned(_))
+        })
+        .await;
+    let PlayerEvent::RuntimeAssigned(assignment) = assigned else {
+        unreachable!()
+    };
+    assert_ne!(assignment.runtime_id, lobby);
+    socket.echo("after the kill").await;
+    let ended = runtimes(&admin, &deployment)
+        .await
+        .into_iter()
+        .find(|runtime| runtime.id == lobby)
+        .unwrap();
+    assert_eq!(ended.status, "failed");
+    // Its container is gone from the daemon; its output was kept.
+    assert_eq!(inspect(&container, "{{.Id}}"), "");
+    let log = admin
+        .runtime_logs("studio", "game", "default", &deployment, &lobby)
+        .await
+        .unwrap();
+    assert!(log.contains("[platform] the runtime failed"), "{log}");
+    // A replacement starts (min_lobbies 2).
+    for _ in 0..200 {
+        let live = runtimes(&admin, &deployment)
+            .await
+            .into_iter()
+            .filter(|runtime| runtime.status == "running")
+            .count();
+        if live == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Disabling a server moves its runtimes: stopped there, replaced on the other.
+    admin
+        .set_server_status(
+            "containers",
+            "tight",
+            rally_sdk::wire::ServerStatus::Disabled,
+        )
+        .await
+        .unwrap();
+    let mut placed = Vec::new();
+    for _ in 0..300 {
+        placed = runtimes(&admin, &deployment)
+            .await
+            .into_iter()
+            .filter(|runtime| runtime.status == "running")
+            .map(|runtime| runtime.server.unwrap_or_default())
+            .collect();
+        if placed == ["roomy", "roomy"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(placed, ["roomy", "roomy"]);
+    assert!(admin
+        .server_runtimes("containers", "tight")
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Stopping the platform stops and removes its containers.
+    let node = app.state.runtimes.node_id.clone();
+    app.stop().await;
+    let left = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=rally.node={node}"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "containers left after the platform stopped"
+    );
+}
+
+async fn capacity_is_never_exceeded_and_what_cannot_fit_is_refused(backend: Backend) {
+    let (app, _cleanup) = docker_app(backend).await;
+    let admin = app.admin().await;
+    let version = admin
+        .upload_version("studio", "game", hello_bundle(), None)
+        .await
+        .unwrap();
+    // Bigger than every server: refused before anything changes.
+    crate::helpers::assert_api_error(
+        admin
+            .deploy(
+                "studio",
+                "game",
+                "default",
+                &version.number.to_string(),
+                serde_json::json!({"min_lobbies": 1, "runtime_memory_mb": 4096}),
+            )
+            .await,
+        400,
+        "no_capacity",
+    );
+    assert!(admin
+        .list_deployments("studio", "game", "default")
+        .await
+        .unwrap()
+        .is_empty());
+    // Ten lobbies of 1,000 CPU millis: `roomy` holds two (2,000 millis), `tight` one; the
+    // rest fail with no_capacity, and no server goes past its capacity.
+    let deployment = admin
+        .deploy(
+            "studio",
+            "game",
+            "default",
+            &version.number.to_string(),
+            serde_json::json!({"min_lobbies": 10, "runtime_cpu_millis": 1000}),
+        )
+        .await
+        .unwrap()
+        .id;
+    let mut failures = Vec::new();
+    for _ in 0..100 {
+        failures = runtimes(&admin, &deployment)
+            .await
+            .into_iter()
+            .filter_map(|runtime| runtime.failure)
+            .collect();
+        if failures.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(failures.len() >= 3, "{failures:?}");
+    for failure in &failures {
+        assert!(failure.starts_with("no_capacity:"), "{failure}");
+        assert!(failure.contains("needed of"), "{failure}");
+    }
+    let live = runtimes(&admin, &deployment)
+        .await
+        .into_iter()
+        .filter(|runtime| runtime.status == "running" || runtime.status == "starting")
+        .count();
+    assert_eq!(live, 3);
+    for server in admin.list_servers(Some("containers")).await.unwrap() {
+        assert!(
+            server.usage.cpu_millis <= u64::from(server.capacity.cpu_millis.unwrap()),
+            "{server:?}"
+        );
+        assert!(
+            server.usage.runtimes <= u64::from(server.capacity.runtimes.unwrap()),
+            "{server:?}"
+        );
+    }
+    app.stop().await;
+}
+
+on_both_backends!(
+    lobbies_run_in_containers_and_a_killed_one_is_replaced,
+    capacity_is_never_exceeded_and_what_cannot_fit_is_refused,
+);
