@@ -345,7 +345,241 @@ async fn capacity_is_never_exceeded_and_what_cannot_fit_is_refused(backend: Back
     app.stop().await;
 }
 
+/// The "done when": two players play a tic-tac-toe match whose runtime is a container.
+async fn tictactoe_is_played_in_a_container(backend: Backend) {
+    use crate::tictactoe::{back_in_lobby, next_game_message, play, start_match, tictactoe_bundle};
+    let (app, _cleanup) = docker_app(backend).await;
+    let (admin, deployment) = deploy(
+        &app,
+        tictactoe_bundle(),
+        serde_json::json!({"min_lobbies": 1}),
+    )
+    .await;
+    let ada = player(&app).await;
+    let bea = player(&app).await;
+    let mut ada_socket = connect(&app, &ada).await;
+    let mut bea_socket = connect(&app, &bea).await;
+    for socket in [&mut ada_socket, &mut bea_socket] {
+        socket.greeted_and_assigned().await;
+        next_game_message(socket, "welcome").await;
+    }
+    let (x, o) = start_match(&mut ada_socket, &mut bea_socket).await;
+    let in_match = runtimes(&admin, &deployment)
+        .await
+        .into_iter()
+        .find(|runtime| runtime.qualifier == rally_sdk::runtime::Qualifier::Match)
+        .expect("a match runtime");
+    assert_eq!(in_match.pool_kind, "docker");
+    let container = in_match.handle.clone().expect("placed in a container");
+    assert_eq!(inspect(&container, "{{.State.Running}}"), "true");
+    assert_eq!(
+        inspect(&container, "{{index .Config.Labels \"rally.qualifier\"}}"),
+        "match"
+    );
+    play(x, o, &[0, 3, 1, 4, 2]).await;
+    for socket in [&mut *x, &mut *o] {
+        let over = next_game_message(socket, "over").await;
+        assert_eq!(over["winner"], "x");
+    }
+    assert_eq!(back_in_lobby(x).await["wins"], 1);
+    assert_eq!(back_in_lobby(o).await["losses"], 1);
+    // The match's runtime stops and its container goes.
+    for _ in 0..100 {
+        if inspect(&container, "{{.Id}}").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        inspect(&container, "{{.Id}}"),
+        "",
+        "the match's container is removed"
+    );
+    app.stop().await;
+}
+
+/// A runtime past its container's memory limit is ended by the kernel, reported failed with
+/// the reason, and its player goes back to a lobby.
+async fn a_container_past_its_memory_limit_is_reported_and_replaced(backend: Backend) {
+    use crate::security::{bundle, HUNGRY_LOBBY};
+    let (app, _cleanup) = docker_app(backend).await;
+    let (admin, deployment) = deploy(
+        &app,
+        bundle(&[("lobby.lua", HUNGRY_LOBBY)], "lua", "lobby.lua"),
+        serde_json::json!({"min_lobbies": 1, "runtime_memory_mb": 32}),
+    )
+    .await;
+    let ada = player(&app).await;
+    let mut socket = connect(&app, &ada).await;
+    let lobby = socket.greeted_and_assigned().await;
+    socket.echo("hello").await;
+    socket.say("eat").await;
+    socket
+        .until("runtime_failed", |event| is_error(event, "runtime_failed"))
+        .await;
+    socket
+        .assigned_to(rally_sdk::player::RuntimeKind::Lobby)
+        .await;
+    socket.echo("after").await;
+    let killed = runtimes(&admin, &deployment)
+        .await
+        .into_iter()
+        .find(|runtime| runtime.id == lobby)
+        .unwrap();
+    assert_eq!(killed.status, "failed");
+    assert_eq!(
+        killed.failure.as_deref(),
+        Some("killed: its memory limit was reached and the kernel ended it")
+    );
+    let log = admin
+        .runtime_logs("studio", "game", "default", &deployment, &lobby)
+        .await
+        .unwrap();
+    assert!(log.contains("memory limit was reached"), "{log}");
+    app.stop().await;
+}
+
+/// A platform killed with SIGKILL mid-game leaves its containers running; started again on the
+/// same data, it adopts them (the same containers reconnect) and removes a container of its
+/// node that no record knows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_platform_crash_containers_are_adopted_and_orphans_removed() {
+    use crate::runtimes::PlatformProcess;
+    let directory = tempfile::tempdir().unwrap();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let repository = format!("rally-test-{}", rally_platform::storage::new_id());
+    let settings = [("RALLY_DOCKER_IMAGE_REPOSITORY", repository.as_str())];
+    let platform = PlatformProcess::start_with(directory.path(), port, &settings);
+    let node_id = std::fs::read_to_string(directory.path().join("node_id"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let _cleanup = DockerCleanup {
+        node_id: node_id.clone(),
+        repository: repository.clone(),
+    };
+    let client = RallyClient::new(&format!("http://127.0.0.1:{port}")).unwrap();
+    let tokens = client
+        .login("admin", crate::helpers::ADMIN_PASSWORD)
+        .await
+        .unwrap();
+    let admin = client.authenticated(&tokens.access_token);
+    admin
+        .create_pool("containers", PlacementStrategy::Spread)
+        .await
+        .unwrap();
+    admin
+        .register_server("containers", &docker_server("roomy", 8))
+        .await
+        .unwrap();
+    admin.create_tenant("Studio", Some("studio")).await.unwrap();
+    admin
+        .create_project("studio", "Game", Some("game"))
+        .await
+        .unwrap();
+    admin
+        .set_stage_pool("studio", "game", "default", "containers")
+        .await
+        .unwrap();
+    admin
+        .upload_version("studio", "game", hello_bundle(), None)
+        .await
+        .unwrap();
+    let deployment = admin
+        .deploy(
+            "studio",
+            "game",
+            "default",
+            "1",
+            serde_json::json!({"min_lobbies": 2}),
+        )
+        .await
+        .unwrap()
+        .id;
+    let connected = |listed: &[RuntimeInfo]| -> Vec<String> {
+        let mut handles: Vec<String> = listed
+            .iter()
+            .filter(|runtime| runtime.status == "running" && runtime.connected_at.is_some())
+            .filter_map(|runtime| runtime.handle.clone())
+            .collect();
+        handles.sort();
+        handles
+    };
+    let mut before = Vec::new();
+    for _ in 0..300 {
+        before = connected(&runtimes(&admin, &deployment).await);
+        if before.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(before.len(), 2, "two lobbies in containers");
+
+    platform.signal("-KILL");
+    platform.wait();
+    for container in &before {
+        assert_eq!(
+            inspect(container, "{{.State.Running}}"),
+            "true",
+            "died with the platform"
+        );
+    }
+    // A container of this node that no record knows: what a start cut short leaves.
+    let image = inspect(&before[0], "{{.Config.Image}}");
+    let orphan = Command::new("docker")
+        .args(["create", "--label"])
+        .arg(format!("rally.node={node_id}"))
+        .args([
+            "--label",
+            "rally.runtime=written-off",
+            "--label",
+            "rally.managed=true",
+            &image,
+        ])
+        .output()
+        .unwrap();
+    let orphan = String::from_utf8_lossy(&orphan.stdout).trim().to_owned();
+    assert!(!orphan.is_empty());
+
+    let platform = PlatformProcess::start_with(directory.path(), port, &settings);
+    let tokens = client
+        .login("admin", crate::helpers::ADMIN_PASSWORD)
+        .await
+        .unwrap();
+    let admin = client.authenticated(&tokens.access_token);
+    let mut after = Vec::new();
+    for _ in 0..300 {
+        let listed = runtimes(&admin, &deployment).await;
+        // Reconnected since the restart: connected again after the crash.
+        after = connected(&listed);
+        if after == before && inspect(&orphan, "{{.Id}}").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        after, before,
+        "the same containers are adopted, none replaced"
+    );
+    assert_eq!(inspect(&orphan, "{{.Id}}"), "", "the orphan is removed");
+
+    platform.signal("-TERM");
+    platform.wait();
+    for container in &before {
+        assert_eq!(
+            inspect(container, "{{.Id}}"),
+            "",
+            "left after the platform stopped"
+        );
+    }
+}
+
 on_both_backends!(
     lobbies_run_in_containers_and_a_killed_one_is_replaced,
     capacity_is_never_exceeded_and_what_cannot_fit_is_refused,
+    tictactoe_is_played_in_a_container,
+    a_container_past_its_memory_limit_is_reported_and_replaced,
 );

@@ -351,14 +351,24 @@ on_both_backends!(
 );
 
 /// The platform as a child process, to crash it for real.
-struct PlatformProcess {
+pub(crate) struct PlatformProcess {
     child: std::process::Child,
 }
 
 impl PlatformProcess {
-    fn start(data_dir: &std::path::Path, port: u16) -> Self {
+    pub(crate) fn start(data_dir: &std::path::Path, port: u16) -> Self {
+        Self::start_with(data_dir, port, &[])
+    }
+
+    /// [`Self::start`] with more `RALLY_*` settings.
+    pub(crate) fn start_with(
+        data_dir: &std::path::Path,
+        port: u16,
+        settings: &[(&str, &str)],
+    ) -> Self {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rally"))
             .arg("server")
+            .envs(settings.iter().copied())
             .env("RALLY_LISTEN", format!("127.0.0.1:{port}"))
             .env("RALLY_DATA_DIR", data_dir)
             .env("RALLY_ADMIN_PASSWORD", ADMIN_PASSWORD)
@@ -378,14 +388,14 @@ impl PlatformProcess {
         Self { child }
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         std::process::Command::new("kill")
             .args([signal, &self.child.id().to_string()])
             .status()
             .unwrap();
     }
 
-    fn wait(mut self) {
+    pub(crate) fn wait(mut self) {
         let started = Instant::now();
         while self.child.try_wait().unwrap().is_none() {
             assert!(

@@ -397,7 +397,7 @@ async fn names_refuse_invisible_characters(backend: Backend) {
     );
 }
 
-fn bundle(files: &[(&str, &str)], kind: &str, entry: &str) -> Vec<u8> {
+pub(crate) fn bundle(files: &[(&str, &str)], kind: &str, entry: &str) -> Vec<u8> {
     let directory = tempfile::tempdir().unwrap();
     std::fs::write(
         directory.path().join("rally.toml"),
@@ -573,7 +573,7 @@ async fn a_handler_stuck_in_a_library_call_ends_within_its_limit(backend: Backen
     assert!(log.contains("ran past its time limit"), "{log}");
 }
 
-const HUNGRY_LOBBY: &str = r#"
+pub(crate) const HUNGRY_LOBBY: &str = r#"
 local lobby = {}
 local kept = {}
 function lobby.on_message(ctx, client_id, payload)

@@ -9,7 +9,7 @@ use rally_sdk::player::{PlayerEvent, RuntimeKind};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-fn tictactoe_bundle() -> Vec<u8> {
+pub(crate) fn tictactoe_bundle() -> Vec<u8> {
     let directory = std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/tictactoe"
@@ -18,7 +18,7 @@ fn tictactoe_bundle() -> Vec<u8> {
 }
 
 /// The game's messages are JSON in `message` events.
-async fn next_game_message(socket: &mut Socket, kind: &str) -> Value {
+pub(crate) async fn next_game_message(socket: &mut Socket, kind: &str) -> Value {
     let event = socket
         .until(&format!("a {kind:?} message"), |event| {
             game_message(event).is_some_and(|message| message["type"] == kind)
@@ -41,7 +41,7 @@ async fn send(socket: &mut Socket, message: Value) {
 }
 
 /// Both players ask to play; returns their sockets ordered (x, o) once the match started.
-async fn start_match<'a>(
+pub(crate) async fn start_match<'a>(
     first: &'a mut Socket,
     second: &'a mut Socket,
 ) -> (&'a mut Socket, &'a mut Socket) {
@@ -69,7 +69,7 @@ async fn move_to(socket: &mut Socket, cell: i64) {
 }
 
 /// Plays `moves` alternately starting with x; each valid move is seen by both players.
-async fn play(x: &mut Socket, o: &mut Socket, moves: &[i64]) {
+pub(crate) async fn play(x: &mut Socket, o: &mut Socket, moves: &[i64]) {
     for (turn, cell) in moves.iter().enumerate() {
         let (mover, other) = if turn % 2 == 0 {
             (&mut *x, &mut *o)
@@ -84,7 +84,7 @@ async fn play(x: &mut Socket, o: &mut Socket, moves: &[i64]) {
     }
 }
 
-async fn back_in_lobby(socket: &mut Socket) -> Value {
+pub(crate) async fn back_in_lobby(socket: &mut Socket) -> Value {
     socket.assigned_to(RuntimeKind::Lobby).await;
     next_game_message(socket, "welcome").await
 }
