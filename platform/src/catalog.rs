@@ -97,3 +97,14 @@ pub async fn find_stage(
     .await?;
     Ok(row.as_ref().map(stage))
 }
+
+/// A slug: 1–63 of `a-z 0-9 -`, starting with a letter, not ending with `-` (aliases, and the
+/// names of pools and servers).
+pub fn is_slug(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}

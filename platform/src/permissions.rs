@@ -307,18 +307,12 @@ where
 }
 
 pub use crate::catalog::is_id;
+use crate::catalog::is_slug;
 
 /// Aliases are slugs: 1–63 of `a-z 0-9 -`, starting with a letter, not ending with `-`, and
 /// never shaped like an id, so a path segment is always one or the other.
 pub fn check_alias(alias: &str) -> Result<(), ApiError> {
-    let valid = (1..=63).contains(&alias.len())
-        && alias.starts_with(|c: char| c.is_ascii_lowercase())
-        && !alias.ends_with('-')
-        && alias
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !is_id(alias);
-    if valid {
+    if is_slug(alias) && !is_id(alias) {
         Ok(())
     } else {
         Err(ApiError::bad_request(

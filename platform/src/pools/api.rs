@@ -9,7 +9,7 @@ use crate::error::{ApiError, Json};
 use crate::idempotency::{IdempotencyKey, Idempotent};
 use crate::permissions::{AsStaff, Principal, StagePath, StageScope};
 use crate::state::AppState;
-use crate::storage::now_millis;
+use crate::storage::{now_millis, StorageError};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use rally_sdk::wire::{
@@ -65,30 +65,40 @@ async fn create_pool(
         strategy: request.strategy,
         created_at: now_millis(),
     };
-    let mut transaction = state.database.writer().begin().await?;
-    sqlx::query("INSERT INTO pools (name, strategy, created_at) VALUES ($1, $2, $3)")
-        .bind(&pool.name)
-        .bind(pool.strategy.as_str())
-        .bind(pool.created_at)
-        .execute(&mut *transaction)
-        .await
-        .map_err(|error| {
-            ApiError::conflict_on_duplicate(error, "pool_exists", || {
-                format!("a pool named {:?} exists", pool.name)
-            })
-        })?;
-    audit::record(
-        &mut *transaction,
+    audited(
+        &state,
         &principal,
+        sqlx::query("INSERT INTO pools (name, strategy, created_at) VALUES ($1, $2, $3)")
+            .bind(&pool.name)
+            .bind(pool.strategy.as_str())
+            .bind(pool.created_at),
         pool_change(
             "pool.create",
             &pool.name,
             serde_json::json!({"strategy": pool.strategy}),
         ),
     )
-    .await?;
-    transaction.commit().await?;
+    .await
+    .map_err(|error| {
+        ApiError::conflict_on_duplicate(error, "pool_exists", || {
+            format!("a pool named {:?} exists", pool.name)
+        })
+    })?;
     Ok((StatusCode::CREATED, Json(pool)))
+}
+
+/// Runs `statement` and records `change` in the audit log, in one transaction.
+async fn audited<'q>(
+    state: &AppState,
+    principal: &Principal,
+    statement: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    change: Change<'_>,
+) -> Result<(), StorageError> {
+    let mut transaction = state.database.writer().begin().await?;
+    statement.execute(&mut *transaction).await?;
+    audit::record(&mut *transaction, principal, change).await?;
+    transaction.commit().await?;
+    Ok(())
 }
 
 fn pool_change<'a>(action: &'static str, name: &'a str, details: serde_json::Value) -> Change<'a> {
@@ -207,15 +217,12 @@ async fn set_strategy(
 ) -> Result<Json<Pool>, ApiError> {
     let mut pool = registry::find_pool(&state.database, &path.pool).await?;
     pool.strategy = request.strategy;
-    let mut transaction = state.database.writer().begin().await?;
-    sqlx::query("UPDATE pools SET strategy = $2 WHERE name = $1")
-        .bind(&pool.name)
-        .bind(pool.strategy.as_str())
-        .execute(&mut *transaction)
-        .await?;
-    audit::record(
-        &mut *transaction,
+    audited(
+        &state,
         &principal,
+        sqlx::query("UPDATE pools SET strategy = $2 WHERE name = $1")
+            .bind(&pool.name)
+            .bind(pool.strategy.as_str()),
         pool_change(
             "pool.strategy",
             &pool.name,
@@ -223,7 +230,6 @@ async fn set_strategy(
         ),
     )
     .await?;
-    transaction.commit().await?;
     Ok(Json(pool))
 }
 
@@ -254,25 +260,22 @@ async fn register_server(
             )
         })?;
     let server = registry::new_docker_server(&pool.name, request);
-    let mut transaction = state.database.writer().begin().await?;
-    registry::insert_server(&mut transaction, &server)
-        .await
-        .map_err(|error| {
-            ApiError::conflict_on_duplicate(error, "server_exists", || {
-                format!("a server named {:?} exists", server.name)
-            })
-        })?;
-    audit::record(
-        &mut *transaction,
+    audited(
+        &state,
         &principal,
+        registry::insert_server(&server),
         server_change(
             "server.register",
             &server.name,
             serde_json::json!({"pool": server.pool, "docker": server.docker, "capacity": server.capacity}),
         ),
     )
-    .await?;
-    transaction.commit().await?;
+    .await
+    .map_err(|error| {
+        ApiError::conflict_on_duplicate(error, "server_exists", || {
+            format!("a server named {:?} exists", server.name)
+        })
+    })?;
     Ok((StatusCode::CREATED, Json(server)))
 }
 
@@ -347,14 +350,10 @@ async fn remove_server(
             ),
         ));
     }
-    let mut transaction = state.database.writer().begin().await?;
-    sqlx::query("DELETE FROM servers WHERE name = $1")
-        .bind(&server.name)
-        .execute(&mut *transaction)
-        .await?;
-    audit::record(
-        &mut *transaction,
+    audited(
+        &state,
         &principal,
+        sqlx::query("DELETE FROM servers WHERE name = $1").bind(&server.name),
         server_change(
             "server.remove",
             &server.name,
@@ -362,7 +361,6 @@ async fn remove_server(
         ),
     )
     .await?;
-    transaction.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -381,15 +379,12 @@ async fn set_server_status(
 ) -> Result<Json<Server>, ApiError> {
     let mut server = registry::find_server(&state.database, &path.pool, &path.server).await?;
     server.status = request.status;
-    let mut transaction = state.database.writer().begin().await?;
-    sqlx::query("UPDATE servers SET status = $2 WHERE name = $1")
-        .bind(&server.name)
-        .bind(server.status.as_str())
-        .execute(&mut *transaction)
-        .await?;
-    audit::record(
-        &mut *transaction,
+    audited(
+        &state,
         &principal,
+        sqlx::query("UPDATE servers SET status = $2 WHERE name = $1")
+            .bind(&server.name)
+            .bind(server.status.as_str()),
         server_change(
             "server.status",
             &server.name,
@@ -397,7 +392,6 @@ async fn set_server_status(
         ),
     )
     .await?;
-    transaction.commit().await?;
     if server.status != ServerStatus::Enabled {
         // Waiting clients and formed matches go elsewhere at once.
         state.dispatcher.lobby_wanted.notify_one();
@@ -435,15 +429,12 @@ async fn set_stage_pool(
 ) -> Result<Json<Stage>, ApiError> {
     let pool = registry::find_pool(&state.database, &request.pool).await?;
     let mut stage = scope.stage;
-    let mut transaction = state.database.writer().begin().await?;
-    sqlx::query("UPDATE stages SET pool = $2 WHERE id = $1")
-        .bind(&stage.id)
-        .bind(&pool.name)
-        .execute(&mut *transaction)
-        .await?;
-    audit::record(
-        &mut *transaction,
+    audited(
+        &state,
         &scope.access.principal,
+        sqlx::query("UPDATE stages SET pool = $2 WHERE id = $1")
+            .bind(&stage.id)
+            .bind(&pool.name),
         Change {
             action: "stage.pool",
             target_kind: "stage",
@@ -454,7 +445,6 @@ async fn set_stage_pool(
         },
     )
     .await?;
-    transaction.commit().await?;
     stage.pool = pool.name;
     Ok(Json(stage))
 }

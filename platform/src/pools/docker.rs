@@ -262,13 +262,15 @@ impl Inner {
             .map(String::as_str)
     }
 
-    /// The image for a bundle on `daemon`, made if it is not there yet.
-    async fn image(&self, daemon: &Daemon, bundle: &Path) -> Result<String, StartError> {
+    /// The image for bundle `bundle` (SHA-256 `bundle_digest`) on `daemon`, made if it is not
+    /// there yet; the bundle is read only then.
+    async fn image(
+        &self,
+        daemon: &Daemon,
+        bundle: &Path,
+        bundle_digest: &str,
+    ) -> Result<String, StartError> {
         let program = self.program_digest().await?.to_owned();
-        let bundle_bytes = tokio::fs::read(bundle)
-            .await
-            .map_err(|error| start_error("cannot read the bundle", error))?;
-        let bundle_digest = hex(&Sha256::digest(&bundle_bytes));
         let tag = format!(
             "{}:{}-{}",
             self.repository,
@@ -309,6 +311,9 @@ impl Inner {
         }
         // The version's layer: the bundle, on top of the base, committed from a container
         // that never runs.
+        let bundle_bytes = tokio::fs::read(bundle)
+            .await
+            .map_err(|error| start_error("cannot read the bundle", error))?;
         let scratch = docker
             .create_container(
                 None::<CreateContainerOptions>,
@@ -353,7 +358,7 @@ impl Inner {
                         user: Some(RUNTIME_USER.to_owned()),
                         labels: Some(HashMap::from([
                             (MANAGED_LABEL.to_owned(), "true".to_owned()),
-                            ("rally.bundle".to_owned(), bundle_digest.clone()),
+                            ("rally.bundle".to_owned(), bundle_digest.to_owned()),
                             ("rally.program".to_owned(), program.clone()),
                         ])),
                         ..Default::default()
@@ -689,7 +694,10 @@ impl RuntimePool for DockerPool {
 
     async fn start(&self, spec: RuntimeSpec) -> Result<Placement, StartError> {
         let inner = &self.inner;
-        let super::Artifact::Bundle(bundle) = &spec.artifact;
+        let super::Artifact::Bundle {
+            path: bundle,
+            sha256,
+        } = &spec.artifact;
         let (server, daemon) = {
             let _one_at_a_time = inner.scheduling.lock().await;
             let servers = registry::servers(&inner.database, Some(&spec.pool))
@@ -733,7 +741,7 @@ impl RuntimePool for DockerPool {
                 .map_err(|error| start_error("the Docker daemon does not answer", error))?;
             (chosen.name.clone(), daemon)
         };
-        let image = inner.image(&daemon, bundle).await?;
+        let image = inner.image(&daemon, bundle, sha256).await?;
         let container = inner.run(&daemon, &spec, image).await?;
         Ok(Placement {
             kind: PoolKind::Docker,

@@ -76,8 +76,9 @@ impl Placement {
 /// What a runtime is made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Artifact {
-    /// A version's bundle archive on this node's disk, run by `rally-runtime`.
-    Bundle(PathBuf),
+    /// A version's bundle archive on this node's disk, run by `rally-runtime`, and its SHA-256
+    /// (hex), which names what is made from it.
+    Bundle { path: PathBuf, sha256: String },
 }
 
 /// Everything a pool needs to start one runtime.
@@ -205,10 +206,9 @@ impl RuntimePool for Pools {
     }
 
     async fn start(&self, spec: RuntimeSpec) -> Result<Placement, StartError> {
-        if spec.pool == registry::LOCAL_POOL {
-            self.local.start(spec).await
-        } else {
-            self.docker.start(spec).await
+        match registry::kind_of_pool(&spec.pool) {
+            PoolKind::Process => self.local.start(spec).await,
+            PoolKind::Docker => self.docker.start(spec).await,
         }
     }
 

@@ -201,7 +201,7 @@ impl ProcessPool {
 
     /// Starts the runtime's process and returns its pid.
     async fn spawn(&self, spec: RuntimeSpec) -> std::io::Result<u32> {
-        let Artifact::Bundle(bundle) = spec.artifact;
+        let Artifact::Bundle { path: bundle, .. } = spec.artifact;
         tokio::fs::create_dir_all(&self.log_dir).await?;
         let runtime_id = spec.runtime_id.clone();
         let mut line = serde_json::to_vec(&Start {

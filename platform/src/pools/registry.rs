@@ -13,16 +13,20 @@ use sqlx::Row;
 /// Every stage's pool until an operator moves it; it holds the process server.
 pub const LOCAL_POOL: &str = "local";
 
+/// The kind of runtimes a pool runs: the `local` pool holds the process server, every other
+/// pool Docker servers (the API registers no other process server).
+pub fn kind_of_pool(pool: &str) -> crate::pools::PoolKind {
+    if pool == LOCAL_POOL {
+        crate::pools::PoolKind::Process
+    } else {
+        crate::pools::PoolKind::Docker
+    }
+}
+
 /// Pool and server names are slugs, like aliases: 1 to 63 of `a-z 0-9 -`, starting with a
 /// letter and not ending with `-`.
 pub fn check_slug(what: &'static str, name: &str) -> Result<(), ApiError> {
-    let valid = (1..=63).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && !name.ends_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if valid {
+    if crate::catalog::is_slug(name) {
         Ok(())
     } else {
         Err(ApiError::bad_request(
@@ -138,10 +142,10 @@ pub fn new_docker_server(pool: &str, request: RegisterServer) -> Server {
     }
 }
 
-pub async fn insert_server(
-    transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
+/// The statement that records a server.
+pub fn insert_server(
     server: &Server,
-) -> Result<(), StorageError> {
+) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
     let docker = server.docker.as_ref();
     let tls = docker.and_then(|docker| docker.tls.as_ref());
     sqlx::query(
@@ -163,9 +167,6 @@ pub async fn insert_server(
     .bind(server.capacity.memory_mb.map(i64::from))
     .bind(server.capacity.runtimes.map(i64::from))
     .bind(server.created_at)
-    .execute(&mut **transaction)
-    .await?;
-    Ok(())
 }
 
 fn pool(row: &AnyRow) -> Pool {

@@ -75,7 +75,7 @@ pub(super) async fn start_runtime(
     .bind(mode)
     .bind(hash_secret(&secret))
     .bind(&runtimes.node_id)
-    .bind(target_kind(&deployment.pool).as_str())
+    .bind(crate::pools::registry::kind_of_pool(&deployment.pool).as_str())
     .bind(&deployment.pool)
     .bind(i64::from(deployment.limits.cpu_millis))
     .bind(i64::from(deployment.limits.memory_mb))
@@ -91,7 +91,10 @@ pub(super) async fn start_runtime(
         secret,
         qualifier,
         platform_url,
-        artifact: Artifact::Bundle(bundle),
+        artifact: Artifact::Bundle {
+            path: bundle,
+            sha256: deployment.bundle_sha256.clone(),
+        },
         limits: deployment.limits,
         pool: deployment.pool.clone(),
         labels: deployment.labels.clone(),
@@ -156,16 +159,6 @@ async fn mark_failed(
     .execute(state.database.writer())
     .await?;
     Ok(())
-}
-
-/// The kind of runtimes a pool runs: the `local` pool holds the process server, every other
-/// pool Docker servers.
-fn target_kind(pool: &str) -> PoolKind {
-    if pool == crate::pools::registry::LOCAL_POOL {
-        PoolKind::Process
-    } else {
-        PoolKind::Docker
-    }
 }
 
 /// The bundle archive on local disk, written from the database the first time it is needed.

@@ -70,19 +70,25 @@ async fn docker_app(backend: Backend) -> (TestApp, DockerCleanup) {
         node_id: app.state.runtimes.node_id.clone(),
         repository,
     };
-    let admin = app.admin().await;
-    admin
-        .create_pool("containers", PlacementStrategy::Pack)
-        .await
-        .unwrap();
-    admin
-        .register_server("containers", &docker_server("roomy", 8))
-        .await
-        .unwrap();
-    admin
-        .register_server("containers", &docker_server("tight", 1))
-        .await
-        .unwrap();
+    studio_on_pool(
+        &app.admin().await,
+        PlacementStrategy::Pack,
+        &[("roomy", 8), ("tight", 1)],
+    )
+    .await;
+    (app, cleanup)
+}
+
+/// Pool `containers` with `servers` (name, runtimes) on the local daemon, and tenant `studio`'s
+/// project `game` with its stage `default` moved to it.
+async fn studio_on_pool(admin: &RallyClient, strategy: PlacementStrategy, servers: &[(&str, u32)]) {
+    admin.create_pool("containers", strategy).await.unwrap();
+    for (name, runtimes) in servers {
+        admin
+            .register_server("containers", &docker_server(name, *runtimes))
+            .await
+            .unwrap();
+    }
     admin.create_tenant("Studio", Some("studio")).await.unwrap();
     admin
         .create_project("studio", "Game", Some("game"))
@@ -92,7 +98,6 @@ async fn docker_app(backend: Backend) -> (TestApp, DockerCleanup) {
         .set_stage_pool("studio", "game", "default", "containers")
         .await
         .unwrap();
-    (app, cleanup)
 }
 
 async fn runtimes(admin: &RallyClient, deployment: &str) -> Vec<RuntimeInfo> {
@@ -467,23 +472,7 @@ async fn after_a_platform_crash_containers_are_adopted_and_orphans_removed() {
         .await
         .unwrap();
     let admin = client.authenticated(&tokens.access_token);
-    admin
-        .create_pool("containers", PlacementStrategy::Spread)
-        .await
-        .unwrap();
-    admin
-        .register_server("containers", &docker_server("roomy", 8))
-        .await
-        .unwrap();
-    admin.create_tenant("Studio", Some("studio")).await.unwrap();
-    admin
-        .create_project("studio", "Game", Some("game"))
-        .await
-        .unwrap();
-    admin
-        .set_stage_pool("studio", "game", "default", "containers")
-        .await
-        .unwrap();
+    studio_on_pool(&admin, PlacementStrategy::Spread, &[("roomy", 8)]).await;
     admin
         .upload_version("studio", "game", hello_bundle(), None)
         .await

@@ -179,7 +179,7 @@ async fn lobbies_start_through_the_pool_with_the_deployments_limits(backend: Bac
     eventually("two lobbies started", || async { pool.starts().len() == 2 }).await;
     for spec in pool.starts() {
         assert_eq!((spec.limits.cpu_millis, spec.limits.memory_mb), (250, 96));
-        let Artifact::Bundle(bundle) = &spec.artifact;
+        let Artifact::Bundle { path: bundle, .. } = &spec.artifact;
         assert!(bundle.is_file(), "the bundle is on disk for the pool");
         assert!(spec.platform_url.starts_with("http://127.0.0.1:"));
     }
@@ -344,7 +344,10 @@ async fn exits_wait_for_room_in_a_full_queue_and_none_is_lost() {
             secret: "secret".to_owned(),
             qualifier: Qualifier::Lobby,
             platform_url: "http://127.0.0.1:9".to_owned(),
-            artifact: Artifact::Bundle(directory.path().join("missing.tar.gz")),
+            artifact: Artifact::Bundle {
+                path: directory.path().join("missing.tar.gz"),
+                sha256: "0".repeat(64),
+            },
             limits: ResourceLimits {
                 cpu_millis: 1000,
                 memory_mb: 64,
