@@ -49,6 +49,8 @@ pub const MANAGED_LABEL: &str = "rally.managed";
 pub const NODE_LABEL: &str = "rally.node";
 /// Label naming the runtime a container runs.
 pub const RUNTIME_LABEL: &str = "rally.runtime";
+/// Label naming the server (of the pool) a container was placed on.
+pub const SERVER_LABEL: &str = "rally.server";
 
 /// Where the bundle sits in a runtime image.
 const BUNDLE_PATH: &str = "/bundle.tar.gz";
@@ -397,7 +399,7 @@ impl Inner {
                 spec.qualifier.as_str().to_owned(),
             ),
             ("rally.pool".to_owned(), spec.pool.clone()),
-            ("rally.server".to_owned(), daemon.server.clone()),
+            (SERVER_LABEL.to_owned(), daemon.server.clone()),
         ]);
         let memory = i64::from(spec.limits.memory_mb) * 1024 * 1024;
         let body = ContainerCreateBody {
@@ -558,7 +560,12 @@ async fn watch(inner: Arc<Inner>, daemon: Arc<Daemon>) {
                         ("event".to_owned(), vec!["die".to_owned()]),
                         (
                             "label".to_owned(),
-                            vec![format!("{NODE_LABEL}={}", inner.node_id)],
+                            // One daemon may hold several servers (with different
+                            // capacities): each watcher takes its own server's containers.
+                            vec![
+                                format!("{NODE_LABEL}={}", inner.node_id),
+                                format!("{SERVER_LABEL}={}", daemon.server),
+                            ],
                         ),
                     ])),
                     ..Default::default()
@@ -848,12 +855,18 @@ impl RuntimePool for DockerPool {
                 }
             };
             for (container, runtime_id, running) in containers {
-                let known_here = known.iter().any(|(id, placement)| {
-                    *id == runtime_id
-                        && placement.as_ref().is_some_and(|placement| {
-                            placement.kind == PoolKind::Docker && placement.handle == container
-                        })
+                let placed = known.iter().find_map(|(id, placement)| {
+                    placement.as_ref().filter(|placement| {
+                        *id == runtime_id
+                            && placement.kind == PoolKind::Docker
+                            && placement.handle == container
+                    })
                 });
+                if placed.is_some_and(|placement| placement.server != server.name) {
+                    // Another server on the same daemon: its own listing takes it.
+                    continue;
+                }
+                let known_here = placed.is_some();
                 if known_here && running {
                     tracing::info!(runtime_id = %runtime_id, server = %server.name, "container from a previous run adopted");
                     inner.live.lock().insert(
