@@ -60,6 +60,9 @@ const PROGRAM_PATH: &str = "/rally-runtime";
 const RUNTIME_USER: &str = "65534:65534";
 /// Processes and threads a runtime container may have.
 const PIDS_LIMIT: i64 = 256;
+/// How long after a SIGKILL exit the daemon may still record that the kernel's OOM killer did it.
+const OOM_NOTICE: Duration = Duration::from_millis(300);
+
 /// Lines of a container's output kept when it ends.
 const LOG_TAIL_LINES: &str = "5000";
 
@@ -471,11 +474,22 @@ impl Inner {
         reason: Option<String>,
     ) {
         let docker = &daemon.docker;
-        let state = docker
-            .inspect_container(container, None)
-            .await
-            .ok()
-            .and_then(|inspected| inspected.state);
+        let inspect = || async {
+            docker
+                .inspect_container(container, None)
+                .await
+                .ok()
+                .and_then(|inspected| inspected.state)
+        };
+        let mut state = inspect().await;
+        let killed_unexplained = state
+            .as_ref()
+            .is_some_and(|state| state.exit_code == Some(137) && state.oom_killed != Some(true));
+        if killed_unexplained {
+            // The daemon may record the kernel's OOM kill just after the exit: look again.
+            tokio::time::sleep(OOM_NOTICE).await;
+            state = inspect().await.or(state);
+        }
         let exit_code = state
             .as_ref()
             .and_then(|state| state.exit_code)
