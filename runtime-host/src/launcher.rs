@@ -9,10 +9,16 @@
 //! `rally-runtime` would. The launcher reports every pid it started and every exit it reaped
 //! ([`launch::Report`]) on its standard output.
 //!
+//! A Docker pool in launcher placement runs the launcher as a container's main process, one per
+//! server and version: there the platform can neither signal a pid nor read a file inside the
+//! container, so the launcher also signals its runtimes on request, lists them, and relays the
+//! output of runtimes started without a log file ([`launch::Report::Output`]).
+//!
 //! The launcher never starts a thread, so forking it is sound: the child starts with one thread,
 //! no lock held, and builds its own tokio runtime. When its standard input closes (the platform
 //! went away) the launcher exits; the runtimes it started live on and reconnect, as runtimes of
-//! a crashed platform do.
+//! a crashed platform do. (A launcher container's standard input stays open when the platform
+//! detaches, so it outlives a platform crash and is attached to again.)
 
 use crate::limits;
 use crate::loader::{self, ReadBundle};
@@ -22,10 +28,12 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, ForkResult};
-use rally_sdk::runtime::launch::{Report, Start};
+use rally_sdk::runtime::launch::{
+    Report, Request, RunningRuntime, SignalRuntime, Start, OUTPUT_LINE_MAX,
+};
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -56,8 +64,25 @@ struct Launcher {
     pending: Vec<u8>,
     /// Where runtimes' limit groups go.
     hierarchies: limits::Hierarchies,
-    /// The limit groups of the runtimes started, by pid, removed when they are reaped.
-    groups: HashMap<u32, limits::Groups>,
+    /// The runtimes started and not reaped yet, by pid.
+    children: HashMap<u32, Child>,
+}
+
+/// One runtime the launcher started.
+struct Child {
+    runtime_id: String,
+    /// Its limit groups, removed when it is reaped.
+    groups: Option<limits::Groups>,
+    /// Its output, when the launcher relays it: the read end of its standard output and error.
+    output: Option<Relay>,
+}
+
+/// A runtime's output on its way to [`Report::Output`] lines.
+struct Relay {
+    /// `None` once the runtime closed its end.
+    pipe: Option<OwnedFd>,
+    /// Read and not sent yet: no end of line so far.
+    pending: Vec<u8>,
 }
 
 impl Launcher {
@@ -84,7 +109,7 @@ impl Launcher {
             bundles: BundleCache::default(),
             pending: Vec::new(),
             hierarchies,
-            groups: HashMap::new(),
+            children: HashMap::new(),
         })
     }
 
@@ -96,20 +121,55 @@ impl Launcher {
                 .sigchld
                 .as_ref()
                 .expect("the launcher holds its signalfd");
-            let mut fds = [
-                PollFd::new(stdin.as_fd(), PollFlags::POLLIN),
-                PollFd::new(sigchld.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(error) => return Err(error.into()),
+            let relayed: Vec<u32> = self
+                .children
+                .iter()
+                .filter(|(_, child)| {
+                    child
+                        .output
+                        .as_ref()
+                        .is_some_and(|relay| relay.pipe.is_some())
+                })
+                .map(|(pid, _)| *pid)
+                .collect();
+            let (input_ready, children_ended, readable) = {
+                let mut fds = vec![
+                    PollFd::new(stdin.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(sigchld.as_fd(), PollFlags::POLLIN),
+                ];
+                for pid in &relayed {
+                    let pipe = self.children[pid]
+                        .output
+                        .as_ref()
+                        .and_then(|relay| relay.pipe.as_ref())
+                        .expect("listed as relayed");
+                    fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+                }
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(error) => return Err(error.into()),
+                }
+                let readable: Vec<u32> = relayed
+                    .iter()
+                    .zip(&fds[2..])
+                    .filter(|(_, fd)| fd.any().unwrap_or(true))
+                    .map(|(pid, _)| *pid)
+                    .collect();
+                (
+                    fds[0].any().unwrap_or(true),
+                    fds[1].any().unwrap_or(true),
+                    readable,
+                )
+            };
+            for pid in readable {
+                self.relay(pid, &mut buffer)?;
             }
-            let input_ready = fds[0].any().unwrap_or(true);
-            let children_ended = fds[1].any().unwrap_or(true);
             if children_ended {
-                while let Ok(Some(_)) = sigchld.read_signal() {}
-                self.reap()?;
+                if let Some(sigchld) = &self.sigchld {
+                    while let Ok(Some(_)) = sigchld.read_signal() {}
+                }
+                self.reap(&mut buffer)?;
             }
             if input_ready {
                 let read = match nix::unistd::read(stdin.as_fd(), &mut buffer) {
@@ -131,36 +191,94 @@ impl Launcher {
     }
 
     fn handle(&mut self, line: &[u8]) -> std::io::Result<()> {
-        let start: Start = match serde_json::from_slice(line) {
-            Ok(start) => start,
+        let request: Request = match serde_json::from_slice(line) {
+            Ok(request) => request,
             Err(error) => {
                 // Nothing to answer to without an id; the platform times the start out.
-                eprintln!(
-                    "rally-runtime launcher: ignoring a request that is not a start: {error}"
-                );
+                eprintln!("rally-runtime launcher: ignoring a request it cannot read: {error}");
                 return Ok(());
             }
         };
-        let report = match self.launch(&start) {
-            Ok(pid) => Report::Started {
-                runtime_id: start.runtime_id,
-                pid,
-            },
-            Err(error) => Report::Failed {
-                runtime_id: start.runtime_id,
-                error: error.to_string(),
-            },
+        match request {
+            Request::Start(start) => {
+                let report = match self.launch(&start) {
+                    Ok(pid) => Report::Started {
+                        runtime_id: start.runtime_id,
+                        pid,
+                    },
+                    Err(error) => Report::Failed {
+                        runtime_id: start.runtime_id,
+                        error: error.to_string(),
+                    },
+                };
+                send(&report)
+            }
+            Request::Signal { signal } => {
+                self.signal(&signal);
+                Ok(())
+            }
+            Request::List { .. } => {
+                let mut runtimes: Vec<RunningRuntime> = self
+                    .children
+                    .iter()
+                    .map(|(pid, child)| RunningRuntime {
+                        runtime_id: child.runtime_id.clone(),
+                        pid: *pid,
+                    })
+                    .collect();
+                runtimes.sort_by_key(|runtime| runtime.pid);
+                send(&Report::Running { runtimes })
+            }
+        }
+    }
+
+    /// Signals a runtime of this launcher; a pid that is not (or no longer) the runtime's is
+    /// left alone.
+    fn signal(&self, request: &SignalRuntime) {
+        let ours = self
+            .children
+            .get(&request.pid)
+            .is_some_and(|child| child.runtime_id == request.runtime_id);
+        if !ours {
+            return;
+        }
+        let signal = if request.kill {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
         };
-        send(&report)
+        let pid = nix::unistd::Pid::from_raw(request.pid as i32);
+        if let Err(error) = nix::sys::signal::kill(pid, signal) {
+            eprintln!(
+                "rally-runtime launcher: cannot signal runtime {}: {error}",
+                request.runtime_id
+            );
+        }
     }
 
     /// Forks the runtime; returns its pid.
     fn launch(&mut self, start: &Start) -> std::io::Result<u32> {
         let bundle = self.bundles.get(&start.bundle);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&start.log)?;
+        // Where its output goes: its log file, or a pipe the launcher relays.
+        let (output, relay) = match &start.log {
+            Some(log) => (
+                OwnedFd::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(log)?,
+                ),
+                None,
+            ),
+            None => {
+                let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+                nix::fcntl::fcntl(
+                    &read,
+                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                )?;
+                (write, Some(read))
+            }
+        };
         let null = File::open("/dev/null")?;
         let groups = start
             .limits
@@ -172,14 +290,26 @@ impl Launcher {
         let forked = unsafe { nix::unistd::fork() }?;
         match forked {
             ForkResult::Parent { child } => {
+                // The runtime holds the only write end of its pipe: it reads as ended when
+                // the runtime is.
+                drop(output);
                 let pid = child.as_raw() as u32;
-                if let Some(groups) = groups {
-                    self.groups.insert(pid, groups);
-                }
+                self.children.insert(
+                    pid,
+                    Child {
+                        runtime_id: start.runtime_id.clone(),
+                        groups,
+                        output: relay.map(|pipe| Relay {
+                            pipe: Some(pipe),
+                            pending: Vec::new(),
+                        }),
+                    },
+                );
                 Ok(pid)
             }
             ForkResult::Child => {
-                let code = self.become_runtime(start, bundle, log, null, groups.as_ref());
+                drop(relay);
+                let code = self.become_runtime(start, bundle, output, null, groups.as_ref());
                 std::process::exit(i32::from(code))
             }
         }
@@ -190,11 +320,13 @@ impl Launcher {
         &mut self,
         start: &Start,
         bundle: Result<Arc<ReadBundle>, String>,
-        log: File,
+        log: OwnedFd,
         null: File,
         groups: Option<&limits::Groups>,
     ) -> u8 {
         drop(self.sigchld.take());
+        // The other runtimes' pipes are the launcher's.
+        self.children.clear();
         if self.mask.thread_set_mask().is_err()
             || dup2_stdin(&null).is_err()
             || dup2_stdout(&log).is_err()
@@ -218,8 +350,8 @@ impl Launcher {
         std::panic::catch_unwind(move || session::run_process(runtime, bundle)).unwrap_or(101)
     }
 
-    /// Reports every child that has ended.
-    fn reap(&mut self) -> std::io::Result<()> {
+    /// Reports every child that has ended, after the last of its output.
+    fn reap(&mut self, buffer: &mut [u8]) -> std::io::Result<()> {
         loop {
             let (pid, exit_code) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, Some(code)),
@@ -230,7 +362,20 @@ impl Launcher {
                 Err(error) => return Err(error.into()),
             };
             let pid = pid.as_raw() as u32;
-            let reason = self.groups.remove(&pid).and_then(limits::Groups::remove);
+            // What it wrote before it ended is all in its pipe: relayed to the end.
+            while self
+                .children
+                .get(&pid)
+                .and_then(|child| child.output.as_ref())
+                .is_some_and(|relay| relay.pipe.is_some())
+            {
+                self.relay(pid, buffer)?;
+            }
+            let reason = self
+                .children
+                .remove(&pid)
+                .and_then(|child| child.groups)
+                .and_then(limits::Groups::remove);
             send(&Report::Exited {
                 pid,
                 exit_code,
@@ -238,6 +383,83 @@ impl Launcher {
             })?;
         }
     }
+
+    /// Reads what runtime `pid` wrote and sends its complete lines; at the end of its output,
+    /// the rest too, and the pipe is closed.
+    fn relay(&mut self, pid: u32, buffer: &mut [u8]) -> std::io::Result<()> {
+        let Some(child) = self.children.get_mut(&pid) else {
+            return Ok(());
+        };
+        let Some(relay) = child.output.as_mut() else {
+            return Ok(());
+        };
+        let Some(pipe) = relay.pipe.as_ref() else {
+            return Ok(());
+        };
+        let ended = match nix::unistd::read(pipe.as_fd(), buffer) {
+            Ok(0) => true,
+            Ok(read) => {
+                relay.pending.extend_from_slice(&buffer[..read]);
+                false
+            }
+            Err(nix::errno::Errno::EINTR) => return Ok(()),
+            // Nothing more for now (a grandchild may hold the pipe open): the next poll.
+            Err(nix::errno::Errno::EAGAIN) => {
+                if child_gone(pid) {
+                    relay.pipe = None;
+                }
+                false
+            }
+            Err(_) => true,
+        };
+        if ended {
+            relay.pipe = None;
+        }
+        for line in output_lines(&mut relay.pending, relay.pipe.is_none()) {
+            send(&Report::Output {
+                runtime_id: child.runtime_id.clone(),
+                line,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `pid` has been reaped already (no longer a process of ours).
+fn child_gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The complete lines at the start of `pending` (without their ends), taken out of it; pieces
+/// of [`OUTPUT_LINE_MAX`] bytes of a longer line; and, when `ended`, whatever is left.
+fn output_lines(pending: &mut Vec<u8>, ended: bool) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        if let Some(end) = pending
+            .iter()
+            .take(OUTPUT_LINE_MAX + 1)
+            .position(|byte| *byte == b'\n')
+        {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            lines.push(String::from_utf8_lossy(&line[..end]).into_owned());
+        } else if pending.len() > OUTPUT_LINE_MAX {
+            // Cut where a character starts, so that the piece stays readable.
+            let mut cut = OUTPUT_LINE_MAX;
+            while cut > 0 && pending[cut] & 0xC0 == 0x80 {
+                cut -= 1;
+            }
+            let cut = if cut == 0 { OUTPUT_LINE_MAX } else { cut };
+            let piece: Vec<u8> = pending.drain(..cut).collect();
+            lines.push(String::from_utf8_lossy(&piece).into_owned());
+        } else {
+            break;
+        }
+    }
+    if ended && !pending.is_empty() {
+        lines.push(String::from_utf8_lossy(pending).into_owned());
+        pending.clear();
+    }
+    lines
 }
 
 /// One report, one line, in one write (shorter than a pipe's atomic size).
@@ -293,5 +515,28 @@ impl BundleCache {
         self.read
             .insert(path.to_owned(), (modified, len, Arc::clone(&read)));
         Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_sent_by_lines_and_long_lines_in_pieces() {
+        let mut pending = b"one\ntwo\nthr".to_vec();
+        assert_eq!(output_lines(&mut pending, false), ["one", "two"]);
+        assert_eq!(pending, b"thr");
+        assert_eq!(output_lines(&mut pending, true), ["thr"]);
+        assert!(pending.is_empty());
+
+        // A long line of two-byte characters is cut between characters.
+        let mut pending = "é".repeat(OUTPUT_LINE_MAX).into_bytes();
+        pending.push(b'\n');
+        let pieces = output_lines(&mut pending, false);
+        assert!(pieces.len() >= 2, "{}", pieces.len());
+        assert!(pieces.iter().all(|piece| !piece.contains('\u{fffd}')));
+        assert!(pieces.iter().all(|piece| piece.len() <= OUTPUT_LINE_MAX));
+        assert_eq!(pieces.concat(), "é".repeat(OUTPUT_LINE_MAX));
     }
 }

@@ -122,6 +122,32 @@ pub struct DeploymentConfig {
     /// A runtime with no clients for this long is stopped (lobbies above `min_lobbies`,
     /// matches nobody joined).
     pub idle_timeout_secs: u32,
+    /// How a Docker pool places the runtimes (ignored by the local-process pool).
+    pub docker_placement: DockerPlacement,
+}
+
+/// How a Docker pool places a deployment's runtimes (`docs/pools.md` weighs the two).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DockerPlacement {
+    /// Each lobby and match in a container of its own, with its own limits: the strongest
+    /// isolation, and a container start (hundreds of milliseconds) for each runtime.
+    #[default]
+    Container,
+    /// One long-lived container per server and version runs `rally-runtime launcher`, which
+    /// forks each runtime inside it: starts take milliseconds; the runtimes of a version on a
+    /// server share its container.
+    Launcher,
+}
+
+impl DockerPlacement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DockerPlacement::Container => "container",
+            DockerPlacement::Launcher => "launcher",
+        }
+    }
 }
 
 impl Default for DeploymentConfig {
@@ -133,6 +159,7 @@ impl Default for DeploymentConfig {
             runtime_cpu_millis: 1000,
             runtime_memory_mb: 128,
             idle_timeout_secs: 300,
+            docker_placement: DockerPlacement::Container,
         }
     }
 }
@@ -158,6 +185,8 @@ pub struct DeploymentOverrides {
     pub runtime_memory_mb: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout_secs: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_placement: Option<DockerPlacement>,
 }
 
 impl DeploymentOverrides {
@@ -177,6 +206,7 @@ impl DeploymentOverrides {
             runtime_cpu_millis: self.runtime_cpu_millis.unwrap_or(base.runtime_cpu_millis),
             runtime_memory_mb: self.runtime_memory_mb.unwrap_or(base.runtime_memory_mb),
             idle_timeout_secs: self.idle_timeout_secs.unwrap_or(base.idle_timeout_secs),
+            docker_placement: self.docker_placement.unwrap_or(base.docker_placement),
         }
     }
 }

@@ -102,10 +102,14 @@ pub mod env {
     pub const BUNDLE: &str = "RALLY_BUNDLE";
 }
 
-/// The launcher protocol: the platform's local-process pool keeps one `rally-runtime launcher`
-/// process and asks it, on its standard input, to start runtimes; the launcher forks each one
-/// from itself (no new program to load) and reports, on its standard output, the pid of each
-/// runtime it started and the exit of each that ended. One JSON object per line either way.
+/// The launcher protocol: a `rally-runtime launcher` process is asked, on its standard input,
+/// to start runtimes; it forks each one from itself (no new program to load) and reports, on its
+/// standard output, the pid of each runtime it started and the exit of each that ended. One JSON
+/// object per line either way. The platform's local-process pool keeps one launcher on its own
+/// machine; a Docker pool in launcher placement keeps one per server and version, in a container,
+/// and also asks it to signal its runtimes ([`Request::Signal`]), to list them after a restart of
+/// the platform ([`Request::List`]), and to relay their output ([`Report::Output`]), since
+/// neither the runtimes' pids nor their files are reachable from outside the container.
 pub mod launch {
     use super::Qualifier;
     use serde::{Deserialize, Serialize};
@@ -124,8 +128,10 @@ pub mod launch {
         pub platform_url: String,
         /// The version's bundle on local disk (a directory or a tar.gz).
         pub bundle: PathBuf,
-        /// The runtime's log: its standard output and error, appended to.
-        pub log: PathBuf,
+        /// The runtime's log: its standard output and error, appended to. When absent, the
+        /// launcher relays the runtime's output line by line as [`Report::Output`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub log: Option<PathBuf>,
         /// The deployment's CPU and memory limits for the runtime; none for no limits.
         #[serde(default)]
         pub limits: Option<ResourceLimits>,
@@ -152,6 +158,38 @@ pub mod launch {
         }
     }
 
+    /// A line the launcher reads: a start (a bare [`Start`] object, as the first version of the
+    /// protocol had it), `{"signal": {...}}` or `{"list": {}}`.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(untagged)]
+    pub enum Request {
+        Signal { signal: SignalRuntime },
+        List { list: ListRuntimes },
+        Start(Box<Start>),
+    }
+
+    /// Signal a runtime the launcher started: sent only while `pid` is still `runtime_id`'s, so
+    /// a reused pid is never signalled.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct SignalRuntime {
+        pub runtime_id: String,
+        pub pid: u32,
+        /// Ends the runtime at once (SIGKILL) rather than asking it to stop (SIGTERM).
+        #[serde(default)]
+        pub kill: bool,
+    }
+
+    /// Ask for [`Report::Running`].
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ListRuntimes {}
+
+    /// One runtime a launcher runs.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RunningRuntime {
+        pub runtime_id: String,
+        pub pid: u32,
+    }
+
     /// What the launcher reports.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(tag = "type", rename_all = "snake_case")]
@@ -170,7 +208,17 @@ pub mod launch {
             #[serde(default, skip_serializing_if = "Option::is_none")]
             reason: Option<String>,
         },
+        /// A line a runtime started without a log file printed (its end of line removed; a
+        /// line longer than [`OUTPUT_LINE_MAX`] bytes comes in parts). A runtime's lines all
+        /// come before its `Exited`.
+        Output { runtime_id: String, line: String },
+        /// The answer to [`Request::List`]: every runtime the launcher started and has not
+        /// reaped.
+        Running { runtimes: Vec<RunningRuntime> },
     }
+
+    /// Longest piece of output one [`Report::Output`] carries, in bytes.
+    pub const OUTPUT_LINE_MAX: usize = 8 * 1024;
 }
 
 /// Which logic a runtime runs.
@@ -762,5 +810,40 @@ mod tests {
         );
         let back: Frame<RuntimeCommand> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, frame);
+    }
+
+    #[test]
+    fn launcher_requests_keep_the_bare_start_of_the_first_protocol() {
+        use super::launch::{Request, SignalRuntime};
+        let start = r#"{"runtime_id":"r1","secret":"sekrit","qualifier":"match","platform_url":"http://x","bundle":"/b.tar.gz","log":"/l/r1.log"}"#;
+        let Ok(Request::Start(start)) = serde_json::from_str::<Request>(start) else {
+            panic!("a bare start is a start");
+        };
+        assert_eq!(
+            start.log.as_deref(),
+            Some(std::path::Path::new("/l/r1.log"))
+        );
+        assert_eq!(start.limits, None);
+        let signal = r#"{"signal":{"runtime_id":"r1","pid":7}}"#;
+        let Ok(Request::Signal { signal }) = serde_json::from_str::<Request>(signal) else {
+            panic!("a signal");
+        };
+        assert_eq!(
+            signal,
+            SignalRuntime {
+                runtime_id: "r1".into(),
+                pid: 7,
+                kill: false
+            }
+        );
+        assert!(matches!(
+            serde_json::from_str::<Request>(r#"{"list":{}}"#),
+            Ok(Request::List { .. })
+        ));
+        // Half a start is nothing the launcher does.
+        assert!(serde_json::from_str::<Request>(r#"{"runtime_id":"r1"}"#).is_err());
+        // The secret never shows in a start's debug form.
+        let start = Request::Start(start);
+        assert!(!format!("{start:?}").contains("sekrit"));
     }
 }

@@ -95,6 +95,9 @@ pub struct RuntimeSpec {
     pub limits: ResourceLimits,
     /// The pool to run it in: the stage's.
     pub pool: String,
+    /// How a Docker pool places it: a container of its own, or forked in its version's
+    /// launcher container.
+    pub docker_placement: rally_sdk::manifest::DockerPlacement,
     /// What the runtime belongs to (`rally.tenant`, `rally.deployment`, ...), for the labels
     /// of a container.
     pub labels: Vec<(String, String)>,
@@ -160,8 +163,9 @@ pub trait RuntimePool: Send + Sync + std::fmt::Debug {
     /// How many runtimes this pool started and saw no end of.
     fn running(&self) -> usize;
 
-    /// Kills every runtime it started (shutdown, after the grace period).
-    fn kill_all(&self);
+    /// Kills every runtime it started (shutdown, after the grace period); returns once they
+    /// are gone, or their removal has been tried.
+    async fn kill_all(&self);
 }
 
 /// A node's pools as one: its local pool (processes; or what a test gives) for the stages of
@@ -280,8 +284,8 @@ impl RuntimePool for Pools {
         self.local.running() + self.docker.running()
     }
 
-    fn kill_all(&self) {
-        self.local.kill_all();
-        self.docker.kill_all();
+    async fn kill_all(&self) {
+        self.local.kill_all().await;
+        self.docker.kill_all().await;
     }
 }

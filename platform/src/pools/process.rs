@@ -98,6 +98,8 @@ impl Processes {
                     reason,
                 });
             }
+            // Every start names a log file, and this pool never asks for a list.
+            Report::Output { .. } | Report::Running { .. } => {}
         }
         None
     }
@@ -205,7 +207,7 @@ impl ProcessPool {
         tokio::fs::create_dir_all(&self.log_dir).await?;
         let runtime_id = spec.runtime_id.clone();
         let mut line = serde_json::to_vec(&Start {
-            log: self.log_path(&spec.runtime_id),
+            log: Some(self.log_path(&spec.runtime_id)),
             runtime_id: spec.runtime_id,
             secret: spec.secret,
             qualifier: spec.qualifier,
@@ -451,7 +453,7 @@ impl RuntimePool for ProcessPool {
         self.processes.state().pids.len()
     }
 
-    fn kill_all(&self) {
+    async fn kill_all(&self) {
         self.processes.kill_all();
     }
 }

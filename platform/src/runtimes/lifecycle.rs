@@ -97,6 +97,7 @@ pub(super) async fn start_runtime(
         },
         limits: deployment.limits,
         pool: deployment.pool.clone(),
+        docker_placement: deployment.docker_placement,
         labels: deployment.labels.clone(),
     };
     let placement = match pool.start(spec).await {
@@ -380,7 +381,7 @@ pub(super) async fn stop_all(state: &AppState, exits: &mut mpsc::Receiver<Exited
             pool.kill(runtime_id, placement);
         }
     }
-    pool.kill_all();
+    pool.kill_all().await;
     while let Ok(exited) = exits.try_recv() {
         let _ = record_exit(state, &exited).await;
     }

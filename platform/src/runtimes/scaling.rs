@@ -3,6 +3,7 @@
 //! lobbies to close. The supervisor reads the counts and acts; these say what to do.
 
 use crate::deployed::Deployed;
+use rally_sdk::manifest::DockerPlacement;
 use rally_sdk::runtime::launch::ResourceLimits;
 use std::time::Duration;
 
@@ -29,6 +30,8 @@ pub struct DeploymentToRun {
     pub limits: ResourceLimits,
     /// Where its new runtimes start.
     pub pool: String,
+    /// How a Docker pool places them.
+    pub docker_placement: DockerPlacement,
     /// What its runtimes belong to, for the labels of their containers.
     pub labels: Vec<(String, String)>,
 }
@@ -53,6 +56,7 @@ impl From<&Deployed> for DeploymentToRun {
                 memory_mb: config.runtime_memory_mb,
             },
             pool: deployed.pool.clone(),
+            docker_placement: config.docker_placement,
             labels: vec![
                 ("rally.tenant".to_owned(), deployed.tenant_id.clone()),
                 ("rally.project".to_owned(), deployed.project_id.clone()),
@@ -210,6 +214,7 @@ mod tests {
                 memory_mb: 64,
             },
             pool: "local".to_owned(),
+            docker_placement: DockerPlacement::Container,
             labels: Vec::new(),
         }
     }

@@ -59,24 +59,36 @@ impl Drop for DockerCleanup {
 /// A platform whose stage `studio/game/default` runs on pool `containers` (strategy `pack`):
 /// two servers on the local daemon, `roomy` (8 runtimes) and `tight` (1 runtime).
 async fn docker_app(backend: Backend) -> (TestApp, DockerCleanup) {
+    docker_app_on(backend, &[("roomy", 8), ("tight", 1)], |_| {}).await
+}
+
+/// A platform whose stage `studio/game/default` runs on pool `containers` (strategy `pack`)
+/// of `servers` on the local daemon, with the test's image repository.
+async fn docker_app_on(
+    backend: Backend,
+    servers: &[(&str, u32)],
+    adjust: impl FnOnce(&mut rally_platform::config::Config),
+) -> (TestApp, DockerCleanup) {
     let repository = format!("rally-test-{}", rally_platform::storage::new_id());
     let image_repository = repository.clone();
     let app = app(backend, move |config| {
         config.docker_image_repository = image_repository;
         config.runtime_start_timeout_secs = 30;
+        adjust(config);
     })
     .await;
     let cleanup = DockerCleanup {
         node_id: app.state.runtimes.node_id.clone(),
         repository,
     };
-    studio_on_pool(
-        &app.admin().await,
-        PlacementStrategy::Pack,
-        &[("roomy", 8), ("tight", 1)],
-    )
-    .await;
+    studio_on_pool(&app.admin().await, PlacementStrategy::Pack, servers).await;
     (app, cleanup)
+}
+
+/// The container of a placement handle: the handle itself, or `<container>/<pid>` of a
+/// runtime in a launcher container.
+fn container_of(handle: &str) -> &str {
+    handle.split('/').next().unwrap_or(handle)
 }
 
 /// Pool `containers` with `servers` (name, runtimes) on the local daemon, and tenant `studio`'s
@@ -403,6 +415,291 @@ async fn tictactoe_is_played_in_a_container(backend: Backend) {
     app.stop().await;
 }
 
+/// Launcher placement: the lobby and the match of one version on one server are processes of
+/// one long-lived launcher container; a match is played through it, its output is the runtime's
+/// log, and a launcher container killed with `docker kill` takes its runtimes along: they are
+/// replaced in a new launcher container and their players go back to a lobby.
+async fn tictactoe_is_played_in_a_launcher_container(backend: Backend) {
+    use crate::tictactoe::{back_in_lobby, next_game_message, play, start_match, tictactoe_bundle};
+    let (app, _cleanup) = docker_app_on(backend, &[("roomy", 8)], |_| {}).await;
+    let (admin, deployment) = deploy(
+        &app,
+        tictactoe_bundle(),
+        serde_json::json!({"min_lobbies": 1, "docker_placement": "launcher"}),
+    )
+    .await;
+    let ada = player(&app).await;
+    let bea = player(&app).await;
+    let mut ada_socket = connect(&app, &ada).await;
+    let mut bea_socket = connect(&app, &bea).await;
+    for socket in [&mut ada_socket, &mut bea_socket] {
+        socket.greeted_and_assigned().await;
+        next_game_message(socket, "welcome").await;
+    }
+    let (x, o) = start_match(&mut ada_socket, &mut bea_socket).await;
+    let listed = runtimes(&admin, &deployment).await;
+    let placed = |qualifier| {
+        listed
+            .iter()
+            .find(|runtime| runtime.qualifier == qualifier && runtime.status == "running")
+            .cloned()
+            .expect("a placed runtime")
+    };
+    let in_match = placed(rally_sdk::runtime::Qualifier::Match);
+    let in_lobby = placed(rally_sdk::runtime::Qualifier::Lobby);
+    let match_handle = in_match.handle.clone().unwrap();
+    let launcher = container_of(&match_handle).to_owned();
+    assert_ne!(
+        launcher, match_handle,
+        "a launcher runtime's handle names its pid"
+    );
+    assert_eq!(
+        container_of(in_lobby.handle.as_deref().unwrap()),
+        launcher,
+        "one launcher per version"
+    );
+    assert_eq!(inspect(&launcher, "{{.State.Running}}"), "true");
+    assert_eq!(inspect(&launcher, "{{.HostConfig.ReadonlyRootfs}}"), "true");
+    assert_eq!(inspect(&launcher, "{{.HostConfig.CapDrop}}"), "[ALL]");
+    assert_eq!(inspect(&launcher, "{{.Config.User}}"), "65534:65534");
+    // The server's capacity bounds the launcher container as a whole.
+    assert_eq!(
+        inspect(&launcher, "{{.HostConfig.Memory}}"),
+        (1024u64 * 1024 * 1024).to_string()
+    );
+    assert_eq!(inspect(&launcher, "{{.Config.Cmd}}"), "[launcher]");
+    play(x, o, &[0, 3, 1, 4, 2]).await;
+    for socket in [&mut *x, &mut *o] {
+        let over = next_game_message(socket, "over").await;
+        assert_eq!(over["winner"], "x");
+    }
+    assert_eq!(back_in_lobby(x).await["wins"], 1);
+    assert_eq!(back_in_lobby(o).await["losses"], 1);
+    // The match's process ends; its launcher stays for the lobby.
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = runtimes(&admin, &deployment)
+            .await
+            .into_iter()
+            .find(|runtime| runtime.id == in_match.id)
+            .unwrap()
+            .status;
+        if status == "stopped" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "stopped");
+    assert_eq!(inspect(&launcher, "{{.State.Running}}"), "true");
+    // Its output came through the launcher: the runtime's own lines are its log.
+    let log = admin
+        .runtime_logs("studio", "game", "default", &deployment, &in_match.id)
+        .await
+        .unwrap();
+    assert!(
+        log.contains(&format!("rally-runtime: match {} starting", in_match.id)),
+        "{log}"
+    );
+
+    // docker kill on the launcher: its lobby fails, the players go to a lobby in a new one.
+    let killed = Command::new("docker")
+        .args(["kill", &launcher])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for socket in [&mut *x, &mut *o] {
+        socket
+            .until("runtime_failed", |event| is_error(event, "runtime_failed"))
+            .await;
+        socket
+            .assigned_to(rally_sdk::player::RuntimeKind::Lobby)
+            .await;
+    }
+    let listed = runtimes(&admin, &deployment).await;
+    let lobby = listed
+        .iter()
+        .find(|runtime| runtime.status == "running")
+        .expect("a new lobby");
+    assert_ne!(container_of(lobby.handle.as_deref().unwrap()), launcher);
+    let failed = listed
+        .iter()
+        .find(|runtime| runtime.id == in_lobby.id)
+        .unwrap();
+    assert_eq!(failed.status, "failed");
+    assert!(
+        failed
+            .failure
+            .as_deref()
+            .is_some_and(|failure| failure.contains("launcher container ended")),
+        "{failed:?}"
+    );
+    // The killed launcher is removed.
+    for _ in 0..50 {
+        if inspect(&launcher, "{{.Id}}").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(inspect(&launcher, "{{.Id}}"), "");
+    let node = app.state.runtimes.node_id.clone();
+    app.stop().await;
+    let left = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=rally.node={node}"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "containers left after the platform stopped"
+    );
+}
+
+/// A lobby that needs more memory than its deployment gives it exits as soon as its container
+/// starts, and a runtime whose server sends it to an address where no platform listens never
+/// connects: both are recorded failed with a reason and their output, their containers are
+/// removed, and a stage on another pool is unaffected.
+async fn a_runtime_that_exits_at_once_or_never_connects_fails_cleanly(backend: Backend) {
+    use crate::security::bundle;
+    let (app, _cleanup) = docker_app_on(backend, &[("roomy", 8)], |config| {
+        config.runtime_start_timeout_secs = 3;
+    })
+    .await;
+    let (admin, deployment) = deploy(
+        &app,
+        bundle(&[("lobby.lua", GREEDY_AT_LOAD)], "lua", "lobby.lua"),
+        serde_json::json!({"min_lobbies": 1, "runtime_memory_mb": 16}),
+    )
+    .await;
+    let failed = until_failed(&admin, "default", &deployment).await;
+    assert!(
+        failed
+            .failure
+            .as_deref()
+            .is_some_and(|failure| failure.contains("memory limit")),
+        "{failed:?}"
+    );
+    let container = failed.handle.clone().expect("it was placed");
+    until_removed(&container).await;
+
+    // A server whose runtimes are told a platform address where nothing listens.
+    let mut astray = docker_server("astray", 4);
+    astray.docker.platform_url = Some("http://127.0.0.1:9".to_owned());
+    admin
+        .create_pool("elsewhere", PlacementStrategy::Spread)
+        .await
+        .unwrap();
+    admin.register_server("elsewhere", &astray).await.unwrap();
+    admin
+        .create_stage("studio", "game", "Lost", Some("lost"))
+        .await
+        .unwrap();
+    admin
+        .set_stage_pool("studio", "game", "lost", "elsewhere")
+        .await
+        .unwrap();
+    let lost = admin
+        .deploy(
+            "studio",
+            "game",
+            "lost",
+            "1",
+            serde_json::json!({"min_lobbies": 1}),
+        )
+        .await
+        .unwrap()
+        .id;
+    let never = until_failed(&admin, "lost", &lost).await;
+    assert!(
+        never
+            .failure
+            .as_deref()
+            .is_some_and(|failure| failure.contains("connect")),
+        "{never:?}"
+    );
+    until_removed(never.handle.as_deref().expect("it was placed")).await;
+    let log = admin
+        .runtime_logs("studio", "game", "lost", &lost, &never.id)
+        .await
+        .unwrap();
+    assert!(log.contains("cannot reach the platform"), "{log}");
+
+    // A stage on the local pool plays on.
+    admin
+        .create_stage("studio", "game", "Home", Some("home"))
+        .await
+        .unwrap();
+    let home = admin
+        .deploy(
+            "studio",
+            "game",
+            "home",
+            "1",
+            serde_json::json!({"min_lobbies": 1}),
+        )
+        .await
+        .unwrap()
+        .id;
+    let mut running = false;
+    for _ in 0..100 {
+        running = admin
+            .list_runtimes("studio", "game", "home", &home)
+            .await
+            .unwrap()
+            .iter()
+            .any(|runtime| runtime.status == "running" && runtime.connected_at.is_some());
+        if running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(running, "the local stage's lobby runs");
+    app.stop().await;
+}
+
+/// The first runtime of a deployment of stage `stage` that ended with a failure (`failed`, or
+/// `stopped` by the platform with the reason), waited for.
+async fn until_failed(admin: &RallyClient, stage: &str, deployment: &str) -> RuntimeInfo {
+    for _ in 0..200 {
+        let failed = admin
+            .list_runtimes("studio", "game", stage, deployment)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|runtime| {
+                matches!(runtime.status.as_str(), "failed" | "stopped") && runtime.failure.is_some()
+            });
+        if let Some(failed) = failed {
+            return failed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no runtime of {deployment} failed");
+}
+
+async fn until_removed(container: &str) {
+    for _ in 0..50 {
+        if inspect(container, "{{.Id}}").is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("container {container} is still there");
+}
+
+/// A lobby whose top level holds 40 MiB: the upload's check (Lua heap cap 64 MiB) passes it;
+/// a 16 MiB container cannot.
+const GREEDY_AT_LOAD: &str = r#"
+local kept = {}
+for i = 1, 40 do
+    kept[i] = string.rep(string.char(64 + i % 26), 1024 * 1024)
+end
+local lobby = {}
+function lobby.on_message(ctx, client_id, payload)
+    ctx.respond(client_id, payload)
+end
+return lobby
+"#;
+
 /// A runtime past its container's memory limit is ended by the kernel, reported failed with
 /// the reason, and its player goes back to a lobby.
 async fn a_container_past_its_memory_limit_is_reported_and_replaced(backend: Backend) {
@@ -449,6 +746,17 @@ async fn a_container_past_its_memory_limit_is_reported_and_replaced(backend: Bac
 /// node that no record knows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_platform_crash_containers_are_adopted_and_orphans_removed() {
+    adopted_after_a_crash("container").await;
+}
+
+/// The same with the lobbies forked in a launcher container: the platform attaches to it again
+/// and adopts the same processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_platform_crash_a_launcher_container_is_attached_again() {
+    adopted_after_a_crash("launcher").await;
+}
+
+async fn adopted_after_a_crash(placement: &str) {
     use crate::runtimes::PlatformProcess;
     let directory = tempfile::tempdir().unwrap();
     let port = {
@@ -483,7 +791,7 @@ async fn after_a_platform_crash_containers_are_adopted_and_orphans_removed() {
             "game",
             "default",
             "1",
-            serde_json::json!({"min_lobbies": 2}),
+            serde_json::json!({"min_lobbies": 2, "docker_placement": placement}),
         )
         .await
         .unwrap()
@@ -509,15 +817,22 @@ async fn after_a_platform_crash_containers_are_adopted_and_orphans_removed() {
 
     platform.signal("-KILL");
     platform.wait();
-    for container in &before {
+    for handle in &before {
         assert_eq!(
-            inspect(container, "{{.State.Running}}"),
+            inspect(container_of(handle), "{{.State.Running}}"),
             "true",
             "died with the platform"
         );
     }
+    if placement == "launcher" {
+        assert_eq!(
+            container_of(&before[0]),
+            container_of(&before[1]),
+            "a version's runtimes on a server share its launcher"
+        );
+    }
     // A container of this node that no record knows: what a start cut short leaves.
-    let image = inspect(&before[0], "{{.Config.Image}}");
+    let image = inspect(container_of(&before[0]), "{{.Config.Image}}");
     let orphan = Command::new("docker")
         .args(["create", "--label"])
         .arg(format!("rally.node={node_id}"))
@@ -557,17 +872,150 @@ async fn after_a_platform_crash_containers_are_adopted_and_orphans_removed() {
 
     platform.signal("-TERM");
     platform.wait();
-    for container in &before {
+    for handle in &before {
         assert_eq!(
-            inspect(container, "{{.Id}}"),
+            inspect(container_of(handle), "{{.Id}}"),
             "",
             "left after the platform stopped"
         );
     }
 }
 
+/// A Unix-socket proxy in front of the local Docker daemon, which the test can cut: to the
+/// platform, a daemon that stops answering (and comes back).
+struct DaemonProxy {
+    path: std::path::PathBuf,
+    _directory: tempfile::TempDir,
+    tasks: std::sync::Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl DaemonProxy {
+    fn start() -> Self {
+        let directory = tempfile::tempdir().unwrap();
+        let proxy = DaemonProxy {
+            path: directory.path().join("docker.sock"),
+            _directory: directory,
+            tasks: Default::default(),
+        };
+        proxy.listen();
+        proxy
+    }
+
+    fn url(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    fn listen(&self) {
+        let _ = std::fs::remove_file(&self.path);
+        let listener = tokio::net::UnixListener::bind(&self.path).unwrap();
+        let tasks = self.tasks.clone();
+        let accepting = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let connection = tokio::spawn(async move {
+                    let daemon = crate::servers::LOCAL_DOCKER.trim_start_matches("unix://");
+                    if let Ok(mut daemon) = tokio::net::UnixStream::connect(daemon).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut daemon).await;
+                    }
+                });
+                tasks.lock().push(connection);
+            }
+        });
+        self.tasks.lock().push(accepting);
+    }
+
+    /// Every connection dropped and no new one taken: the daemon is silent.
+    fn cut(&self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// A server whose daemon stops answering takes no new runtimes; after
+/// `docker_server_lost_secs` its runtimes are reported failed and replaced on the other server,
+/// their players sent to a lobby there; when it answers again, the containers it kept running
+/// meanwhile are removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_daemon_loses_its_runtimes_to_the_other_server() {
+    let proxy = DaemonProxy::start();
+    let (app, _cleanup) = docker_app_on(Backend::Sqlite, &[("steady", 8)], |config| {
+        config.docker_server_lost_secs = 2;
+    })
+    .await;
+    let admin = app.admin().await;
+    let mut flaky = docker_server("flaky", 8);
+    flaky.docker.url = proxy.url();
+    admin.register_server("containers", &flaky).await.unwrap();
+    // `pack` with both empty: the first name, `flaky`, takes both lobbies.
+    let (admin, deployment) =
+        deploy(&app, hello_bundle(), serde_json::json!({"min_lobbies": 2})).await;
+    let ada = player(&app).await;
+    let mut socket = connect(&app, &ada).await;
+    let lobby = socket.greeted_and_assigned().await;
+    socket.echo("before").await;
+    let placed = runtimes(&admin, &deployment)
+        .await
+        .into_iter()
+        .find(|runtime| runtime.id == lobby)
+        .unwrap();
+    assert_eq!(placed.server.as_deref(), Some("flaky"));
+    let container = placed.handle.clone().unwrap();
+
+    proxy.cut();
+    socket
+        .until("runtime_failed", |event| is_error(event, "runtime_failed"))
+        .await;
+    let assigned = socket
+        .until("runtime_assigned", |event| {
+            matches!(event, PlayerEvent::RuntimeAssigned(_))
+        })
+        .await;
+    let PlayerEvent::RuntimeAssigned(assignment) = assigned else {
+        unreachable!()
+    };
+    socket.echo("after").await;
+    let listed = runtimes(&admin, &deployment).await;
+    let lost = listed.iter().find(|runtime| runtime.id == lobby).unwrap();
+    assert_eq!(lost.status, "failed");
+    assert!(
+        lost.failure
+            .as_deref()
+            .is_some_and(|failure| failure.contains("server flaky has not answered")),
+        "{lost:?}"
+    );
+    let now_in = listed
+        .iter()
+        .find(|runtime| runtime.id == assignment.runtime_id)
+        .unwrap();
+    assert_eq!(now_in.server.as_deref(), Some("steady"));
+    // The container of the lost runtime ran on meanwhile (the daemon itself is fine).
+    assert_ne!(inspect(&container, "{{.Id}}"), "");
+
+    // The daemon answers again: what it kept of the lost runtimes goes.
+    proxy.listen();
+    for _ in 0..200 {
+        if inspect(&container, "{{.Id}}").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        inspect(&container, "{{.Id}}"),
+        "",
+        "the lost runtime's container is removed"
+    );
+    for runtime in runtimes(&admin, &deployment).await {
+        if runtime.status == "running" {
+            assert_eq!(runtime.server.as_deref(), Some("steady"), "{runtime:?}");
+        }
+    }
+    app.stop().await;
+}
+
 on_both_backends!(
     lobbies_run_in_containers_and_a_killed_one_is_replaced,
+    tictactoe_is_played_in_a_launcher_container,
+    a_runtime_that_exits_at_once_or_never_connects_fails_cleanly,
     capacity_is_never_exceeded_and_what_cannot_fit_is_refused,
     tictactoe_is_played_in_a_container,
     a_container_past_its_memory_limit_is_reported_and_replaced,

@@ -140,7 +140,7 @@ impl RuntimePool for FakePool {
         self.running.lock().unwrap().len()
     }
 
-    fn kill_all(&self) {
+    async fn kill_all(&self) {
         self.running.lock().unwrap().clear();
     }
 }
@@ -353,6 +353,7 @@ async fn exits_wait_for_room_in_a_full_queue_and_none_is_lost() {
                 memory_mb: 64,
             },
             pool: "local".to_owned(),
+            docker_placement: Default::default(),
             labels: Vec::new(),
         };
         started.insert(spec.runtime_id.clone());
@@ -370,7 +371,7 @@ async fn exits_wait_for_room_in_a_full_queue_and_none_is_lost() {
         reported.insert(exited.runtime_id);
     }
     assert_eq!(reported, started);
-    pool.kill_all();
+    pool.kill_all().await;
 }
 
 on_both_backends!(

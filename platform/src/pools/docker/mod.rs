@@ -1,7 +1,10 @@
-//! Docker pools: each runtime in a container of its own on one of the pool's Docker servers,
-//! with its deployment's CPU and memory limits, a read-only root file system and no
-//! capabilities. Containers carry labels (`rally.node`, `rally.runtime`, the tenant, project,
-//! stage, version and deployment), by which a restarted platform finds them again.
+//! Docker pools: runtimes in containers on the pool's Docker servers, with a read-only root
+//! file system and no capabilities, in one of two placements the deployment chooses
+//! (`docker_placement`): each runtime in a container of its own with its deployment's CPU and
+//! memory limits, or forked in its version's launcher container on the server
+//! ([`launcher`]). Containers carry labels (`rally.node`, `rally.runtime` or `rally.launcher`,
+//! the tenant, project, stage, version and deployment), by which a restarted platform finds
+//! them again.
 //!
 //! - Images: one per version and runtime program, made here without pulling anything: a base
 //!   image imported from a tar of the `rally-runtime` program and the shared libraries it needs
@@ -13,6 +16,8 @@
 //!   new runtimes, and after `lost_after` its runtimes are reported ended, to be replaced.
 //! - Debian's engine 20.10 speaks Engine API 1.41 at most: every client negotiates its version
 //!   with the daemon before its first call.
+
+mod launcher;
 
 use super::registry;
 use super::schedule;
@@ -27,6 +32,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
+use rally_sdk::manifest::DockerPlacement;
 use rally_sdk::runtime::env;
 use rally_sdk::wire::{DockerEndpoint, Server, ServerKind};
 use sha2::{Digest, Sha256};
@@ -51,6 +57,8 @@ pub const NODE_LABEL: &str = "rally.node";
 pub const RUNTIME_LABEL: &str = "rally.runtime";
 /// Label naming the server (of the pool) a container was placed on.
 pub const SERVER_LABEL: &str = "rally.server";
+/// Label of a launcher container: the image it runs.
+pub const LAUNCHER_LABEL: &str = "rally.launcher";
 
 /// Where the bundle sits in a runtime image.
 const BUNDLE_PATH: &str = "/bundle.tar.gz";
@@ -120,6 +128,13 @@ struct Inner {
     daemons: Mutex<HashMap<String, Arc<Daemon>>>,
     /// Runtimes running in a container of this node, by runtime id.
     live: Mutex<HashMap<String, Live>>,
+    /// Launcher containers of this node.
+    launchers: launcher::Launchers,
+    /// One launcher container is made at a time.
+    launching: tokio::sync::Mutex<()>,
+    /// Set once a restart's reconcile has adopted what it could: before, a container nothing
+    /// here knows may still be adopted, and no resync removes it.
+    reconciled: std::sync::atomic::AtomicBool,
     /// Choosing a server and recording the choice happen one runtime at a time.
     scheduling: tokio::sync::Mutex<()>,
     /// One image is made at a time.
@@ -133,7 +148,10 @@ struct Inner {
 #[derive(Debug, Clone)]
 struct Live {
     server: String,
+    /// Its own container, or its launcher's.
     container: String,
+    /// Its pid in its launcher container, for a runtime placed in one.
+    pid: Option<u32>,
 }
 
 /// One server's daemon.
@@ -169,6 +187,9 @@ impl DockerPool {
                 lost_after,
                 daemons: Mutex::default(),
                 live: Mutex::default(),
+                launchers: Mutex::default(),
+                launching: tokio::sync::Mutex::new(()),
+                reconciled: std::sync::atomic::AtomicBool::new(false),
                 scheduling: tokio::sync::Mutex::new(()),
                 imaging: tokio::sync::Mutex::new(()),
                 program_digest: tokio::sync::OnceCell::new(),
@@ -454,6 +475,7 @@ impl Inner {
             Live {
                 server: daemon.server.clone(),
                 container: container.clone(),
+                pid: None,
             },
         );
         if let Err(error) = docker.start_container(&container, None).await {
@@ -622,8 +644,11 @@ async fn watch(inner: Arc<Inner>, daemon: Arc<Daemon>) {
 }
 
 /// What the daemon runs for this node, against what this pool thinks runs there: containers
-/// of runtimes that ended unseen are handled as ends.
-async fn resync(inner: &Arc<Inner>, daemon: &Daemon) -> Result<(), bollard::errors::Error> {
+/// of runtimes that ended unseen are handled as ends; a launcher container that runs but is not
+/// attached to (its server was silent) is attached to again; and a container of this node and
+/// server that nothing here knows (left while the server was silent) is removed once it is
+/// older than `lost_after`, past any start in progress.
+async fn resync(inner: &Arc<Inner>, daemon: &Arc<Daemon>) -> Result<(), bollard::errors::Error> {
     let containers = ours(&daemon.docker, &inner.node_id).await?;
     let on_this_server: Vec<(String, Live)> = inner
         .live
@@ -632,24 +657,130 @@ async fn resync(inner: &Arc<Inner>, daemon: &Daemon) -> Result<(), bollard::erro
         .filter(|(_, live)| live.server == daemon.server)
         .map(|(id, live)| (id.clone(), live.clone()))
         .collect();
+    let attached: Vec<String> = inner
+        .launchers
+        .lock()
+        .values()
+        .map(|launcher| launcher.container.clone())
+        .collect();
+    let mut to_attach: HashMap<String, Vec<(String, Option<Placement>)>> = HashMap::new();
     for (runtime_id, live) in on_this_server {
         let running = containers
             .iter()
-            .any(|(id, _, running)| *id == live.container && *running);
-        if !running {
+            .any(|found| found.id == live.container && found.running);
+        match live.pid {
+            None if !running => {
+                inner
+                    .ended(daemon, &runtime_id, &live.container, None)
+                    .await;
+            }
+            Some(_) if !running => {
+                let was_live = inner.live.lock().remove(&runtime_id).is_some();
+                if was_live {
+                    let _ = inner
+                        .exits
+                        .send(Exited {
+                            runtime_id,
+                            exit_code: None,
+                            reason: Some("its launcher container ended".to_owned()),
+                        })
+                        .await;
+                }
+            }
+            Some(pid) if !attached.contains(&live.container) => {
+                to_attach.entry(live.container.clone()).or_default().push((
+                    runtime_id,
+                    Some(Placement {
+                        kind: PoolKind::Docker,
+                        pool: String::new(),
+                        server: daemon.server.clone(),
+                        handle: format!("{}/{pid}", live.container),
+                    }),
+                ));
+            }
+            _ => {}
+        }
+    }
+    for (container, known) in to_attach {
+        let version = containers
+            .iter()
+            .find(|found| found.id == container)
+            .and_then(|found| found.version.clone())
+            .unwrap_or_default();
+        let adopted = inner
+            .adopt_launcher(daemon, &version, &container, &known)
+            .await
+            .unwrap_or_default();
+        for (runtime_id, _) in known {
+            if adopted.contains(&runtime_id) {
+                continue;
+            }
+            if inner.live.lock().remove(&runtime_id).is_some() {
+                let _ = inner
+                    .exits
+                    .send(Exited {
+                        runtime_id,
+                        exit_code: None,
+                        reason: Some("its launcher no longer runs it".to_owned()),
+                    })
+                    .await;
+            }
+        }
+    }
+    // What nothing here knows: left by runtimes reported ended while the server was silent.
+    if !inner.reconciled.load(std::sync::atomic::Ordering::Acquire) {
+        return Ok(());
+    }
+    let known: Vec<String> = inner
+        .live
+        .lock()
+        .values()
+        .map(|live| live.container.clone())
+        .chain(
             inner
-                .ended(daemon, &runtime_id, &live.container, None)
-                .await;
+                .launchers
+                .lock()
+                .values()
+                .map(|launcher| launcher.container.clone()),
+        )
+        .collect();
+    // Younger than the time a server may be silent, it may be a start in progress.
+    let settled = crate::storage::now_millis() / 1000 - inner.lost_after.as_secs() as i64;
+    for found in containers {
+        let stray = found.server.as_deref() == Some(daemon.server.as_str())
+            && found.created < settled
+            && !known.contains(&found.id);
+        if stray {
+            tracing::warn!(server = %daemon.server, container = %found.id, "removing a container of this node that runs nothing it knows");
+            remove(&daemon.docker, &found.id).await;
         }
     }
     Ok(())
 }
 
-/// The containers of node `node_id` on a daemon: (container id, runtime id, running).
-async fn ours(
-    docker: &Docker,
-    node_id: &str,
-) -> Result<Vec<(String, String, bool)>, bollard::errors::Error> {
+/// One container of this node on a daemon.
+#[derive(Debug, Clone)]
+struct Found {
+    id: String,
+    /// The runtime it runs (`rally.runtime`), for a container of its own.
+    runtime: Option<String>,
+    /// The version it serves (`rally.version`), for a launcher container.
+    version: Option<String>,
+    /// The server it was placed on (`rally.server`).
+    server: Option<String>,
+    running: bool,
+    /// When it was made, in seconds since the epoch.
+    created: i64,
+}
+
+impl Found {
+    fn is_launcher(&self) -> bool {
+        self.runtime.is_none()
+    }
+}
+
+/// The runtime and launcher containers of node `node_id` on a daemon.
+async fn ours(docker: &Docker, node_id: &str) -> Result<Vec<Found>, bollard::errors::Error> {
     let containers = docker
         .list_containers(Some(ListContainersOptions {
             all: true,
@@ -663,18 +794,33 @@ async fn ours(
     Ok(containers
         .into_iter()
         .filter_map(|container| {
-            let runtime = container.labels?.get(RUNTIME_LABEL)?.clone();
+            let labels = container.labels?;
+            let runtime = labels.get(RUNTIME_LABEL).cloned();
+            let launcher = labels.contains_key(LAUNCHER_LABEL);
+            if runtime.is_none() && !launcher {
+                return None;
+            }
             let running = container
                 .state
                 .is_some_and(|state| state == bollard::models::ContainerSummaryStateEnum::RUNNING);
-            Some((container.id?, runtime, running))
+            Some(Found {
+                id: container.id?,
+                version: launcher
+                    .then(|| labels.get(launcher::VERSION_LABEL).cloned())
+                    .flatten(),
+                server: labels.get(SERVER_LABEL).cloned(),
+                runtime,
+                running,
+                created: container.created.unwrap_or(0),
+            })
         })
         .collect())
 }
 
 /// A server silent past `lost_after`: its runtimes are reported ended (the supervisor replaces
-/// them elsewhere); their containers are removed if the daemon comes back.
+/// them elsewhere); their containers are removed if the daemon comes back (see [`resync`]).
 async fn lost(inner: &Inner, daemon: &Daemon, silent_for: Duration) {
+    inner.let_go_of_launchers(&daemon.server);
     let gone: Vec<String> = {
         let mut live = inner.live.lock();
         let ids: Vec<String> = live
@@ -760,15 +906,18 @@ impl RuntimePool for DockerPool {
                 .daemon(chosen)
                 .await
                 .map_err(|error| start_error("the Docker daemon does not answer", error))?;
-            (chosen.name.clone(), daemon)
+            (chosen.clone(), daemon)
         };
         let image = inner.image(&daemon, bundle, sha256).await?;
-        let container = inner.run(&daemon, &spec, image).await?;
+        let handle = match spec.docker_placement {
+            DockerPlacement::Container => inner.run(&daemon, &spec, image).await?,
+            DockerPlacement::Launcher => inner.launch(&daemon, &server, &spec, image).await?,
+        };
         Ok(Placement {
             kind: PoolKind::Docker,
             pool: spec.pool.clone(),
-            server,
-            handle: container,
+            server: server.name,
+            handle,
         })
     }
 
@@ -777,6 +926,12 @@ impl RuntimePool for DockerPool {
         let runtime_id = runtime_id.to_owned();
         let placement = placement.clone();
         tokio::spawn(async move {
+            if let Some((container, pid)) = launcher::parse_handle(&placement.handle) {
+                inner
+                    .stop_launched(&runtime_id, container, pid, grace)
+                    .await;
+                return;
+            }
             let daemon = match inner.daemon_named(&placement.server).await {
                 Ok(daemon) => daemon,
                 Err(error) => {
@@ -809,6 +964,12 @@ impl RuntimePool for DockerPool {
         let runtime_id = runtime_id.to_owned();
         let placement = placement.clone();
         tokio::spawn(async move {
+            if let Some((container, pid)) = launcher::parse_handle(&placement.handle) {
+                inner
+                    .stop_launched(&runtime_id, container, pid, Duration::ZERO)
+                    .await;
+                return;
+            }
             if let Ok(daemon) = inner.daemon_named(&placement.server).await {
                 let _ = daemon
                     .docker
@@ -852,7 +1013,13 @@ impl RuntimePool for DockerPool {
                                 runtime_id.clone(),
                                 Live {
                                     server: server.name.clone(),
-                                    container: placement.handle.clone(),
+                                    container: launcher::parse_handle(&placement.handle)
+                                        .map_or(placement.handle.as_str(), |(container, _)| {
+                                            container
+                                        })
+                                        .to_owned(),
+                                    pid: launcher::parse_handle(&placement.handle)
+                                        .map(|(_, pid)| pid),
                                 },
                             );
                             adopted.insert(runtime_id.clone());
@@ -868,7 +1035,32 @@ impl RuntimePool for DockerPool {
                     continue;
                 }
             };
-            for (container, runtime_id, running) in containers {
+            for found in containers {
+                if found.is_launcher() {
+                    if found.server.as_deref() != Some(server.name.as_str()) {
+                        continue;
+                    }
+                    let version = found.version.clone().unwrap_or_default();
+                    let attached = if found.running {
+                        inner
+                            .adopt_launcher(&daemon, &version, &found.id, known)
+                            .await
+                    } else {
+                        Err("it is not running".to_owned())
+                    };
+                    match attached {
+                        Ok(runtimes) => adopted.extend(runtimes),
+                        Err(error) => {
+                            tracing::warn!(server = %server.name, container = %found.id, %error, "removing a launcher container from a previous run");
+                            remove(&daemon.docker, &found.id).await;
+                        }
+                    }
+                    continue;
+                }
+                let Some(runtime_id) = found.runtime else {
+                    continue;
+                };
+                let container = found.id;
                 let placed = known.iter().find_map(|(id, placement)| {
                     placement.as_ref().filter(|placement| {
                         *id == runtime_id
@@ -881,13 +1073,14 @@ impl RuntimePool for DockerPool {
                     continue;
                 }
                 let known_here = placed.is_some();
-                if known_here && running {
+                if known_here && found.running {
                     tracing::info!(runtime_id = %runtime_id, server = %server.name, "container from a previous run adopted");
                     inner.live.lock().insert(
                         runtime_id.clone(),
                         Live {
                             server: server.name.clone(),
                             container,
+                            pid: None,
                         },
                     );
                     adopted.insert(runtime_id);
@@ -903,6 +1096,9 @@ impl RuntimePool for DockerPool {
                 }
             }
         }
+        inner
+            .reconciled
+            .store(true, std::sync::atomic::Ordering::Release);
         known
             .iter()
             .filter(|(runtime_id, _)| !adopted.contains(runtime_id))
@@ -912,7 +1108,13 @@ impl RuntimePool for DockerPool {
 
     async fn logs(&self, runtime_id: &str) -> Vec<u8> {
         let inner = &self.inner;
-        let live = inner.live.lock().get(runtime_id).cloned();
+        // A container of its own keeps its output until it ends; a launcher relays it here.
+        let live = inner
+            .live
+            .lock()
+            .get(runtime_id)
+            .filter(|live| live.pid.is_none())
+            .cloned();
         let mut log = match live {
             Some(live) => match inner.daemon_named(&live.server).await {
                 Ok(daemon) => container_output(&daemon.docker, &live.container).await,
@@ -948,10 +1150,12 @@ impl RuntimePool for DockerPool {
     }
 
     fn tend(&self, runtime_id: &str) {
-        super::process::trim_log(
-            &self.inner.platform_lines_path(runtime_id),
-            self.inner.log_max_bytes,
-        );
+        for path in [
+            self.inner.platform_lines_path(runtime_id),
+            self.inner.output_path(runtime_id),
+        ] {
+            super::process::trim_log(&path, self.inner.log_max_bytes);
+        }
     }
 
     fn take_exits(&self) -> Option<mpsc::Receiver<Exited>> {
@@ -962,20 +1166,32 @@ impl RuntimePool for DockerPool {
         self.inner.live.lock().len()
     }
 
-    fn kill_all(&self) {
-        let inner = self.inner.clone();
+    async fn kill_all(&self) {
+        let inner = &self.inner;
         let live: Vec<(String, Live)> = inner.live.lock().drain().collect();
+        let launchers: Vec<(String, String)> = inner
+            .launchers
+            .lock()
+            .drain()
+            .map(|((server, _), launcher)| (server, launcher.container.clone()))
+            .collect();
         let daemons = inner.daemons.lock().clone();
         inner.closed.cancel();
-        for (runtime_id, entry) in live {
-            let Some(daemon) = daemons.get(&entry.server).cloned() else {
-                continue;
-            };
-            tokio::spawn(async move {
-                tracing::warn!(runtime_id = %runtime_id, "removing a runtime's container at shutdown");
-                remove(&daemon.docker, &entry.container).await;
-            });
-        }
+        let mut containers: Vec<(String, String)> = live
+            .into_iter()
+            .map(|(_, entry)| (entry.server, entry.container))
+            .chain(launchers)
+            .collect();
+        containers.sort();
+        containers.dedup();
+        let removals = containers.into_iter().filter_map(|(server, container)| {
+            let daemon = daemons.get(&server).cloned()?;
+            Some(async move {
+                tracing::warn!(server = %server, container = %container, "removing a runtime container at shutdown");
+                remove(&daemon.docker, &container).await;
+            })
+        });
+        futures_util::future::join_all(removals).await;
     }
 }
 
