@@ -7,7 +7,7 @@ use super::{error, own_client, Dispatcher, Outgoing, State};
 use crate::matchmaker::{MatchId, Matchmaker, Placement, Refusal};
 use rally_sdk::player::PlayerEvent;
 use rally_sdk::runtime::{PlatformMessage, Qualifier};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -321,27 +321,41 @@ impl Dispatcher {
                 }
             }
         }
-        for (client_id, mode, reason) in failed {
-            let Some(client) = state.clients.get_mut(&client_id) else {
-                continue;
-            };
-            let _ = client
-                .outbox
-                .try_send(Outgoing::event(&PlayerEvent::MatchmakingFailed {
-                    mode: mode.clone(),
-                    reason: reason.to_owned(),
-                }));
-            if let Some(lobby) = client
-                .runtime
-                .as_ref()
-                .and_then(|id| state.runtimes.get(id))
-            {
-                let _ = lobby.outbox.try_send(error(
-                    "matchmaking_failed",
-                    &format!("no {mode} match for client {client_id} ({reason})"),
-                ));
+        tell_failed(state, failed);
+    }
+
+    /// Up to `count` formed matches of `mode` waiting for a runtime of `deployment_id` fail
+    /// now with `reason` (`no_capacity`: the pool has no room for their runtimes), the newest
+    /// first: their players hear `matchmaking_failed` rather than wait for the timeout.
+    pub fn fail_waiting_matches(
+        &self,
+        deployment_id: &str,
+        mode: &str,
+        count: usize,
+        reason: &'static str,
+    ) {
+        let mut state = self.state();
+        let state = &mut *state;
+        let mut failed: Vec<(Arc<str>, String, &'static str)> = Vec::new();
+        if let Some(queue) = state.pending_matches.get_mut(deployment_id) {
+            let mut left = count;
+            let mut kept = VecDeque::with_capacity(queue.len());
+            while let Some(pending) = queue.pop_back() {
+                if left > 0 && pending.mode == mode {
+                    left -= 1;
+                    if let Some(matchmaker) = state.matchmakers.get_mut(deployment_id) {
+                        matchmaker.end(pending.match_id);
+                    }
+                    for (client_id, _) in pending.members {
+                        failed.push((client_id, pending.mode.clone(), reason));
+                    }
+                } else {
+                    kept.push_front(pending);
+                }
             }
+            *queue = kept;
         }
+        tell_failed(state, failed);
     }
 
     /// Per deployment and mode, formed matches waiting for a runtime and idle match runtimes.
@@ -395,5 +409,31 @@ impl Dispatcher {
             }
         }
         finished
+    }
+}
+
+/// Each client's request failed: it hears `matchmaking_failed` and stays in its lobby, which
+/// hears an `error`.
+fn tell_failed(state: &mut State, failed: Vec<(Arc<str>, String, &'static str)>) {
+    for (client_id, mode, reason) in failed {
+        let Some(client) = state.clients.get_mut(&client_id) else {
+            continue;
+        };
+        let _ = client
+            .outbox
+            .try_send(Outgoing::event(&PlayerEvent::MatchmakingFailed {
+                mode: mode.clone(),
+                reason: reason.to_owned(),
+            }));
+        if let Some(lobby) = client
+            .runtime
+            .as_ref()
+            .and_then(|id| state.runtimes.get(id))
+        {
+            let _ = lobby.outbox.try_send(error(
+                "matchmaking_failed",
+                &format!("no {mode} match for client {client_id} ({reason})"),
+            ));
+        }
     }
 }

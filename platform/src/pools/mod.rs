@@ -118,6 +118,14 @@ pub struct Exited {
 #[error("{0}")]
 pub struct StartError(pub String);
 
+impl StartError {
+    /// No server of the pool has room for the runtime now (its message starts with
+    /// `no_capacity:`).
+    pub fn is_no_capacity(&self) -> bool {
+        self.0.starts_with("no_capacity:")
+    }
+}
+
 /// Runs runtimes somewhere. Every method but [`RuntimePool::start`] and
 /// [`RuntimePool::logs`] returns at once; work that takes time (a grace period) goes on in
 /// the background.

@@ -312,13 +312,26 @@ async fn provide_matches(
             });
         }
         let mut failure = None;
+        let mut no_room = 0;
         while let Some(started) = starts.join_next().await {
             if let Err(error) = started
                 .map_err(anyhow::Error::from)
                 .and_then(|started| started)
             {
+                let no_capacity = error
+                    .downcast_ref::<crate::pools::StartError>()
+                    .is_some_and(crate::pools::StartError::is_no_capacity);
+                if no_capacity {
+                    no_room += 1;
+                }
                 failure.get_or_insert(error);
             }
+        }
+        if no_room > 0 {
+            // Their players hear it now rather than at the matchmaking timeout.
+            state
+                .dispatcher
+                .fail_waiting_matches(&deployment.id, &mode, no_room, "no_capacity");
         }
         if let Some(error) = failure {
             return Err(error);

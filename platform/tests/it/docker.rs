@@ -700,6 +700,139 @@ end
 return lobby
 "#;
 
+/// In launcher placement each runtime gets its deployment's memory limit as its own
+/// `RLIMIT_DATA` (a container may not make cgroups): an allocation past it fails and ends the
+/// runtime, which is replaced.
+async fn a_launcher_runtime_has_its_own_memory_limit(backend: Backend) {
+    use crate::security::{bundle, HUNGRY_LOBBY};
+    let (app, _cleanup) = docker_app_on(backend, &[], |_| {}).await;
+    // A capacity above the host's CPUs (overcommitted, or a bigger host planned): the
+    // container's quota stops at what the host has, which is all Docker accepts.
+    let mut big = docker_server("big", 8);
+    big.capacity.cpu_millis = Some(64_000);
+    app.admin()
+        .await
+        .register_server("containers", &big)
+        .await
+        .unwrap();
+    let (admin, deployment) = deploy(
+        &app,
+        bundle(&[("lobby.lua", HUNGRY_LOBBY)], "lua", "lobby.lua"),
+        serde_json::json!({"min_lobbies": 1, "runtime_memory_mb": 32, "docker_placement": "launcher"}),
+    )
+    .await;
+    let ada = player(&app).await;
+    let mut socket = connect(&app, &ada).await;
+    let lobby = socket.greeted_and_assigned().await;
+    socket.echo("hello").await;
+    let handle = runtimes(&admin, &deployment)
+        .await
+        .into_iter()
+        .find(|runtime| runtime.id == lobby)
+        .and_then(|runtime| runtime.handle)
+        .unwrap();
+    let (container, pid) = handle.split_once('/').unwrap();
+    let host_cpus = Command::new("docker")
+        .args(["info", "--format", "{{.NCPU}}"])
+        .output()
+        .unwrap();
+    let host_cpus: i64 = String::from_utf8_lossy(&host_cpus.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        inspect(container, "{{.HostConfig.NanoCpus}}"),
+        (host_cpus.min(64) * 1_000_000_000).to_string()
+    );
+    // The runtime's process as the host sees it: its pid in the container is the handle's.
+    let top = Command::new("docker")
+        .args(["top", container, "-eo", "pid"])
+        .output()
+        .unwrap();
+    let host_pid = String::from_utf8_lossy(&top.stdout)
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .find(|host_pid| {
+            std::fs::read_to_string(format!("/proc/{host_pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find(|line| line.starts_with("NSpid:"))
+                .and_then(|line| line.split_whitespace().last())
+                == Some(pid)
+        })
+        .expect("the runtime's process on the host")
+        .to_owned();
+    let limits = std::fs::read_to_string(format!("/proc/{host_pid}/limits")).unwrap();
+    let data = limits
+        .lines()
+        .find(|line| line.starts_with("Max data size"))
+        .unwrap();
+    assert!(data.contains(&(32u64 << 20).to_string()), "{data}");
+    // 48 MiB asked: past the cap the allocation fails and the runtime ends; its player goes
+    // to a new lobby.
+    socket.say("eat").await;
+    socket
+        .until("runtime_failed", |event| is_error(event, "runtime_failed"))
+        .await;
+    socket
+        .assigned_to(rally_sdk::player::RuntimeKind::Lobby)
+        .await;
+    socket.echo("after").await;
+    let log = admin
+        .runtime_logs("studio", "game", "default", &deployment, &lobby)
+        .await
+        .unwrap();
+    assert!(
+        log.contains("RLIMIT_DATA"),
+        "the log says how memory is capped: {log}"
+    );
+    assert!(log.contains("memory allocation of"), "{log}");
+    app.stop().await;
+}
+
+/// A formed match whose runtime finds no room in the pool fails at once: its players hear
+/// `matchmaking_failed` with reason `no_capacity` and stay in their lobby.
+async fn a_match_with_no_room_fails_at_once_with_no_capacity(backend: Backend) {
+    use crate::tictactoe::{next_game_message, tictactoe_bundle};
+    // One runtime fits: the lobby takes it.
+    let (app, _cleanup) = docker_app_on(backend, &[("tight", 1)], |_| {}).await;
+    let (_admin, _deployment) = deploy(
+        &app,
+        tictactoe_bundle(),
+        serde_json::json!({"min_lobbies": 1}),
+    )
+    .await;
+    let ada = player(&app).await;
+    let bea = player(&app).await;
+    let mut ada_socket = connect(&app, &ada).await;
+    let mut bea_socket = connect(&app, &bea).await;
+    for socket in [&mut ada_socket, &mut bea_socket] {
+        socket.greeted_and_assigned().await;
+        next_game_message(socket, "welcome").await;
+    }
+    let asked = std::time::Instant::now();
+    for socket in [&mut ada_socket, &mut bea_socket] {
+        socket.say(r#"{"type":"play"}"#).await;
+    }
+    for socket in [&mut ada_socket, &mut bea_socket] {
+        socket
+            .until("matchmaking_failed", |event| {
+                matches!(event, PlayerEvent::MatchmakingFailed { reason, .. } if reason == "no_capacity")
+            })
+            .await;
+    }
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    // Still in the lobby, which still answers.
+    ada_socket.say(r#"{"type":"hello"}"#).await;
+    next_game_message(&mut ada_socket, "error").await;
+    app.stop().await;
+}
+
 /// A runtime past its container's memory limit is ended by the kernel, reported failed with
 /// the reason, and its player goes back to a lobby.
 async fn a_container_past_its_memory_limit_is_reported_and_replaced(backend: Backend) {
@@ -1015,6 +1148,8 @@ async fn a_silent_daemon_loses_its_runtimes_to_the_other_server() {
 on_both_backends!(
     lobbies_run_in_containers_and_a_killed_one_is_replaced,
     tictactoe_is_played_in_a_launcher_container,
+    a_launcher_runtime_has_its_own_memory_limit,
+    a_match_with_no_room_fails_at_once_with_no_capacity,
     a_runtime_that_exits_at_once_or_never_connects_fails_cleanly,
     capacity_is_never_exceeded_and_what_cannot_fit_is_refused,
     tictactoe_is_played_in_a_container,

@@ -287,9 +287,7 @@ impl Inner {
             attach_stdout: Some(true),
             attach_stderr: Some(false),
             host_config: Some(HostConfig {
-                nano_cpus: capacity
-                    .cpu_millis
-                    .map(|millis| i64::from(millis) * 1_000_000),
+                nano_cpus: capacity.cpu_millis.map(|millis| daemon.nano_cpus(millis)),
                 memory,
                 memory_swap: memory,
                 pids_limit: Some(PIDS_LIMIT * i64::from(capacity.runtimes.unwrap_or(1).max(1))),

@@ -162,6 +162,19 @@ struct Daemon {
     endpoint: DockerEndpoint,
     /// Since when it has not answered.
     silent_since: Mutex<Option<Instant>>,
+    /// The CPUs of the daemon's host, when it said: a container's CPU quota cannot exceed
+    /// them, while a server's capacity (or a deployment's limit) may.
+    cpus: Option<i64>,
+}
+
+impl Daemon {
+    /// `millis` thousandths of a core as a container's `NanoCpus`, at most the host's CPUs.
+    fn nano_cpus(&self, millis: u32) -> i64 {
+        let asked = i64::from(millis) * 1_000_000;
+        self.cpus
+            .filter(|cpus| *cpus > 0)
+            .map_or(asked, |cpus| asked.min(cpus * 1_000_000_000))
+    }
 }
 
 impl DockerPool {
@@ -234,11 +247,17 @@ impl Inner {
             .await
             .map_err(|_| format!("no answer within {} s", CHECK_TIMEOUT.as_secs()))?
             .map_err(|error| error.to_string())?;
+        let cpus = tokio::time::timeout(CHECK_TIMEOUT, docker.info())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|info| info.ncpu);
         let daemon = Arc::new(Daemon {
             server: server.name.clone(),
             docker,
             endpoint,
             silent_since: Mutex::new(None),
+            cpus,
         });
         let daemon = self
             .daemons
@@ -438,7 +457,7 @@ impl Inner {
             user: Some(RUNTIME_USER.to_owned()),
             labels: Some(labels),
             host_config: Some(HostConfig {
-                nano_cpus: Some(i64::from(spec.limits.cpu_millis) * 1_000_000),
+                nano_cpus: Some(daemon.nano_cpus(spec.limits.cpu_millis)),
                 memory: Some(memory),
                 memory_swap: Some(memory),
                 pids_limit: Some(PIDS_LIMIT),
