@@ -274,17 +274,7 @@ async fn lobbies_run_in_containers_and_a_killed_one_is_replaced(backend: Backend
         .is_empty());
 
     // Stopping the platform stops and removes its containers.
-    let node = app.state.runtimes.node_id.clone();
-    app.stop().await;
-    let left = Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label=rally.node={node}"))
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
-        "containers left after the platform stopped"
-    );
+    stop_and_check_nothing_is_left(app).await;
 }
 
 async fn capacity_is_never_exceeded_and_what_cannot_fit_is_refused(backend: Backend) {
@@ -401,17 +391,7 @@ async fn tictactoe_is_played_in_a_container(backend: Backend) {
     assert_eq!(back_in_lobby(x).await["wins"], 1);
     assert_eq!(back_in_lobby(o).await["losses"], 1);
     // The match's runtime stops and its container goes.
-    for _ in 0..100 {
-        if inspect(&container, "{{.Id}}").is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        inspect(&container, "{{.Id}}"),
-        "",
-        "the match's container is removed"
-    );
+    until_removed(&container).await;
     app.stop().await;
 }
 
@@ -534,24 +514,8 @@ async fn tictactoe_is_played_in_a_launcher_container(backend: Backend) {
         "{failed:?}"
     );
     // The killed launcher is removed.
-    for _ in 0..50 {
-        if inspect(&launcher, "{{.Id}}").is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(inspect(&launcher, "{{.Id}}"), "");
-    let node = app.state.runtimes.node_id.clone();
-    app.stop().await;
-    let left = Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label=rally.node={node}"))
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
-        "containers left after the platform stopped"
-    );
+    until_removed(&launcher).await;
+    stop_and_check_nothing_is_left(app).await;
 }
 
 /// A lobby that needs more memory than its deployment gives it exits as soon as its container
@@ -676,8 +640,24 @@ async fn until_failed(admin: &RallyClient, stage: &str, deployment: &str) -> Run
     panic!("no runtime of {deployment} failed");
 }
 
+/// Stops the platform, then checks that none of its node's containers is left.
+async fn stop_and_check_nothing_is_left(app: TestApp) {
+    let node = app.state.runtimes.node_id.clone();
+    app.stop().await;
+    let left = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=rally.node={node}"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "containers left after the platform stopped"
+    );
+}
+
+/// Waits (up to 10 s) for a container to be removed.
 async fn until_removed(container: &str) {
-    for _ in 0..50 {
+    for _ in 0..100 {
         if inspect(container, "{{.Id}}").is_empty() {
             return;
         }

@@ -18,7 +18,7 @@ use super::{
     NODE_LABEL, PIDS_LIMIT, RUNTIME_USER, SERVER_LABEL,
 };
 use crate::pools::{Exited, RuntimeSpec, StartError};
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{AttachContainerOptions, CreateContainerOptions};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -286,24 +286,11 @@ impl Inner {
             attach_stdin: Some(true),
             attach_stdout: Some(true),
             attach_stderr: Some(false),
-            host_config: Some(HostConfig {
-                nano_cpus: capacity.cpu_millis.map(|millis| daemon.nano_cpus(millis)),
+            host_config: Some(daemon.confined(
+                capacity.cpu_millis,
                 memory,
-                memory_swap: memory,
-                pids_limit: Some(PIDS_LIMIT * i64::from(capacity.runtimes.unwrap_or(1).max(1))),
-                readonly_rootfs: Some(true),
-                cap_drop: Some(vec!["ALL".to_owned()]),
-                security_opt: Some(vec!["no-new-privileges".to_owned()]),
-                network_mode: Some(daemon.endpoint.network.clone()),
-                log_config: Some(HostConfigLogConfig {
-                    typ: Some("json-file".to_owned()),
-                    config: Some(HashMap::from([
-                        ("max-size".to_owned(), "1m".to_owned()),
-                        ("max-file".to_owned(), "2".to_owned()),
-                    ])),
-                }),
-                ..Default::default()
-            }),
+                PIDS_LIMIT * i64::from(capacity.runtimes.unwrap_or(1).max(1)),
+            )),
             ..Default::default()
         };
         daemon

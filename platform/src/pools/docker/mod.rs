@@ -175,6 +175,30 @@ impl Daemon {
             .filter(|cpus| *cpus > 0)
             .map_or(asked, |cpus| asked.min(cpus * 1_000_000_000))
     }
+
+    /// What every runtime container and launcher container on this server runs with: its
+    /// limits, a read-only root file system, no capabilities, no new privileges, the server's
+    /// network, bounded logs.
+    fn confined(&self, cpu_millis: Option<u32>, memory: Option<i64>, pids: i64) -> HostConfig {
+        HostConfig {
+            nano_cpus: cpu_millis.map(|millis| self.nano_cpus(millis)),
+            memory,
+            memory_swap: memory,
+            pids_limit: Some(pids),
+            readonly_rootfs: Some(true),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            network_mode: Some(self.endpoint.network.clone()),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".to_owned()),
+                config: Some(HashMap::from([
+                    ("max-size".to_owned(), "1m".to_owned()),
+                    ("max-file".to_owned(), "2".to_owned()),
+                ])),
+            }),
+            ..Default::default()
+        }
+    }
 }
 
 impl DockerPool {
@@ -456,24 +480,11 @@ impl Inner {
             ]),
             user: Some(RUNTIME_USER.to_owned()),
             labels: Some(labels),
-            host_config: Some(HostConfig {
-                nano_cpus: Some(daemon.nano_cpus(spec.limits.cpu_millis)),
-                memory: Some(memory),
-                memory_swap: Some(memory),
-                pids_limit: Some(PIDS_LIMIT),
-                readonly_rootfs: Some(true),
-                cap_drop: Some(vec!["ALL".to_owned()]),
-                security_opt: Some(vec!["no-new-privileges".to_owned()]),
-                network_mode: Some(daemon.endpoint.network.clone()),
-                log_config: Some(HostConfigLogConfig {
-                    typ: Some("json-file".to_owned()),
-                    config: Some(HashMap::from([
-                        ("max-size".to_owned(), "1m".to_owned()),
-                        ("max-file".to_owned(), "2".to_owned()),
-                    ])),
-                }),
-                ..Default::default()
-            }),
+            host_config: Some(daemon.confined(
+                Some(spec.limits.cpu_millis),
+                Some(memory),
+                PIDS_LIMIT,
+            )),
             ..Default::default()
         };
         let docker = &daemon.docker;
