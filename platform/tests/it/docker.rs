@@ -854,15 +854,15 @@ async fn a_container_past_its_memory_limit_is_reported_and_replaced(backend: Bac
     app.stop().await;
 }
 
-/// A platform killed with SIGKILL mid-game leaves its containers running; started again on the
-/// same data, it adopts them (the same containers reconnect) and removes a container of its
-/// node that no record knows.
+/// A platform killed with SIGKILL leaves its containers (two lobbies and a warm match) running;
+/// started again on the same data, it adopts them (the same containers reconnect) and removes a
+/// container of its node that no record knows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_platform_crash_containers_are_adopted_and_orphans_removed() {
     adopted_after_a_crash("container").await;
 }
 
-/// The same with the lobbies forked in a launcher container: the platform attaches to it again
+/// The same with the runtimes forked in a launcher container: the platform attaches to it again
 /// and adopts the same processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_platform_crash_a_launcher_container_is_attached_again() {
@@ -904,7 +904,13 @@ async fn adopted_after_a_crash(placement: &str) {
             "game",
             "default",
             "1",
-            serde_json::json!({"min_lobbies": 2, "docker_placement": placement}),
+            // Three runtimes of 500 CPU millis fit the server's 2,000.
+            serde_json::json!({
+                "min_lobbies": 2,
+                "warm_matches": {"duel": 1},
+                "runtime_cpu_millis": 500,
+                "docker_placement": placement,
+            }),
         )
         .await
         .unwrap()
@@ -921,12 +927,12 @@ async fn adopted_after_a_crash(placement: &str) {
     let mut before = Vec::new();
     for _ in 0..300 {
         before = connected(&runtimes(&admin, &deployment).await);
-        if before.len() == 2 {
+        if before.len() == 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(before.len(), 2, "two lobbies in containers");
+    assert_eq!(before.len(), 3, "two lobbies and a match in containers");
 
     platform.signal("-KILL");
     platform.wait();
