@@ -145,12 +145,21 @@ pub struct Matches {
     pub idle: i64,
     /// Still starting.
     pub starting: i64,
+    /// Failed runtimes of the deployment in the restart window: past
+    /// [`MAX_FAILURES_PER_WINDOW`] no warm ones are started (formed matches still get theirs:
+    /// players wait for them).
+    pub recent_failures: i64,
 }
 
 /// Match runtimes to start now, and whether more are wanted than one pass starts (then the
 /// next pass follows at once).
 pub fn plan_matches(matches: Matches) -> (i64, bool) {
-    let wanted = matches.warm + matches.pending - matches.idle - matches.starting;
+    let warm = if matches.recent_failures >= MAX_FAILURES_PER_WINDOW {
+        0
+    } else {
+        matches.warm
+    };
+    let wanted = warm + matches.pending - matches.idle - matches.starting;
     (
         wanted.clamp(0, MAX_MATCHES_AT_ONCE),
         wanted > MAX_MATCHES_AT_ONCE,
@@ -297,12 +306,30 @@ mod tests {
                 pending,
                 idle,
                 starting,
+                recent_failures: 0,
             })
         };
         assert_eq!(plan(2, 0, 0, 0), (2, false));
         assert_eq!(plan(2, 3, 1, 1), (3, false));
         assert_eq!(plan(0, 0, 4, 0), (0, false));
         assert_eq!(plan(0, 100, 0, 0), (MAX_MATCHES_AT_ONCE, true));
+    }
+
+    #[test]
+    fn warm_matches_pause_with_failures_but_waiting_matches_do_not() {
+        let failing = Matches {
+            warm: 3,
+            pending: 2,
+            idle: 0,
+            starting: 0,
+            recent_failures: MAX_FAILURES_PER_WINDOW,
+        };
+        assert_eq!(plan_matches(failing), (2, false));
+        let waiting_for_nothing = Matches {
+            pending: 0,
+            ..failing
+        };
+        assert_eq!(plan_matches(waiting_for_nothing), (0, false));
     }
 
     #[test]

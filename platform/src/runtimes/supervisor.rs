@@ -217,20 +217,26 @@ async fn count_lobbies(
         .iter()
         .find(|demand| demand.deployment_id == deployment.id)
         .map_or(0, |demand| demand.waiting as i64);
-    let recent_failures: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM runtimes WHERE deployment_id = $1 AND status = 'failed' \
-         AND stopped_at > $2",
-    )
-    .bind(&deployment.id)
-    .bind(now_millis() - scaling::RESTART_WINDOW_MILLIS)
-    .fetch_one(state.database.reader())
-    .await?;
+    let recent_failures = recent_failures(state, &deployment.id).await?;
     Ok(Lobbies {
         live: lobbies.len() as i64,
         on_the_way,
         waiting,
         recent_failures,
     })
+}
+
+/// A deployment's runtimes that failed within the restart window.
+async fn recent_failures(state: &AppState, deployment_id: &str) -> Result<i64, StorageError> {
+    let count = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM runtimes WHERE deployment_id = $1 AND status = 'failed' \
+         AND stopped_at > $2",
+    )
+    .bind(deployment_id)
+    .bind(now_millis() - scaling::RESTART_WINDOW_MILLIS)
+    .fetch_one(state.database.reader())
+    .await?;
+    Ok(count)
 }
 
 /// Formed matches that wait for a runtime get one started at once, without waiting for the
@@ -279,6 +285,12 @@ async fn provide_matches(
 ) -> anyhow::Result<()> {
     let of_deployment = || demand.iter().filter(|d| d.deployment_id == deployment.id);
     let modes = scaling::match_modes(deployment, of_deployment().map(|d| d.mode.as_str()));
+    // Only warm matches pause for failures: no query when none are kept.
+    let recent_failures = if modes.iter().any(|(_, warm)| *warm > 0) {
+        recent_failures(state, &deployment.id).await?
+    } else {
+        0
+    };
     for (mode, warm) in modes {
         let (pending, idle) = of_deployment()
             .find(|d| d.mode == mode)
@@ -296,6 +308,7 @@ async fn provide_matches(
             pending,
             idle,
             starting,
+            recent_failures,
         });
         if more_later {
             // More next pass, straight away rather than at the next tick.
