@@ -355,6 +355,17 @@ pub(crate) struct PlatformProcess {
     child: std::process::Child,
 }
 
+/// A test that fails midway must not leave its platform running (it would go on starting
+/// runtimes and containers): the process is killed when its handle goes, unless it ended.
+impl Drop for PlatformProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl PlatformProcess {
     pub(crate) fn start(data_dir: &std::path::Path, port: u16) -> Self {
         Self::start_with(data_dir, port, &[])
