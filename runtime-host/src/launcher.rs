@@ -163,7 +163,7 @@ impl Launcher {
                 )
             };
             for pid in readable {
-                self.relay(pid, &mut buffer)?;
+                self.relay(pid, &mut buffer, false)?;
             }
             if children_ended {
                 if let Some(sigchld) = &self.sigchld {
@@ -369,7 +369,7 @@ impl Launcher {
                 .and_then(|child| child.output.as_ref())
                 .is_some_and(|relay| relay.pipe.is_some())
             {
-                self.relay(pid, buffer)?;
+                self.relay(pid, buffer, true)?;
             }
             let reason = self
                 .children
@@ -385,8 +385,9 @@ impl Launcher {
     }
 
     /// Reads what runtime `pid` wrote and sends its complete lines; at the end of its output,
-    /// the rest too, and the pipe is closed.
-    fn relay(&mut self, pid: u32, buffer: &mut [u8]) -> std::io::Result<()> {
+    /// the rest too, and the pipe is closed. Once the runtime is `reaped`, an empty pipe is its
+    /// end (a grandchild of its may still hold it open).
+    fn relay(&mut self, pid: u32, buffer: &mut [u8], reaped: bool) -> std::io::Result<()> {
         let Some(child) = self.children.get_mut(&pid) else {
             return Ok(());
         };
@@ -403,13 +404,8 @@ impl Launcher {
                 false
             }
             Err(nix::errno::Errno::EINTR) => return Ok(()),
-            // Nothing more for now (a grandchild may hold the pipe open): the next poll.
-            Err(nix::errno::Errno::EAGAIN) => {
-                if child_gone(pid) {
-                    relay.pipe = None;
-                }
-                false
-            }
+            // Nothing more for now: the next poll, unless the runtime is gone.
+            Err(nix::errno::Errno::EAGAIN) => reaped,
             Err(_) => true,
         };
         if ended {
@@ -423,11 +419,6 @@ impl Launcher {
         }
         Ok(())
     }
-}
-
-/// Whether `pid` has been reaped already (no longer a process of ours).
-fn child_gone(pid: u32) -> bool {
-    !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// The complete lines at the start of `pending` (without their ends), taken out of it; pieces

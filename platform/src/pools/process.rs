@@ -430,15 +430,7 @@ impl RuntimePool for ProcessPool {
     }
 
     fn append_log(&self, runtime_id: &str, line: &str) {
-        use std::io::Write;
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(runtime_id))
-            .and_then(|mut file| file.write_all(line.as_bytes()));
-        if let Err(problem) = written {
-            tracing::debug!(runtime_id, %problem, "cannot write a runtime log line");
-        }
+        append_to_log(&self.log_path(runtime_id), line);
     }
 
     fn tend(&self, runtime_id: &str) {
@@ -511,6 +503,25 @@ fn runtime_processes(log_dir: &Path) -> Vec<(u32, String)> {
             Some((pid, runtime_id.to_owned()))
         })
         .collect()
+}
+
+/// Appends `text` to a runtime's log file, made (with its directory) if need be. A line that
+/// cannot be written is dropped: a log can afford it.
+pub(crate) fn append_to_log(path: &Path, text: &str) {
+    use std::io::Write;
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+        })
+        .and_then(|mut file| file.write_all(text.as_bytes()));
+    if let Err(problem) = written {
+        tracing::debug!(path = %path.display(), %problem, "cannot write a runtime log line");
+    }
 }
 
 /// Keeps a runtime's log under its cap: past it, only the newest half stays. (The runtime

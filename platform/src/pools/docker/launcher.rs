@@ -17,7 +17,7 @@ use super::{
     remove, start_error, Daemon, Inner, Live, BUNDLE_PATH, LAUNCHER_LABEL, MANAGED_LABEL,
     NODE_LABEL, PIDS_LIMIT, RUNTIME_USER, SERVER_LABEL,
 };
-use crate::pools::{Exited, RuntimeSpec, StartError};
+use crate::pools::{RuntimeSpec, StartError};
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{AttachContainerOptions, CreateContainerOptions};
 use futures_util::StreamExt;
@@ -131,7 +131,12 @@ impl LauncherContainer {
     }
 }
 
-/// Parses a launcher runtime's placement handle, `<container>/<pid>`.
+/// A launcher runtime's placement handle: `<container>/<pid>`.
+pub(super) fn handle(container: &str, pid: u32) -> String {
+    format!("{container}/{pid}")
+}
+
+/// Parses a launcher runtime's placement handle (see [`handle`]).
 pub(super) fn parse_handle(handle: &str) -> Option<(&str, u32)> {
     let (container, pid) = handle.split_once('/')?;
     Some((container, pid.parse().ok()?))
@@ -206,7 +211,7 @@ impl Inner {
                     return Err(error);
                 }
             };
-            return Ok(format!("{}/{pid}", launcher.container));
+            return Ok(handle(&launcher.container, pid));
         }
         Err(StartError(
             "the launcher container ends as it starts; see its logs".to_owned(),
@@ -365,12 +370,12 @@ impl Inner {
         let listed = launcher.list().await?;
         let mut adopted = Vec::new();
         for RunningRuntime { runtime_id, pid } in listed {
-            let handle = format!("{container}/{pid}");
+            let placed = handle(container, pid);
             let is_known = known.iter().any(|(id, placement)| {
                 *id == runtime_id
                     && placement
                         .as_ref()
-                        .is_some_and(|placement| placement.handle == handle)
+                        .is_some_and(|placement| placement.handle == placed)
             });
             if is_known {
                 tracing::info!(runtime_id = %runtime_id, server = %daemon.server, "runtime of a launcher container adopted");
@@ -439,22 +444,12 @@ impl Inner {
         exit_code: Option<i32>,
         reason: Option<String>,
     ) {
-        let was_live = {
-            let mut live = self.live.lock();
-            let ours = live.get(&runtime_id).is_some_and(|entry| {
+        let ours =
+            self.live.lock().get(&runtime_id).is_some_and(|entry| {
                 entry.container == launcher.container && entry.pid == Some(pid)
             });
-            ours && live.remove(&runtime_id).is_some()
-        };
-        if was_live {
-            let _ = self
-                .exits
-                .send(Exited {
-                    runtime_id,
-                    exit_code,
-                    reason,
-                })
-                .await;
+        if ours {
+            self.report_exit(runtime_id, exit_code, reason).await;
         }
     }
 
@@ -519,18 +514,7 @@ impl Inner {
 
     /// The runtime's relayed output, appended to its log on this node.
     fn append_output(&self, runtime_id: &str, line: &str) {
-        use std::io::Write;
-        let written = std::fs::create_dir_all(&self.log_dir).and_then(|()| {
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.output_path(runtime_id))?;
-            file.write_all(line.as_bytes())?;
-            file.write_all(b"\n")
-        });
-        if let Err(problem) = written {
-            tracing::debug!(runtime_id, %problem, "cannot keep a runtime's output");
-        }
+        crate::pools::process::append_to_log(&self.output_path(runtime_id), &format!("{line}\n"));
     }
 }
 

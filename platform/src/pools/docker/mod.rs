@@ -154,6 +154,30 @@ struct Live {
     pid: Option<u32>,
 }
 
+impl Live {
+    /// Where a placement handle says the runtime runs on `server`: a container of its own, or
+    /// `<launcher container>/<pid>`.
+    fn placed(server: &str, handle: &str) -> Live {
+        let (container, pid) = match launcher::parse_handle(handle) {
+            Some((container, pid)) => (container, Some(pid)),
+            None => (handle, None),
+        };
+        Live {
+            server: server.to_owned(),
+            container: container.to_owned(),
+            pid,
+        }
+    }
+
+    /// Its placement handle: the inverse of [`Live::placed`].
+    fn handle(&self) -> String {
+        match self.pid {
+            Some(pid) => launcher::handle(&self.container, pid),
+            None => self.container.clone(),
+        }
+    }
+}
+
 /// One server's daemon.
 #[derive(Debug)]
 struct Daemon {
@@ -552,23 +576,35 @@ impl Inner {
             .unwrap_or(false);
         self.keep_output(docker, runtime_id, container).await;
         remove(docker, container).await;
-        let was_live = {
-            let mut live = self.live.lock();
-            match live.get(runtime_id) {
-                Some(entry) if entry.container == container => live.remove(runtime_id).is_some(),
-                _ => false,
-            }
-        };
-        if was_live {
+        let ours = self
+            .live
+            .lock()
+            .get(runtime_id)
+            .is_some_and(|entry| entry.container == container);
+        if ours {
             let reason = reason.or_else(|| {
                 oom.then(|| "its memory limit was reached and the kernel ended it".to_owned())
             });
+            // A killed container reports 137; the code says a signal ended it.
+            let exit_code = exit_code.filter(|code| *code < 128);
+            self.report_exit(runtime_id.to_owned(), exit_code, reason)
+                .await;
+        }
+    }
+
+    /// The runtime is no longer this pool's: its exit is reported, once, if it was live here.
+    async fn report_exit(
+        &self,
+        runtime_id: String,
+        exit_code: Option<i32>,
+        reason: Option<String>,
+    ) {
+        if self.live.lock().remove(&runtime_id).is_some() {
             let _ = self
                 .exits
                 .send(Exited {
-                    runtime_id: runtime_id.to_owned(),
-                    // A killed container reports 137; the code says a signal ended it.
-                    exit_code: exit_code.filter(|code| *code < 128),
+                    runtime_id,
+                    exit_code,
                     reason,
                 })
                 .await;
@@ -705,26 +741,22 @@ async fn resync(inner: &Arc<Inner>, daemon: &Arc<Daemon>) -> Result<(), bollard:
                     .await;
             }
             Some(_) if !running => {
-                let was_live = inner.live.lock().remove(&runtime_id).is_some();
-                if was_live {
-                    let _ = inner
-                        .exits
-                        .send(Exited {
-                            runtime_id,
-                            exit_code: None,
-                            reason: Some("its launcher container ended".to_owned()),
-                        })
-                        .await;
-                }
+                inner
+                    .report_exit(
+                        runtime_id,
+                        None,
+                        Some("its launcher container ended".to_owned()),
+                    )
+                    .await;
             }
-            Some(pid) if !attached.contains(&live.container) => {
+            Some(_) if !attached.contains(&live.container) => {
                 to_attach.entry(live.container.clone()).or_default().push((
                     runtime_id,
                     Some(Placement {
                         kind: PoolKind::Docker,
                         pool: String::new(),
                         server: daemon.server.clone(),
-                        handle: format!("{}/{pid}", live.container),
+                        handle: live.handle(),
                     }),
                 ));
             }
@@ -742,17 +774,13 @@ async fn resync(inner: &Arc<Inner>, daemon: &Arc<Daemon>) -> Result<(), bollard:
             .await
             .unwrap_or_default();
         for (runtime_id, _) in known {
-            if adopted.contains(&runtime_id) {
-                continue;
-            }
-            if inner.live.lock().remove(&runtime_id).is_some() {
-                let _ = inner
-                    .exits
-                    .send(Exited {
+            if !adopted.contains(&runtime_id) {
+                inner
+                    .report_exit(
                         runtime_id,
-                        exit_code: None,
-                        reason: Some("its launcher no longer runs it".to_owned()),
-                    })
+                        None,
+                        Some("its launcher no longer runs it".to_owned()),
+                    )
                     .await;
             }
         }
@@ -851,30 +879,21 @@ async fn ours(docker: &Docker, node_id: &str) -> Result<Vec<Found>, bollard::err
 /// them elsewhere); their containers are removed if the daemon comes back (see [`resync`]).
 async fn lost(inner: &Inner, daemon: &Daemon, silent_for: Duration) {
     inner.let_go_of_launchers(&daemon.server);
-    let gone: Vec<String> = {
-        let mut live = inner.live.lock();
-        let ids: Vec<String> = live
-            .iter()
-            .filter(|(_, entry)| entry.server == daemon.server)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &ids {
-            live.remove(id);
-        }
-        ids
-    };
+    let gone: Vec<String> = inner
+        .live
+        .lock()
+        .iter()
+        .filter(|(_, entry)| entry.server == daemon.server)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let reason = format!(
+        "server {} has not answered for {} s",
+        daemon.server,
+        silent_for.as_secs()
+    );
     for runtime_id in gone {
-        let _ = inner
-            .exits
-            .send(Exited {
-                runtime_id,
-                exit_code: None,
-                reason: Some(format!(
-                    "server {} has not answered for {} s",
-                    daemon.server,
-                    silent_for.as_secs()
-                )),
-            })
+        inner
+            .report_exit(runtime_id, None, Some(reason.clone()))
             .await;
     }
 }
@@ -1041,16 +1060,7 @@ impl RuntimePool for DockerPool {
                         }) {
                             inner.live.lock().insert(
                                 runtime_id.clone(),
-                                Live {
-                                    server: server.name.clone(),
-                                    container: launcher::parse_handle(&placement.handle)
-                                        .map_or(placement.handle.as_str(), |(container, _)| {
-                                            container
-                                        })
-                                        .to_owned(),
-                                    pid: launcher::parse_handle(&placement.handle)
-                                        .map(|(_, pid)| pid),
-                                },
+                                Live::placed(&server.name, &placement.handle),
                             );
                             adopted.insert(runtime_id.clone());
                         }
@@ -1165,18 +1175,7 @@ impl RuntimePool for DockerPool {
     }
 
     fn append_log(&self, runtime_id: &str, line: &str) {
-        use std::io::Write;
-        let path = self.inner.platform_lines_path(runtime_id);
-        let written = std::fs::create_dir_all(&self.inner.log_dir).and_then(|()| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .and_then(|mut file| file.write_all(line.as_bytes()))
-        });
-        if let Err(problem) = written {
-            tracing::debug!(runtime_id, %problem, "cannot write a runtime log line");
-        }
+        super::process::append_to_log(&self.inner.platform_lines_path(runtime_id), line);
     }
 
     fn tend(&self, runtime_id: &str) {
