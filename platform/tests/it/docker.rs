@@ -208,14 +208,9 @@ async fn lobbies_run_in_containers_and_a_killed_one_is_replaced(backend: Backend
     socket
         .until("runtime_failed", |event| is_error(event, "runtime_failed"))
         .await;
-    let assigned = socket
-        .until("runtime_assigned", |event| {
-            matches!(event, PlayerEvent::RuntimeAssigned(_))
-        })
+    let assignment = socket
+        .assigned_to(rally_sdk::player::RuntimeKind::Lobby)
         .await;
-    let PlayerEvent::RuntimeAssigned(assignment) = assigned else {
-        unreachable!()
-    };
     assert_ne!(assignment.runtime_id, lobby);
     socket.echo("after the kill").await;
     let ended = runtimes(&admin, &deployment)
@@ -354,7 +349,10 @@ async fn capacity_is_never_exceeded_and_what_cannot_fit_is_refused(backend: Back
 
 /// The issue's "done when": two players play a tic-tac-toe match whose runtime is a container.
 async fn tictactoe_is_played_in_a_container(backend: Backend) {
-    use crate::tictactoe::{back_in_lobby, next_game_message, play, start_match, tictactoe_bundle};
+    use crate::tictactoe::{
+        back_in_lobby, next_game_message, play, start_match, tictactoe_bundle,
+        two_players_in_a_lobby,
+    };
     let (app, _cleanup) = docker_app(backend).await;
     let (admin, deployment) = deploy(
         &app,
@@ -362,14 +360,7 @@ async fn tictactoe_is_played_in_a_container(backend: Backend) {
         serde_json::json!({"min_lobbies": 1}),
     )
     .await;
-    let ada = player(&app).await;
-    let bea = player(&app).await;
-    let mut ada_socket = connect(&app, &ada).await;
-    let mut bea_socket = connect(&app, &bea).await;
-    for socket in [&mut ada_socket, &mut bea_socket] {
-        socket.greeted_and_assigned().await;
-        next_game_message(socket, "welcome").await;
-    }
+    let (mut ada_socket, mut bea_socket) = two_players_in_a_lobby(&app).await;
     let (x, o) = start_match(&mut ada_socket, &mut bea_socket).await;
     let in_match = runtimes(&admin, &deployment)
         .await
@@ -400,7 +391,10 @@ async fn tictactoe_is_played_in_a_container(backend: Backend) {
 /// log, and a launcher container killed with `docker kill` takes its runtimes along: they are
 /// replaced in a new launcher container and their players go back to a lobby.
 async fn tictactoe_is_played_in_a_launcher_container(backend: Backend) {
-    use crate::tictactoe::{back_in_lobby, next_game_message, play, start_match, tictactoe_bundle};
+    use crate::tictactoe::{
+        back_in_lobby, next_game_message, play, start_match, tictactoe_bundle,
+        two_players_in_a_lobby,
+    };
     let (app, _cleanup) = docker_app_on(backend, &[("roomy", 8)], |_| {}).await;
     let (admin, deployment) = deploy(
         &app,
@@ -408,14 +402,7 @@ async fn tictactoe_is_played_in_a_launcher_container(backend: Backend) {
         serde_json::json!({"min_lobbies": 1, "docker_placement": "launcher"}),
     )
     .await;
-    let ada = player(&app).await;
-    let bea = player(&app).await;
-    let mut ada_socket = connect(&app, &ada).await;
-    let mut bea_socket = connect(&app, &bea).await;
-    for socket in [&mut ada_socket, &mut bea_socket] {
-        socket.greeted_and_assigned().await;
-        next_game_message(socket, "welcome").await;
-    }
+    let (mut ada_socket, mut bea_socket) = two_players_in_a_lobby(&app).await;
     let (x, o) = start_match(&mut ada_socket, &mut bea_socket).await;
     let listed = runtimes(&admin, &deployment).await;
     let placed = |qualifier| {
@@ -743,12 +730,7 @@ async fn a_launcher_runtime_has_its_own_memory_limit(backend: Backend) {
         })
         .expect("the runtime's process on the host")
         .to_owned();
-    let limits = std::fs::read_to_string(format!("/proc/{host_pid}/limits")).unwrap();
-    let data = limits
-        .lines()
-        .find(|line| line.starts_with("Max data size"))
-        .unwrap();
-    assert!(data.contains(&(32u64 << 20).to_string()), "{data}");
+    crate::security::assert_data_limit(&host_pid, 32 << 20);
     // 48 MiB asked: past the cap the allocation fails and the runtime ends; its player goes
     // to a new lobby.
     socket.say("eat").await;
@@ -774,7 +756,7 @@ async fn a_launcher_runtime_has_its_own_memory_limit(backend: Backend) {
 /// A formed match whose runtime finds no room in the pool fails at once: its players hear
 /// `matchmaking_failed` with reason `no_capacity` and stay in their lobby.
 async fn a_match_with_no_room_fails_at_once_with_no_capacity(backend: Backend) {
-    use crate::tictactoe::{next_game_message, tictactoe_bundle};
+    use crate::tictactoe::{next_game_message, tictactoe_bundle, two_players_in_a_lobby};
     // One runtime fits: the lobby takes it.
     let (app, _cleanup) = docker_app_on(backend, &[("tight", 1)], |_| {}).await;
     let (_admin, _deployment) = deploy(
@@ -783,14 +765,7 @@ async fn a_match_with_no_room_fails_at_once_with_no_capacity(backend: Backend) {
         serde_json::json!({"min_lobbies": 1}),
     )
     .await;
-    let ada = player(&app).await;
-    let bea = player(&app).await;
-    let mut ada_socket = connect(&app, &ada).await;
-    let mut bea_socket = connect(&app, &bea).await;
-    for socket in [&mut ada_socket, &mut bea_socket] {
-        socket.greeted_and_assigned().await;
-        next_game_message(socket, "welcome").await;
-    }
+    let (mut ada_socket, mut bea_socket) = two_players_in_a_lobby(&app).await;
     let asked = std::time::Instant::now();
     for socket in [&mut ada_socket, &mut bea_socket] {
         socket.say(r#"{"type":"play"}"#).await;
@@ -1084,14 +1059,9 @@ async fn a_silent_daemon_loses_its_runtimes_to_the_other_server() {
     socket
         .until("runtime_failed", |event| is_error(event, "runtime_failed"))
         .await;
-    let assigned = socket
-        .until("runtime_assigned", |event| {
-            matches!(event, PlayerEvent::RuntimeAssigned(_))
-        })
+    let assignment = socket
+        .assigned_to(rally_sdk::player::RuntimeKind::Lobby)
         .await;
-    let PlayerEvent::RuntimeAssigned(assignment) = assigned else {
-        unreachable!()
-    };
     socket.echo("after").await;
     let listed = runtimes(&admin, &deployment).await;
     let lost = listed.iter().find(|runtime| runtime.id == lobby).unwrap();

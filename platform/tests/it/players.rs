@@ -393,14 +393,9 @@ async fn a_player_is_greeted_assigned_and_echoed(backend: Backend) {
         }
         other => panic!("expected greeted, got {other:?}"),
     }
-    let assigned = socket
-        .until("runtime_assigned", |event| {
-            matches!(event, PlayerEvent::RuntimeAssigned(_))
-        })
+    let assignment = socket
+        .assigned_to(rally_sdk::player::RuntimeKind::Lobby)
         .await;
-    let PlayerEvent::RuntimeAssigned(assignment) = assigned else {
-        unreachable!()
-    };
     assert_eq!(assignment.qualifier, RuntimeKind::Lobby);
     assert_eq!(assignment.version, 1);
     assert_eq!(assignment.config.user_data["greeting"], "Hello from Rally!");
@@ -921,14 +916,9 @@ async fn a_dead_lobby_sends_its_clients_to_another(backend: Backend) {
     socket
         .until("runtime_failed", |event| is_error(event, "runtime_failed"))
         .await;
-    let assigned = socket
-        .until("runtime_assigned", |event| {
-            matches!(event, PlayerEvent::RuntimeAssigned(_))
-        })
+    let assignment = socket
+        .assigned_to(rally_sdk::player::RuntimeKind::Lobby)
         .await;
-    let PlayerEvent::RuntimeAssigned(assignment) = assigned else {
-        unreachable!()
-    };
     assert_ne!(assignment.runtime_id, lobby);
     assert!(started.elapsed() < Duration::from_secs(5));
     socket.echo("after").await;

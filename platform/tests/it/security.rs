@@ -605,6 +605,16 @@ fn runtime_group(pid: i64, controller: &str, runtime_id: &str) -> Option<std::pa
         .then(|| std::path::PathBuf::from(format!("/sys/fs/cgroup/{controller}{path}")))
 }
 
+/// Process `pid`'s data segment (`RLIMIT_DATA`, from `/proc`) is capped at `bytes`.
+pub(crate) fn assert_data_limit(pid: impl std::fmt::Display, bytes: u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let data = limits
+        .lines()
+        .find(|line| line.starts_with("Max data size"))
+        .unwrap();
+    assert!(data.contains(&bytes.to_string()), "{data}");
+}
+
 /// Finding 4: `runtime_cpu_millis` and `runtime_memory_mb` were validated and never applied.
 async fn runtimes_get_their_deployments_cpu_and_memory_limits(backend: Backend) {
     let app = app(backend, |_| {}).await;
@@ -628,12 +638,7 @@ async fn runtimes_get_their_deployments_cpu_and_memory_limits(backend: Backend) 
         assert_eq!(quota.trim(), "25000", "250 millicores of a 100 ms period");
     } else {
         // No writable cgroup v1 here: the data segment is capped instead.
-        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-        let data = limits
-            .lines()
-            .find(|line| line.starts_with("Max data size"))
-            .unwrap();
-        assert!(data.contains(&(32u64 << 20).to_string()), "{data}");
+        assert_data_limit(pid, 32 << 20);
     }
 
     socket.say("eat").await;

@@ -2,7 +2,7 @@
 //! into a 2-player match, a win with illegal moves refused on the way, a draw, and a forfeit,
 //! with the win counters read back from the player profiles.
 
-use crate::helpers::Backend;
+use crate::helpers::{Backend, TestApp};
 use crate::on_both_backends;
 use crate::players::{app, connect, deploy, player, Player, Socket};
 use rally_sdk::player::{PlayerEvent, RuntimeKind};
@@ -15,6 +15,21 @@ pub(crate) fn tictactoe_bundle() -> Vec<u8> {
         "/../examples/tictactoe"
     ));
     rally_sdk::bundle::pack(directory, &rally_sdk::bundle::BundleLimits::default()).unwrap()
+}
+
+/// Two new players connected to stage `default`, each greeted, seated in a lobby and welcomed:
+/// their sockets.
+pub(crate) async fn two_players_in_a_lobby(app: &TestApp) -> (Socket, Socket) {
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let mut socket = connect(app, &player(app).await).await;
+        socket.greeted_and_assigned().await;
+        next_game_message(&mut socket, "welcome").await;
+        sockets.push(socket);
+    }
+    let second = sockets.pop().expect("two sockets");
+    let first = sockets.pop().expect("two sockets");
+    (first, second)
 }
 
 /// The game's messages are JSON in `message` events.
