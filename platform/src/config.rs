@@ -63,6 +63,16 @@ pub struct Config {
     /// The repository of the runtime images made for Docker servers: `<it>:<bundle>-<program>`
     /// for each version, on `<it>-base:<program>` for the runtime program.
     pub docker_image_repository: String,
+    /// `host:port` of the studio's image registry (`docs/registry.md`) as Docker daemons and
+    /// developers reach it. Unset: no registry, and Docker servers make each version's image
+    /// themselves.
+    pub registry_address: Option<String>,
+    /// Lifetime of the tokens the platform signs for the registry.
+    pub registry_token_ttl_secs: u64,
+    /// Longest lifetime of a `rally registry login` credential.
+    pub registry_login_ttl_secs: u64,
+    /// Image builds (`docs/registry.md`) run at one time on this node; more wait in the queue.
+    pub builds_at_once: u32,
     /// How long a graceful shutdown waits for requests in flight.
     pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
@@ -116,6 +126,10 @@ impl Default for Config {
             runtime_log_max_bytes: 1024 * 1024,
             docker_server_lost_secs: 30,
             docker_image_repository: "rally-runtime".to_owned(),
+            registry_address: None,
+            registry_token_ttl_secs: 300,
+            registry_login_ttl_secs: 30 * 24 * 60 * 60,
+            builds_at_once: 2,
             shutdown_grace_secs: 10,
             log_format: LogFormat::Human,
             player_max_frame_bytes: 64 * 1024,
@@ -166,6 +180,10 @@ const SETTINGS: &[&str] = &[
     "runtime_log_max_bytes",
     "docker_server_lost_secs",
     "docker_image_repository",
+    "registry_address",
+    "registry_token_ttl_secs",
+    "registry_login_ttl_secs",
+    "builds_at_once",
     "shutdown_grace_secs",
     "log_format",
     "player_max_frame_bytes",
@@ -265,6 +283,31 @@ impl Config {
                 "docker_image_repository",
                 "must be a Docker repository name: a-z, 0-9, '-', '_', '.', '/'",
             ));
+        }
+        if let Some(address) = &self.registry_address {
+            let valid = address.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty()
+                    && !host.contains('/')
+                    && port.parse::<u16>().is_ok_and(|port| port > 0)
+            });
+            if !valid {
+                return Err(invalid(
+                    "registry_address",
+                    "must be host:port, without a scheme (e.g. 127.0.0.1:5000)",
+                ));
+            }
+        }
+        if !(10..=3600).contains(&self.registry_token_ttl_secs) {
+            return Err(invalid(
+                "registry_token_ttl_secs",
+                "must be between 10 and 3600",
+            ));
+        }
+        if self.registry_login_ttl_secs < 60 {
+            return Err(invalid("registry_login_ttl_secs", "must be at least 60"));
+        }
+        if self.builds_at_once == 0 {
+            return Err(invalid("builds_at_once", "must be at least 1"));
         }
         if self.bundle_uploads_at_once == 0 {
             return Err(invalid("bundle_uploads_at_once", "must be at least 1"));
@@ -424,6 +467,8 @@ mod tests {
                     "data_dir" | "database_url" | "runtime_binary" => "sqlite://x.db",
                     "runtime_platform_url" => "http://127.0.0.1:1",
                     "docker_image_repository" => "registry.local/rally-runtime",
+                    "registry_address" => "127.0.0.1:5000",
+                    "registry_token_ttl_secs" => "300",
                     "admin_password" | "jwt_secret" => "0123456789abcdef0123456789abcdef",
                     _ => "100000",
                 };

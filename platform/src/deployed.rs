@@ -27,6 +27,9 @@ pub struct Deployed {
     pub tenant_id: String,
     pub project_id: String,
     pub version_id: String,
+    /// The version's runtime image in the studio's registry (`<registry>/<repo>@<digest>`),
+    /// once one is linked: Docker pools pull and run it.
+    pub image: Option<String>,
 }
 
 impl Deployed {
@@ -72,7 +75,7 @@ impl From<sqlx::Error> for LoadError {
 }
 
 const SELECT: &str = "SELECT d.id, d.stage_id, d.status, v.number, v.bundle_sha256, \
-     v.manifest, d.config, s.pool, p.tenant_id, s.project_id, d.version_id \
+     v.manifest, d.config, s.pool, p.tenant_id, s.project_id, d.version_id, v.image_reference \
      FROM deployments d JOIN versions v ON v.id = d.version_id \
      JOIN stages s ON s.id = d.stage_id JOIN projects p ON p.id = s.project_id";
 
@@ -96,7 +99,7 @@ pub async fn of_runtime(
 ) -> Result<Option<RuntimeOf>, LoadError> {
     let row = sqlx::query(
         "SELECT d.id, d.stage_id, d.status, v.number, v.bundle_sha256, v.manifest, d.config, \
-         s.pool, p.tenant_id, s.project_id, d.version_id, \
+         s.pool, p.tenant_id, s.project_id, d.version_id, v.image_reference, \
          r.status AS runtime_status, r.connected_at, r.qualifier, r.mode \
          FROM runtimes r JOIN deployments d ON d.id = r.deployment_id \
          JOIN versions v ON v.id = d.version_id \
@@ -156,6 +159,7 @@ fn deployed(row: &AnyRow) -> Result<Deployed, LoadError> {
         tenant_id: row.get(8),
         project_id: row.get(9),
         version_id: row.get(10),
+        image: row.get(11),
         id,
     })
 }

@@ -8,6 +8,7 @@ use crate::dispatcher::{Dispatcher, PlayerLimits};
 use crate::error::{self, ApiError};
 use crate::metrics::{self, Metrics};
 use crate::pools::RuntimePool;
+use crate::registry::signing::TokenSigner;
 use crate::runtimes::{self, Runtimes};
 pub use crate::state::AppState;
 use crate::storage::{redact_url, Database};
@@ -65,6 +66,9 @@ impl Platform {
         let tokens = TokenService::load(&config, &database)
             .await
             .context("cannot load the token signing key")?;
+        let registry = TokenSigner::load(&database)
+            .await
+            .context("cannot load the registry token key")?;
         let admin = accounts::ensure_admin(&database, config.admin_password.as_ref())
             .await
             .context("cannot create the admin account")?;
@@ -91,6 +95,8 @@ impl Platform {
             config: Arc::new(config),
             database,
             tokens: Arc::new(tokens),
+            registry: Arc::new(registry),
+            builds: Arc::new(tokio::sync::Notify::new()),
             metrics: Arc::new(Metrics::new()),
             runtimes: Arc::new(runtimes),
             dispatcher: Arc::new(dispatcher),
@@ -119,6 +125,8 @@ pub fn api_router(config: &Config) -> OpenApiRouter<AppState> {
         .merge(runtimes::routes())
         .merge(crate::pools::api::routes())
         .merge(players::routes())
+        .merge(crate::registry::routes())
+        .merge(crate::builds::routes())
         .layer(RequestBodyLimitLayer::new(config.body_limit_bytes));
     let upload_routes = versions::upload_routes()
         .layer(RequestBodyLimitLayer::new(config.bundle_max_bytes as usize));
@@ -174,6 +182,7 @@ pub async fn serve(
     state.runtimes.set_platform_url(platform_url);
     tokio::spawn(clean_expired_tokens(state.clone(), shutdown.clone()));
     let supervisor = tokio::spawn(runtimes::supervise(state.clone(), shutdown.clone()));
+    let builder = tokio::spawn(crate::builds::run(state.clone(), shutdown.clone()));
     // Small request/response exchanges must not wait for Nagle's algorithm.
     let listener = listener.tap_io(|stream| {
         if let Err(error) = stream.set_nodelay(true) {
@@ -197,6 +206,9 @@ pub async fn serve(
     // supervisor stops this node's runtimes, and the journal is written, before the database
     // goes.
     state.dispatcher.shutdown.cancel();
+    if let Err(error) = builder.await {
+        tracing::error!(%error, "builder failed");
+    }
     if let Err(error) = supervisor.await {
         tracing::error!(%error, "runtime supervisor failed");
     }
@@ -229,6 +241,9 @@ async fn clean_expired_tokens(state: AppState, shutdown: CancellationToken) {
         }
         if let Err(error) = idempotency::delete_expired(&state.database).await {
             tracing::warn!(%error, "cannot delete expired idempotency keys");
+        }
+        if let Err(error) = crate::registry::events::purge_old(&state.database).await {
+            tracing::warn!(%error, "cannot forget old image pushes");
         }
         if let Err(error) = crate::dispatcher::journal::purge_deleted(&state.database).await {
             tracing::warn!(%error, "cannot purge deleted clients");

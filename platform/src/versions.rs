@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use rally_sdk::bundle::{inspect, Bundle, BundleError};
 use rally_sdk::runtime::Exit;
-use rally_sdk::wire::{ErrorBody, Version, VersionList};
+use rally_sdk::wire::{ErrorBody, Version, VersionImage, VersionList};
 use serde::Deserialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -37,7 +37,8 @@ pub fn upload_routes() -> OpenApiRouter<AppState> {
 
 const SELECT: &str =
     "SELECT v.id, v.project_id, v.number, v.bundle_sha256, b.size AS bundle_size, \
-     v.manifest, v.note, v.created_by, v.created_at \
+     v.manifest, v.note, v.created_by, v.created_at, v.image_reference, v.image_digest, \
+     v.image_source, v.image_pushed_by, v.image_linked_at \
      FROM versions v JOIN bundles b ON b.sha256 = v.bundle_sha256";
 
 fn version(row: &AnyRow) -> Version {
@@ -52,7 +53,22 @@ fn version(row: &AnyRow) -> Version {
         note: row.get("note"),
         created_by: row.get("created_by"),
         created_at: row.get("created_at"),
+        image: version_image(row),
     }
+}
+
+fn version_image(row: &AnyRow) -> Option<VersionImage> {
+    Some(VersionImage {
+        reference: row.get::<Option<String>, _>("image_reference")?,
+        digest: row.get::<Option<String>, _>("image_digest")?,
+        source: row
+            .get::<Option<String>, _>("image_source")
+            .unwrap_or_default(),
+        pushed_by: row.get("image_pushed_by"),
+        linked_at: row
+            .get::<Option<i64>, _>("image_linked_at")
+            .unwrap_or_default(),
+    })
 }
 
 /// The live (not deleted) version of `project_id` named by `segment`: an id or a number.
@@ -281,6 +297,9 @@ async fn upload_version(
     )
     .await?;
     transaction.commit().await?;
+    if crate::builds::queue::builds_on_upload(&state, &scope.project.id).await? {
+        crate::builds::queue::queue(&state, &scope.project.id, &id, &principal.account_id).await?;
+    }
     let version = find(&state.database, &scope.project.id, &id)
         .await?
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("uploaded version vanished")))?;

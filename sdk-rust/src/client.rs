@@ -8,6 +8,10 @@ use crate::wire::{
     TokenPair, UserSignInRequest, Version, VersionList,
 };
 use crate::wire::{
+    Build, BuildList, CreateRegistryCredential, ImagePush, ImagePushList, RegistryCredential,
+    RegistryInfo, RegistrySetup, RegistrySetupRequest,
+};
+use crate::wire::{
     CreatePool, PlacementStrategy, Pool, PoolList, RegisterServer, RuntimeInfo, RuntimeList,
     Server, ServerList, ServerStatus, SetServerStatus, SetStagePool, SetStrategy,
 };
@@ -294,6 +298,86 @@ impl RallyClient {
             strategy,
         };
         self.call(Method::POST, "/api/v1/pools", Some(&body)).await
+    }
+
+    pub async fn registry(&self) -> Result<RegistryInfo, ClientError> {
+        self.call(Method::GET, "/api/v1/registry", None::<&()>)
+            .await
+    }
+
+    /// A credential for `docker login` to the studio's registry.
+    pub async fn registry_credential(
+        &self,
+        ttl_secs: Option<u64>,
+    ) -> Result<RegistryCredential, ClientError> {
+        let body = CreateRegistryCredential { ttl_secs };
+        self.call(Method::POST, "/api/v1/registry/credentials", Some(&body))
+            .await
+    }
+
+    /// Starts a build of the version's runtime image (or answers the one under way).
+    pub async fn start_build(
+        &self,
+        tenant: &str,
+        project: &str,
+        version: &str,
+    ) -> Result<Build, ClientError> {
+        let path = format!(
+            "{}/versions/{}/builds",
+            project_path(tenant, project),
+            segment(version)
+        );
+        self.call(Method::POST, &path, None::<&()>).await
+    }
+
+    /// The version's builds, newest first.
+    pub async fn list_builds(
+        &self,
+        tenant: &str,
+        project: &str,
+        version: &str,
+    ) -> Result<Vec<Build>, ClientError> {
+        let path = format!(
+            "{}/versions/{}/builds",
+            project_path(tenant, project),
+            segment(version)
+        );
+        let list: BuildList = self.call(Method::GET, &path, None::<&()>).await?;
+        Ok(list.builds)
+    }
+
+    pub async fn get_build(
+        &self,
+        tenant: &str,
+        project: &str,
+        build: &str,
+    ) -> Result<Build, ClientError> {
+        let path = format!(
+            "{}/builds/{}",
+            project_path(tenant, project),
+            segment(build)
+        );
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// The project's image pushes the registry reported, newest first.
+    pub async fn list_image_pushes(
+        &self,
+        tenant: &str,
+        project: &str,
+    ) -> Result<Vec<ImagePush>, ClientError> {
+        let path = format!("{}/image-pushes", project_path(tenant, project));
+        let list: ImagePushList = self.call(Method::GET, &path, None::<&()>).await?;
+        Ok(list.pushes)
+    }
+
+    /// The configuration of a registry that authenticates with this platform (admins).
+    pub async fn registry_setup(
+        &self,
+        request: &RegistrySetupRequest,
+    ) -> Result<RegistrySetup, ClientError> {
+        self.call(Method::POST, "/api/v1/registry/setup", Some(request))
+            .await
     }
 
     pub async fn list_pools(&self) -> Result<Vec<Pool>, ClientError> {

@@ -363,6 +363,46 @@ pub struct Version {
     pub note: Option<String>,
     pub created_by: String,
     pub created_at: i64,
+    /// The runtime image Docker pools run for this version, once one is linked.
+    #[serde(default)]
+    pub image: Option<VersionImage>,
+}
+
+/// A version's runtime image in the studio's registry, pulled by digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VersionImage {
+    /// `<registry>/<tenant>/<project>@sha256:...`
+    pub reference: String,
+    pub digest: String,
+    /// `build` (the platform's builder) or `push` (a developer's push).
+    pub source: String,
+    /// Who pushed it: a username, or `rally:builder`.
+    pub pushed_by: Option<String>,
+    pub linked_at: i64,
+}
+
+/// A manifest push the registry reported, and what came of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ImagePush {
+    pub id: String,
+    pub received_at: i64,
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: String,
+    pub actor: Option<String>,
+    pub version_id: Option<String>,
+    /// `linked`, `already_linked` or `ignored`.
+    pub outcome: String,
+    /// Why, in words.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ImagePushList {
+    pub pushes: Vec<ImagePush>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -729,4 +769,152 @@ mod tests {
         }
         assert!("root".parse::<Role>().is_err());
     }
+}
+
+/// `GET /api/v1/registry`: where the studio's registry is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegistryInfo {
+    /// `host:port` of the registry as Docker daemons and developers reach it; absent when this
+    /// platform has no registry (`registry_address`).
+    pub address: Option<String>,
+    /// The registry's `service`: the audience of the tokens the platform signs for it.
+    pub service: String,
+}
+
+/// `POST /api/v1/registry/credentials`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateRegistryCredential {
+    /// How long the credential is valid, in seconds; at most `registry_login_ttl_secs` (the
+    /// default).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A credential for `docker login`: the caller's username and a signed password that the
+/// platform's token endpoint takes in place of the account password.
+#[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegistryCredential {
+    pub address: Option<String>,
+    pub username: String,
+    pub password: String,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for RegistryCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredential")
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/v1/registry/setup` (admins): the configuration of a registry that authenticates
+/// with this platform and notifies it of pushes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySetupRequest {
+    /// The platform's URL as the registry and the Docker daemons reach it (token realm and
+    /// notification endpoint).
+    pub platform_url: String,
+    /// Where the registry stores images (an absolute directory).
+    pub storage_dir: String,
+    /// Where the certificate of the platform's token key will be (an absolute path).
+    pub certificate_path: String,
+}
+
+/// The registry's configuration file and the certificate it names. Issuing it gives the
+/// registry a new notification secret: a registry started with an older file is no longer
+/// heard.
+#[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegistrySetup {
+    /// `config.yml` for `docker-registry serve` (distribution 2.8).
+    pub config: String,
+    /// PEM; goes to `certificate_path`.
+    pub certificate: String,
+    pub address: String,
+}
+
+impl std::fmt::Debug for RegistrySetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrySetup")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a build is: `queued` → `building` → `pushing` → `done`, or `failed` at any step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum BuildStatus {
+    Queued,
+    Building,
+    Pushing,
+    Done,
+    Failed,
+}
+
+impl BuildStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildStatus::Queued => "queued",
+            BuildStatus::Building => "building",
+            BuildStatus::Pushing => "pushing",
+            BuildStatus::Done => "done",
+            BuildStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<BuildStatus> {
+        Some(match text {
+            "queued" => BuildStatus::Queued,
+            "building" => BuildStatus::Building,
+            "pushing" => BuildStatus::Pushing,
+            "done" => BuildStatus::Done,
+            "failed" => BuildStatus::Failed,
+            _ => return None,
+        })
+    }
+
+    /// Done or failed: nothing more happens to it.
+    pub fn is_finished(self) -> bool {
+        matches!(self, BuildStatus::Done | BuildStatus::Failed)
+    }
+}
+
+/// The platform's builder making a version's runtime image and pushing it to the registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Build {
+    pub id: String,
+    pub project_id: String,
+    pub version_id: String,
+    pub version: i64,
+    pub status: BuildStatus,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The image, once pushed: `<registry>/<tenant>/<project>@sha256:...`.
+    pub reference: Option<String>,
+    pub digest: Option<String>,
+    /// What the builder did, line by line (the last 64 KiB).
+    pub log: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BuildList {
+    pub builds: Vec<Build>,
 }

@@ -7,7 +7,7 @@ use super::deployments::ConfigArgs;
 use super::progress::Step;
 use super::session::{connect, TargetArgs};
 use super::table::print_fields;
-use super::versions::{pack_and_check, upload};
+use super::versions::{follow_build, pack_and_check, upload};
 use super::{print_json, CliError};
 use clap::Args;
 use std::path::PathBuf;
@@ -49,6 +49,21 @@ pub async fn run(args: DeployArgs) -> Result<(), CliError> {
         args.note.as_deref(),
     )
     .await?;
+
+    // A stage on a Docker pool gets the version's image built on upload: wait for it.
+    let builds = client
+        .list_builds(args.stage.tenant(), args.stage.project(), &version.id)
+        .await?;
+    if let Some(build) = builds.into_iter().find(|build| !build.status.is_finished()) {
+        if let Err(error) = follow_build(&client, &args.stage.project, build).await {
+            eprintln!(
+                "rally: version {} was uploaded to {} but not deployed: its image did not build",
+                version.number,
+                args.stage.project.path(),
+            );
+            return Err(error);
+        }
+    }
 
     let step = Step::start(format!(
         "deploying version {} to {}",

@@ -15,6 +15,7 @@ mod permissions;
 mod pools;
 mod progress;
 mod projects;
+mod registry;
 mod runtimes;
 mod session;
 mod stages;
@@ -80,6 +81,9 @@ enum Command {
     /// Manage the pools runtimes run in and their servers (admin or support).
     #[command(subcommand)]
     Pool(pools::PoolCommand),
+    /// The studio's image registry: sign Docker in, configure the registry, see pushes.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
     /// Manage developer accounts (admin or support).
     #[command(subcommand)]
     Developer(developers::DeveloperCommand),
@@ -310,6 +314,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Deployment(command) => deployments::run(command).await,
         Command::Runtime(command) => runtimes::run(command).await,
         Command::Pool(command) => pools::run_pool(command).await,
+        Command::Registry(command) => registry::run(command).await,
         Command::Developer(command) => developers::run(command).await,
         Command::Permission(command) => permissions::run(command).await,
         Command::Audit(args) => audit::run(args).await,

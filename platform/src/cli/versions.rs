@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use indicatif::HumanBytes;
 use rally_sdk::bundle::{inspect, pack, Bundle, BundleError, BundleLimits};
-use rally_sdk::wire::{Version, VersionList};
+use rally_sdk::wire::{Build, BuildStatus, Version, VersionList};
 use rally_sdk::RallyClient;
 use std::path::{Path, PathBuf};
 
@@ -47,6 +47,19 @@ pub enum VersionCommand {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Build the version's runtime image and push it to the studio's registry, showing the
+    /// builder's log as it goes; exits non-zero when the build fails.
+    Build {
+        /// Version number or id.
+        version: String,
+        /// Start the build and return at once.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        project: ProjectArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
     /// Delete a version; refused while a deployment of it is live.
     Delete {
         /// Version number or id.
@@ -75,6 +88,32 @@ pub async fn run(command: VersionCommand) -> Result<(), CliError> {
                 print_json(&version)?;
             } else {
                 print_version(&version);
+            }
+        }
+        VersionCommand::Build {
+            version,
+            no_wait,
+            project,
+            target,
+        } => {
+            let client = connect(&target).await?;
+            let build = client
+                .start_build(&project.tenant, &project.project, &version)
+                .await?;
+            let build = if no_wait {
+                build
+            } else {
+                follow_build(&client, &project, build).await?
+            };
+            if target.output.json {
+                print_json(&build)?;
+            } else {
+                print_fields(&[
+                    ("build", build.id.clone()),
+                    ("version", build.version.to_string()),
+                    ("status", build.status.as_str().to_owned()),
+                    ("image", or_dash(build.reference.as_deref())),
+                ]);
             }
         }
         VersionCommand::List { project, target } => {
@@ -222,6 +261,44 @@ pub async fn upload(
 }
 
 /// Enough of a SHA-256 to tell bundles apart at a glance; `show` and `--json` give all of it.
+/// Shows a build's log on stderr as it grows until the build ends; an error when it failed.
+pub async fn follow_build(
+    client: &RallyClient,
+    project: &ProjectArgs,
+    mut build: Build,
+) -> Result<Build, CliError> {
+    let mut shown = 0;
+    eprintln!(
+        "building the image of version {} ({})",
+        build.version, build.id
+    );
+    loop {
+        // The log keeps its last 64 KiB: a log that was cut is shown from its new start.
+        if build.log.len() < shown || !build.log.is_char_boundary(shown) {
+            shown = 0;
+        }
+        for line in build.log[shown..].lines() {
+            eprintln!("  {line}");
+        }
+        shown = build.log.len();
+        if build.status.is_finished() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        build = client
+            .get_build(&project.tenant, &project.project, &build.id)
+            .await?;
+    }
+    match build.status {
+        BuildStatus::Failed => Err(CliError::Other(anyhow::anyhow!(
+            "the build of version {} failed: {}",
+            build.version,
+            build.error.as_deref().unwrap_or("no reason given")
+        ))),
+        _ => Ok(build),
+    }
+}
+
 fn short_sha256(sha256: &str) -> String {
     sha256.chars().take(12).collect()
 }
@@ -254,5 +331,19 @@ fn print_version(version: &Version) {
         ("note", or_dash(version.note.as_deref())),
         ("created by", version.created_by.clone()),
         ("created", time(version.created_at)),
+        (
+            "image",
+            version.image.as_ref().map_or_else(
+                || "- (Docker pools make one from the bundle)".to_owned(),
+                |image| {
+                    format!(
+                        "{} ({} by {})",
+                        image.reference,
+                        image.source,
+                        or_dash(image.pushed_by.as_deref())
+                    )
+                },
+            ),
+        ),
     ]);
 }

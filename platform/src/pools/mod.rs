@@ -77,8 +77,14 @@ impl Placement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Artifact {
     /// A version's bundle archive on this node's disk, run by `rally-runtime`, and its SHA-256
-    /// (hex), which names what is made from it.
-    Bundle { path: PathBuf, sha256: String },
+    /// (hex), which names what is made from it; and the version's image in the studio's
+    /// registry (`<registry>/<repository>@<digest>`) once one is linked, which Docker pools
+    /// pull and run instead of making one.
+    Bundle {
+        path: PathBuf,
+        sha256: String,
+        image: Option<String>,
+    },
 }
 
 /// Everything a pool needs to start one runtime.

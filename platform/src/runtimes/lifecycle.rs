@@ -94,6 +94,7 @@ pub(super) async fn start_runtime(
         artifact: Artifact::Bundle {
             path: bundle,
             sha256: deployment.bundle_sha256.clone(),
+            image: deployment.image.clone(),
         },
         limits: deployment.limits,
         pool: deployment.pool.clone(),

@@ -6,7 +6,11 @@ use std::process::Output;
 const RALLY: &str = env!("CARGO_BIN_EXE_rally");
 
 /// Runs `rally args...` with its config directory in `config_dir`, off the test's threads.
-async fn rally(config_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) async fn rally(
+    config_dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
     let mut command = tokio::process::Command::new(RALLY);
     command
         .args(args)

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 /// Removes what a test made on the daemon: containers of its platform node, and its images.
-struct DockerCleanup {
+pub(crate) struct DockerCleanup {
     node_id: String,
     repository: String,
 }
@@ -27,12 +27,17 @@ impl Drop for DockerCleanup {
         // A test that fails leaves its platform running a moment longer (until the test's
         // runtime is dropped), which may still replace a removed lobby: a few rounds.
         for round in 0..6 {
-            let containers = Command::new("docker")
-                .args(["ps", "-aq", "--filter"])
-                .arg(format!("label=rally.node={}", self.node_id))
-                .output()
-                .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
-                .unwrap_or_default();
+            let mut containers = String::new();
+            for label in ["rally.node", "rally.scratch"] {
+                let found = Command::new("docker")
+                    .args(["ps", "-aq", "--filter"])
+                    .arg(format!("label={label}={}", self.node_id))
+                    .output()
+                    .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+                    .unwrap_or_default();
+                containers.push_str(&found);
+                containers.push('\n');
+            }
             for container in containers.split_whitespace() {
                 let _ = Command::new("docker")
                     .args(["rm", "-f", container])
@@ -64,7 +69,7 @@ async fn docker_app(backend: Backend) -> (TestApp, DockerCleanup) {
 
 /// A platform whose stage `studio/game/default` runs on pool `containers` (strategy `pack`)
 /// of `servers` on the local daemon, with the test's image repository.
-async fn docker_app_on(
+pub(crate) async fn docker_app_on(
     backend: Backend,
     servers: &[(&str, u32)],
     adjust: impl FnOnce(&mut rally_platform::config::Config),
@@ -112,14 +117,14 @@ async fn studio_on_pool(admin: &RallyClient, strategy: PlacementStrategy, server
         .unwrap();
 }
 
-async fn runtimes(admin: &RallyClient, deployment: &str) -> Vec<RuntimeInfo> {
+pub(crate) async fn runtimes(admin: &RallyClient, deployment: &str) -> Vec<RuntimeInfo> {
     admin
         .list_runtimes("studio", "game", "default", deployment)
         .await
         .unwrap()
 }
 
-fn inspect(container: &str, format: &str) -> String {
+pub(crate) fn inspect(container: &str, format: &str) -> String {
     let output = Command::new("docker")
         .args(["inspect", "--format", format, container])
         .output()
@@ -511,8 +516,10 @@ async fn tictactoe_is_played_in_a_launcher_container(backend: Backend) {
 /// removed, and a stage on another pool is unaffected.
 async fn a_runtime_that_exits_at_once_or_never_connects_fails_cleanly(backend: Backend) {
     use crate::security::bundle;
+    // Long enough for the greedy lobby to meet its memory limit on a machine busy with other
+    // tests; the runtime that never connects gives up on its own.
     let (app, _cleanup) = docker_app_on(backend, &[("roomy", 8)], |config| {
-        config.runtime_start_timeout_secs = 3;
+        config.runtime_start_timeout_secs = 8;
     })
     .await;
     let (admin, deployment) = deploy(

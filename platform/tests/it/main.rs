@@ -6,6 +6,7 @@
 mod helpers;
 
 mod auth;
+mod builds;
 mod cli;
 mod dev;
 mod docker;
@@ -16,6 +17,7 @@ mod management;
 mod permissions;
 mod players;
 mod pools;
+mod registry;
 mod runtimes;
 mod security;
 mod server;

@@ -37,6 +37,13 @@ const OPEN_ROUTES: &[&str] = &[
     "POST /api/v1/users/device-sign-in",
     "POST /api/v1/runtime/token",
     "GET /api/v1/runtime/ws",
+    // The image registry's routes: any account, Basic credentials, the registry's secret, or
+    // admins only (tests/it/registry.rs).
+    "GET /api/v1/registry",
+    "GET /api/v1/registry/token",
+    "POST /api/v1/registry/credentials",
+    "POST /api/v1/registry/setup",
+    "POST /api/v1/registry/events",
     // Player-token routes: a player reaches only its own clients and player (tests/it/players.rs).
     "POST /api/v1/tenants/{tenant}/projects/{project}/stages/{stage}/clients",
     "GET /api/v1/tenants/{tenant}/projects/{project}/stages/{stage}/players/me",
@@ -68,6 +75,9 @@ fn matrix() -> Vec<(&'static str, String, Rule)> {
         ("GET", format!("{P}/versions"), Granted),
         ("GET", format!("{P}/versions/{{version}}"), Granted),
         ("GET", format!("{P}/versions/{{version}}/bundle"), Granted),
+        ("GET", format!("{P}/image-pushes"), Granted),
+        ("GET", format!("{P}/versions/{{version}}/builds"), Granted),
+        ("GET", format!("{P}/builds/{{build}}"), Granted),
         ("GET", format!("{S}/deployments"), Granted),
         ("GET", format!("{S}/deployments/{{deployment}}"), Granted),
         (
@@ -116,6 +126,7 @@ fn matrix() -> Vec<(&'static str, String, Rule)> {
         ("POST", format!("{T}/projects"), Granted),
         ("POST", format!("{P}/stages"), Granted),
         ("POST", format!("{P}/versions"), Granted),
+        ("POST", format!("{P}/versions/{{version}}/builds"), Granted),
         ("POST", format!("{S}/deployments"), Granted),
         ("POST", "/api/v1/pools".into(), Staff),
         ("POST", "/api/v1/pools/{pool}/servers".into(), Staff),
@@ -153,6 +164,8 @@ struct Fixture {
     deployment: String,
     /// A runtime of the deployment (a record is enough: the routes read it).
     runtime: String,
+    /// A build of the version (a record).
+    build: String,
     /// A user with a player on the stage.
     player_user: String,
     /// A developer without grants; also the target of the developer routes.
@@ -194,7 +207,7 @@ pub(crate) async fn developer(app: &TestApp, admin: &RallyClient, name: &str) ->
     }
 }
 
-fn manager_of(tenant: &str, developer: &str) -> (String, GrantRequest) {
+pub(crate) fn manager_of(tenant: &str, developer: &str) -> (String, GrantRequest) {
     (
         tenant.to_owned(),
         GrantRequest {
@@ -264,6 +277,17 @@ async fn fixture(app: &TestApp) -> Fixture {
     .execute(app.state.database.writer())
     .await
     .unwrap();
+    let build = rally_platform::storage::new_id();
+    sqlx::query(
+        "INSERT INTO builds (id, project_id, version_id, status, error, created_by, created_at) \
+         VALUES ($1, $2, $3, 'failed', 'a record for the walk', 'admin', 0)",
+    )
+    .bind(&build)
+    .bind(&project.id)
+    .bind(&version.id)
+    .execute(app.state.database.writer())
+    .await
+    .unwrap();
     let anonymous = app.client();
     let user = anonymous.create_user().await.unwrap();
     let tokens = anonymous
@@ -277,6 +301,7 @@ async fn fixture(app: &TestApp) -> Fixture {
         .unwrap();
     Fixture {
         runtime,
+        build,
         player_user: user.user_id,
         tenant: tenant.id,
         project: project.id,
@@ -303,6 +328,7 @@ impl Fixture {
             .replace("{deployment}", &self.deployment)
             .replace("{developer}", &self.bob_id)
             .replace("{runtime}", &self.runtime)
+            .replace("{build}", &self.build)
             .replace("{user}", &self.player_user)
             .replace("{pool}", "walk")
             .replace("{server}", "walk-server")
@@ -388,6 +414,8 @@ async fn snapshot(app: &TestApp) -> Vec<String> {
         "SELECT COUNT(*) FROM servers",
         "SELECT COUNT(*) FROM servers WHERE status = 'enabled'",
         "SELECT COUNT(*) FROM stages WHERE pool = 'local'",
+        "SELECT COUNT(*) FROM builds",
+        "SELECT COUNT(*) FROM image_pushes",
     ];
     let mut values = Vec::new();
     for query in queries {

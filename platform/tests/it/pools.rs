@@ -347,6 +347,7 @@ async fn exits_wait_for_room_in_a_full_queue_and_none_is_lost() {
             artifact: Artifact::Bundle {
                 path: directory.path().join("missing.tar.gz"),
                 sha256: "0".repeat(64),
+                image: None,
             },
             limits: ResourceLimits {
                 cpu_millis: 1000,

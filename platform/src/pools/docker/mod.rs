@@ -22,6 +22,8 @@ mod launcher;
 use super::registry;
 use super::schedule;
 use super::{Exited, Placement, PoolKind, RuntimePool, RuntimeSpec, StartError, EXITS_QUEUE};
+use crate::images::{self, BUNDLE_PATH, PROGRAM_PATH, RUNTIME_USER};
+use crate::registry::signing::{server_username, Holder, TokenSigner};
 use crate::storage::Database;
 use bollard::models::{ContainerConfig, ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
@@ -35,7 +37,6 @@ use parking_lot::Mutex;
 use rally_sdk::manifest::DockerPlacement;
 use rally_sdk::runtime::env;
 use rally_sdk::wire::{DockerEndpoint, Server, ServerKind};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,16 +61,13 @@ pub const SERVER_LABEL: &str = "rally.server";
 /// Label of a launcher container: the image it runs.
 pub const LAUNCHER_LABEL: &str = "rally.launcher";
 
-/// Where the bundle sits in a runtime image.
-const BUNDLE_PATH: &str = "/bundle.tar.gz";
-/// Where the runtime program sits in a runtime image.
-const PROGRAM_PATH: &str = "/rally-runtime";
-/// The user runtimes run as in their containers (nobody).
-const RUNTIME_USER: &str = "65534:65534";
 /// Processes and threads a runtime container may have.
 const PIDS_LIMIT: i64 = 256;
 /// How long after a SIGKILL exit the daemon may still record that the kernel's OOM killer did it.
 const OOM_NOTICE: Duration = Duration::from_millis(300);
+
+/// How long the credential a server pulls an image with is valid.
+const PULL_CREDENTIAL_TTL: Duration = Duration::from_secs(600);
 
 /// Lines of a container's output kept when it ends.
 const LOG_TAIL_LINES: &str = "5000";
@@ -140,6 +138,8 @@ struct Inner {
     /// One image is made at a time.
     imaging: tokio::sync::Mutex<()>,
     program_digest: tokio::sync::OnceCell<String>,
+    /// Signs the credentials servers pull versions' images with (loaded on first pull).
+    registry_signer: tokio::sync::OnceCell<TokenSigner>,
     exits: mpsc::Sender<Exited>,
     exits_receiver: Mutex<Option<mpsc::Receiver<Exited>>>,
     closed: CancellationToken,
@@ -254,6 +254,7 @@ impl DockerPool {
                 scheduling: tokio::sync::Mutex::new(()),
                 imaging: tokio::sync::Mutex::new(()),
                 program_digest: tokio::sync::OnceCell::new(),
+                registry_signer: tokio::sync::OnceCell::new(),
                 exits,
                 exits_receiver: Mutex::new(Some(exits_receiver)),
                 closed: CancellationToken::new(),
@@ -346,7 +347,7 @@ impl Inner {
         self.program_digest
             .get_or_try_init(|| async {
                 let program = self.program.clone();
-                tokio::task::spawn_blocking(move || file_digest(&program))
+                tokio::task::spawn_blocking(move || images::file_digest(&program))
                     .await
                     .map_err(|error| start_error("cannot read the runtime program", error))?
                     .map_err(|error| start_error("cannot read the runtime program", error))
@@ -381,7 +382,7 @@ impl Inner {
         let base = format!("{}-base:{}", self.repository, &program[..16]);
         if docker.inspect_image(&base).await.is_err() {
             let program_path = self.program.clone();
-            let root = tokio::task::spawn_blocking(move || base_root(&program_path))
+            let root = tokio::task::spawn_blocking(move || images::program_layer(&program_path))
                 .await
                 .map_err(|error| start_error("cannot pack the runtime program", error))?
                 .map_err(|error| start_error("cannot pack the runtime program", error))?;
@@ -412,10 +413,12 @@ impl Inner {
                 None::<CreateContainerOptions>,
                 ContainerCreateBody {
                     image: Some(base.clone()),
-                    labels: Some(HashMap::from([(
-                        MANAGED_LABEL.to_owned(),
-                        "true".to_owned(),
-                    )])),
+                    // Named by node, so that one left behind by a stop in the middle can be
+                    // found (`docker ps --filter label=rally.scratch=<node>`).
+                    labels: Some(HashMap::from([
+                        (MANAGED_LABEL.to_owned(), "true".to_owned()),
+                        ("rally.scratch".to_owned(), self.node_id.clone()),
+                    ])),
                     ..Default::default()
                 },
             )
@@ -423,7 +426,7 @@ impl Inner {
             .map_err(|error| start_error("cannot make the version's image", error))?
             .id;
         let layered = async {
-            let archive = bundle_archive(&bundle_bytes)
+            let archive = images::bundle_layer(&bundle_bytes)
                 .map_err(|error| start_error("cannot pack the bundle", error))?;
             docker
                 .upload_to_container(
@@ -466,6 +469,50 @@ impl Inner {
         layered?;
         tracing::info!(server = %daemon.server, image = %tag, "runtime image made");
         Ok(tag)
+    }
+
+    /// The version's image `reference` (`<registry>/<repository>@<digest>`) on `daemon`,
+    /// pulled if it is not there yet, with a short-lived credential of the server's own: the
+    /// platform's token endpoint lets a server pull the projects that have a stage on its pool.
+    async fn pulled(&self, daemon: &Daemon, reference: &str) -> Result<String, StartError> {
+        let docker = &daemon.docker;
+        if docker.inspect_image(reference).await.is_ok() {
+            return Ok(reference.to_owned());
+        }
+        let _one_at_a_time = self.imaging.lock().await;
+        if docker.inspect_image(reference).await.is_ok() {
+            return Ok(reference.to_owned());
+        }
+        let signer = self
+            .registry_signer
+            .get_or_try_init(|| TokenSigner::load(&self.database))
+            .await
+            .map_err(|error| start_error("cannot load the registry token key", error))?;
+        let username = server_username(&daemon.server);
+        let (password, _) = signer.issue_login(
+            &Holder::Server(daemon.server.clone()),
+            &username,
+            PULL_CREDENTIAL_TTL,
+        );
+        let registry = reference.split('/').next().unwrap_or_default().to_owned();
+        let credentials = bollard::auth::DockerCredentials {
+            username: Some(username),
+            password: Some(password),
+            serveraddress: Some(registry),
+            ..Default::default()
+        };
+        let options = CreateImageOptions {
+            from_image: Some(reference.to_owned()),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let mut progress = docker.create_image(Some(options), None, Some(credentials));
+        while let Some(step) = progress.next().await {
+            step.map_err(|error| start_error(&format!("cannot pull {reference}"), error))?;
+        }
+        tracing::info!(server = %daemon.server, image = %reference,
+            millis = started.elapsed().as_millis() as u64, "runtime image pulled");
+        Ok(reference.to_owned())
     }
 
     /// Creates and starts the runtime's container; nothing is left behind when it fails.
@@ -913,6 +960,7 @@ impl RuntimePool for DockerPool {
         let super::Artifact::Bundle {
             path: bundle,
             sha256,
+            image: linked,
         } = &spec.artifact;
         let (server, daemon) = {
             let _one_at_a_time = inner.scheduling.lock().await;
@@ -957,7 +1005,10 @@ impl RuntimePool for DockerPool {
                 .map_err(|error| start_error("the Docker daemon does not answer", error))?;
             (chosen.clone(), daemon)
         };
-        let image = inner.image(&daemon, bundle, sha256).await?;
+        let image = match linked {
+            Some(reference) => inner.pulled(&daemon, reference).await?,
+            None => inner.image(&daemon, bundle, sha256).await?,
+        };
         let handle = match spec.docker_placement {
             DockerPlacement::Container => inner.run(&daemon, &spec, image).await?,
             DockerPlacement::Launcher => inner.launch(&daemon, &server, &spec, image).await?,
@@ -1238,77 +1289,4 @@ async fn remove(docker: &Docker, container: &str) {
     if let Err(error) = removed {
         tracing::debug!(container, %error, "removing a container");
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn file_digest(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex(&hasher.finalize()))
-}
-
-/// The base image's root file system: the runtime program, and the shared libraries and
-/// loader `ldd` lists for it (none for a static build), at the paths it names.
-fn base_root(program: &Path) -> std::io::Result<Vec<u8>> {
-    let mut archive = tar::Builder::new(Vec::new());
-    archive.mode(tar::HeaderMode::Deterministic);
-    archive.follow_symlinks(true);
-    let mut header = tar::Header::new_gnu();
-    let content = std::fs::read(program)?;
-    header.set_size(content.len() as u64);
-    header.set_mode(0o755);
-    header.set_cksum();
-    archive.append_data(
-        &mut header,
-        PROGRAM_PATH.trim_start_matches('/'),
-        content.as_slice(),
-    )?;
-    for library in shared_libraries(program) {
-        let content = std::fs::read(&library)?;
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o755);
-        header.set_cksum();
-        let name = library.to_string_lossy();
-        archive.append_data(
-            &mut header,
-            name.trim_start_matches('/'),
-            content.as_slice(),
-        )?;
-    }
-    archive.into_inner()
-}
-
-/// The absolute paths of the shared libraries and loader a program needs, as `ldd` lists them.
-fn shared_libraries(program: &Path) -> Vec<PathBuf> {
-    let Ok(output) = std::process::Command::new("ldd").arg(program).output() else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| {
-            // "libm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x...)" or
-            // "/lib64/ld-linux-x86-64.so.2 (0x...)"
-            let path = match line.split_once("=>") {
-                Some((_, target)) => target.split_whitespace().next()?,
-                None => line.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect()
-}
-
-/// A tar holding the bundle at [`BUNDLE_PATH`], readable by the runtime's user.
-fn bundle_archive(bundle: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut archive = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(bundle.len() as u64);
-    header.set_mode(0o444);
-    header.set_cksum();
-    archive.append_data(&mut header, BUNDLE_PATH.trim_start_matches('/'), bundle)?;
-    archive.into_inner()
 }
