@@ -98,6 +98,16 @@ pub async fn find_stage(
     Ok(row.as_ref().map(stage))
 }
 
+/// The project's repository in the studio's registry: `<tenant>/<project>`, each its alias,
+/// or its id when it has none.
+pub fn repository(tenant: &Tenant, project: &Project) -> String {
+    format!(
+        "{}/{}",
+        tenant.alias.as_deref().unwrap_or(&tenant.id),
+        project.alias.as_deref().unwrap_or(&project.id)
+    )
+}
+
 /// A slug: 1–63 of `a-z 0-9 -`, starting with a letter, not ending with `-` (aliases, and the
 /// names of pools and servers).
 pub fn is_slug(name: &str) -> bool {

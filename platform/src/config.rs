@@ -73,6 +73,10 @@ pub struct Config {
     pub registry_login_ttl_secs: u64,
     /// Image builds (`docs/registry.md`) run at one time on this node; more wait in the queue.
     pub builds_at_once: u32,
+    /// An image on the Docker daemons (the builder's local one, and each server's) that program
+    /// runtime images are made on, e.g. one with the libraries a headless game build needs.
+    /// Unset: a program's image holds its bundle's files alone (`FROM scratch`).
+    pub program_base_image: Option<String>,
     /// How long a graceful shutdown waits for requests in flight.
     pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
@@ -130,6 +134,7 @@ impl Default for Config {
             registry_token_ttl_secs: 300,
             registry_login_ttl_secs: 30 * 24 * 60 * 60,
             builds_at_once: 2,
+            program_base_image: None,
             shutdown_grace_secs: 10,
             log_format: LogFormat::Human,
             player_max_frame_bytes: 64 * 1024,
@@ -184,6 +189,7 @@ const SETTINGS: &[&str] = &[
     "registry_token_ttl_secs",
     "registry_login_ttl_secs",
     "builds_at_once",
+    "program_base_image",
     "shutdown_grace_secs",
     "log_format",
     "player_max_frame_bytes",
@@ -469,6 +475,7 @@ mod tests {
                     "docker_image_repository" => "registry.local/rally-runtime",
                     "registry_address" => "127.0.0.1:5000",
                     "registry_token_ttl_secs" => "300",
+                    "program_base_image" => "studio/base:1",
                     "admin_password" | "jwt_secret" => "0123456789abcdef0123456789abcdef",
                     _ => "100000",
                 };

@@ -111,6 +111,7 @@ async fn create_deployment(
                 .join("; "),
             details: serde_json::json!({ "problems": problems }),
         })?;
+    check_runnable(&state, &scope, &version, &manifest, &config)?;
     check_capacity(&state, &scope.stage.pool, &config).await?;
     let config = serde_json::to_string(&config).map_err(ApiError::internal)?;
     let principal = &scope.access.principal;
@@ -160,10 +161,76 @@ async fn create_deployment(
     )
     .await?;
     transaction.commit().await?;
+    // A version bound for a Docker pool without its image yet gets it built.
+    let built_here = manifest.runtime.image == rally_sdk::manifest::ImageSource::Build;
+    if built_here
+        && version.image.is_none()
+        && scope.stage.pool != crate::pools::registry::LOCAL_POOL
+        && state.config.registry_address.is_some()
+    {
+        crate::builds::queue::queue(
+            &state,
+            &scope.project.id,
+            &version.id,
+            &principal.account_id,
+        )
+        .await?;
+    }
     let deployment = find(&state.database, &scope.stage.id, &id)
         .await?
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("new deployment vanished")))?;
     Ok((StatusCode::CREATED, Json(deployment)))
+}
+
+/// Whether the stage's pool can run the version as deployed: a program runtime runs in a
+/// container of its own, a version whose image is pushed needs that image on a Docker pool,
+/// and one without a program cannot run on the local pool.
+fn check_runnable(
+    state: &AppState,
+    scope: &StageScope,
+    version: &rally_sdk::wire::Version,
+    manifest: &Manifest,
+    config: &rally_sdk::manifest::DeploymentConfig,
+) -> Result<(), ApiError> {
+    use rally_sdk::manifest::{DockerPlacement, ImageSource, RuntimeKind};
+    let runtime = &manifest.runtime;
+    if runtime.kind == RuntimeKind::Program && config.docker_placement == DockerPlacement::Launcher
+    {
+        return Err(ApiError::bad_request(
+            "invalid_deployment_config",
+            "docker_placement = \"launcher\" forks rally-runtime; a program runtime runs in a \
+             container of its own (docker_placement = \"container\")",
+        ));
+    }
+    let local = scope.stage.pool == crate::pools::registry::LOCAL_POOL;
+    if local && runtime.kind == RuntimeKind::Program && runtime.program.is_none() {
+        return Err(ApiError::conflict(
+            "image_only_version",
+            format!(
+                "version {} has no program in its bundle (its image is pushed), so it runs only \
+                 on Docker pools; this stage uses the local pool",
+                version.number
+            ),
+        ));
+    }
+    if !local && runtime.image == ImageSource::Push && version.image.is_none() {
+        let registry = state
+            .config
+            .registry_address
+            .as_deref()
+            .unwrap_or("<registry>");
+        return Err(ApiError::conflict(
+            "image_missing",
+            format!(
+                "version {} takes its image from a push, and none is linked yet: push \
+                 {registry}/{}:v{} first",
+                version.number,
+                crate::catalog::repository(&scope.tenant, &scope.project),
+                version.number
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Deployments of the stage, newest first.

@@ -151,6 +151,111 @@ pub fn app_layer(bundle: &[u8]) -> std::io::Result<Vec<u8>> {
     archive.finish()
 }
 
+/// The bundle archive at `archive` (`<dir>/<sha256>.tar.gz`) unpacked beside it, once
+/// (`<dir>/<sha256>/`), its files' execute bits kept: where a program runtime runs. The
+/// archive passed the upload's checks (regular files and directories only, no path leaves
+/// it).
+pub async fn unpacked(archive: &Path) -> std::io::Result<PathBuf> {
+    let directory = archive.with_extension("").with_extension("");
+    if tokio::fs::try_exists(&directory).await.unwrap_or(false) {
+        return Ok(directory);
+    }
+    let archive = archive.to_owned();
+    tokio::task::spawn_blocking(move || {
+        // Unpacked aside, then renamed: a half-unpacked directory is never taken for one.
+        let partial = directory.with_extension(format!("partial-{}", crate::storage::new_id()));
+        let _ = std::fs::remove_dir_all(&partial);
+        let file = std::fs::File::open(&archive)?;
+        let mut entries = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        entries.set_preserve_permissions(true);
+        entries.unpack(&partial)?;
+        match std::fs::rename(&partial, &directory) {
+            Ok(()) => Ok(directory),
+            // Unpacked by another start meanwhile.
+            Err(_) if directory.exists() => {
+                let _ = std::fs::remove_dir_all(&partial);
+                Ok(directory)
+            }
+            Err(error) => Err(error),
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// The layers (uncompressed tars, bottom first) and environment of `image` on a Docker
+/// daemon, read from `docker save`'s archive: the base a program runtime's image is made on.
+pub async fn saved_layers(
+    docker: &bollard::Docker,
+    image: &str,
+) -> Result<(Vec<Vec<u8>>, Vec<String>), String> {
+    use futures_util::StreamExt;
+    let mut saved = Vec::new();
+    let mut stream = docker.export_image(image);
+    while let Some(chunk) = stream.next().await {
+        saved.extend_from_slice(&chunk.map_err(|error| format!("cannot export {image}: {error}"))?);
+    }
+    let image = image.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let unreadable =
+            |error: std::io::Error| format!("cannot read the export of {image}: {error}");
+        let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut archive = tar::Archive::new(saved.as_slice());
+        for entry in archive.entries().map_err(unreadable)? {
+            let mut entry = entry.map_err(unreadable)?;
+            if entry.header().entry_type() != tar::EntryType::Regular {
+                continue;
+            }
+            let path = entry
+                .path()
+                .map_err(unreadable)?
+                .to_string_lossy()
+                .into_owned();
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut content).map_err(unreadable)?;
+            files.insert(path, content);
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Saved {
+            config: String,
+            layers: Vec<String>,
+        }
+        let manifest: Vec<Saved> = files
+            .get("manifest.json")
+            .and_then(|bytes| serde_json::from_slice(bytes).ok())
+            .ok_or_else(|| format!("the export of {image} has no manifest.json"))?;
+        let saved = manifest
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("the export of {image} holds no image"))?;
+        let config: serde_json::Value = files
+            .get(&saved.config)
+            .and_then(|bytes| serde_json::from_slice(bytes).ok())
+            .unwrap_or_default();
+        let env = config["config"]["Env"]
+            .as_array()
+            .map(|env| {
+                env.iter()
+                    .filter_map(|value| value.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let layers = saved
+            .layers
+            .iter()
+            .map(|layer| {
+                files
+                    .remove(layer)
+                    .ok_or_else(|| format!("the export of {image} lacks {layer}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((layers, env))
+    })
+    .await
+    .map_err(|error| error.to_string())?
+}
+
 /// Content a registry stores by digest.
 #[derive(Debug, Clone)]
 pub struct Blob {

@@ -237,7 +237,10 @@ async fn upload_version(
         .await
         .map_err(ApiError::internal)?
         .map_err(bundle_refused)?;
-    check_logic(&state, &archive).await?;
+    // A program runtime's logic is its program's: nothing here can load it.
+    if bundle.manifest.runtime.kind != rally_sdk::manifest::RuntimeKind::Program {
+        check_logic(&state, &archive).await?;
+    }
     let manifest = serde_json::to_string(&bundle.manifest).map_err(ApiError::internal)?;
     let principal = &scope.access.principal;
     let id = new_id();
@@ -297,7 +300,9 @@ async fn upload_version(
     )
     .await?;
     transaction.commit().await?;
-    if crate::builds::queue::builds_on_upload(&state, &scope.project.id).await? {
+    if bundle.manifest.runtime.image == rally_sdk::manifest::ImageSource::Build
+        && crate::builds::queue::builds_on_upload(&state, &scope.project.id).await?
+    {
         crate::builds::queue::queue(&state, &scope.project.id, &id, &principal.account_id).await?;
     }
     let version = find(&state.database, &scope.project.id, &id)

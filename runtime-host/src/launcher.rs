@@ -258,7 +258,11 @@ impl Launcher {
 
     /// Forks the runtime; returns its pid.
     fn launch(&mut self, start: &Start) -> std::io::Result<u32> {
-        let bundle = self.bundles.get(&start.bundle);
+        // A program reads its own files: the bundle is only its working directory.
+        let bundle = match start.program {
+            Some(_) => Err("a program runtime".to_owned()),
+            None => self.bundles.get(&start.bundle),
+        };
         // Where its output goes: its log file, or a pipe the launcher relays.
         let (output, relay) = match &start.log {
             Some(log) => (
@@ -338,6 +342,9 @@ impl Launcher {
         drop((log, null));
         if let Some(groups) = groups {
             groups.enter();
+        }
+        if let Some(program) = &start.program {
+            return run_program(start, program);
         }
         let runtime = session::RuntimeEnv {
             runtime_id: start.runtime_id.clone(),
@@ -423,6 +430,29 @@ impl Launcher {
 
 /// The complete lines at the start of `pending` (without their ends), taken out of it; pieces
 /// of [`OUTPUT_LINE_MAX`] bytes of a longer line; and, when `ended`, whatever is left.
+/// In the forked child of a program runtime: becomes its program, in the unpacked bundle's
+/// directory, with the runtime's environment and nothing else of the launcher's (`PATH` is the
+/// system's). Returns only when the program cannot be run.
+fn run_program(start: &Start, program: &Path) -> u8 {
+    use rally_sdk::runtime::env;
+    use std::os::unix::process::CommandExt;
+    let error = std::process::Command::new(program)
+        .current_dir(&start.bundle)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env(env::RUNTIME_ID, &start.runtime_id)
+        .env(env::RUNTIME_SECRET, &start.secret)
+        .env(env::QUALIFIER, start.qualifier.as_str())
+        .env(env::PLATFORM_URL, &start.platform_url)
+        .env(env::BUNDLE, &start.bundle)
+        .exec();
+    eprintln!(
+        "rally-runtime: cannot run the program {}: {error}",
+        program.display()
+    );
+    session::Exit::BadBundle as u8
+}
+
 fn output_lines(pending: &mut Vec<u8>, ended: bool) -> Vec<String> {
     let mut lines = Vec::new();
     loop {

@@ -57,6 +57,16 @@ pub fn load_files(
         Qualifier::Match => manifest.runtime.match_entry.clone(),
     };
     let engine: Box<dyn Engine> = match manifest.runtime.kind {
+        RuntimeKind::Program => {
+            return Err(format!(
+                "a program runtime runs its own program ({}), not rally-runtime",
+                manifest
+                    .runtime
+                    .program
+                    .as_deref()
+                    .unwrap_or("pushed as an image")
+            ))
+        }
         RuntimeKind::Lua => {
             let bundle = crate::lua::LuaBundle::from_files(files);
             Box::new(

@@ -117,6 +117,11 @@ pub enum BundleError {
     ManifestProblems(Vec<Problem>),
     #[error("{field} names {path:?}, but the bundle has no such file; add it or fix {field}")]
     EntryMissing { field: &'static str, path: String },
+    #[error(
+        "runtime.program names {path:?}, which is not executable in the bundle; make it \
+         executable (chmod +x) and pack it again"
+    )]
+    ProgramNotExecutable { path: String },
     /// Only [`pack`] reads the file system.
     #[error("cannot read {}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
@@ -140,6 +145,7 @@ impl BundleError {
             | BundleError::ManifestSyntax(_)
             | BundleError::ManifestProblems(_) => "manifest_invalid",
             BundleError::EntryMissing { .. } => "entry_missing",
+            BundleError::ProgramNotExecutable { .. } => "program_not_executable",
             BundleError::Io { .. } => "bundle_io",
         }
     }
@@ -232,6 +238,15 @@ fn read_bundle(
             });
         }
     }
+    if manifest.runtime.kind == crate::manifest::RuntimeKind::Program {
+        if let Some(program) = &manifest.runtime.program {
+            if !contents.executables.contains(program) {
+                return Err(BundleError::ProgramNotExecutable {
+                    path: program.clone(),
+                });
+            }
+        }
+    }
 
     let data = std::mem::take(&mut contents.data);
     let bundle = Bundle {
@@ -252,6 +267,8 @@ fn read_bundle(
 /// What the tar stream holds, once every entry has been checked.
 struct Contents {
     files: BTreeMap<String, u64>,
+    /// Files with an execute bit.
+    executables: BTreeSet<String>,
     directories: BTreeSet<String>,
     manifest_text: Option<String>,
     /// The files' bytes, when asked for.
@@ -267,6 +284,7 @@ fn read_entries<R: Read>(
 ) -> Result<Contents, BundleError> {
     let mut contents = Contents {
         files: BTreeMap::new(),
+        executables: BTreeSet::new(),
         directories: BTreeSet::new(),
         manifest_text: None,
         data: BTreeMap::new(),
@@ -318,6 +336,9 @@ fn read_entries<R: Read>(
                     let mut bytes = Vec::with_capacity(size as usize);
                     entry.read_to_end(&mut bytes).map_err(classify)?;
                     contents.data.insert(path.clone(), bytes);
+                }
+                if entry.header().mode().is_ok_and(|mode| mode & 0o111 != 0) {
+                    contents.executables.insert(path.clone());
                 }
                 contents.files.insert(path, size);
             }

@@ -43,11 +43,22 @@ pub struct Manifest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RuntimeConfig {
     pub kind: RuntimeKind,
-    /// Entry file of lobby runtimes, relative to the bundle root.
+    /// Entry file of lobby runtimes, relative to the bundle root (Lua and WASM).
+    #[serde(default)]
     pub lobby: String,
-    /// Entry file of match runtimes, relative to the bundle root; may be the lobby's file.
-    #[serde(rename = "match")]
+    /// Entry file of match runtimes, relative to the bundle root; may be the lobby's file (Lua
+    /// and WASM).
+    #[serde(rename = "match", default)]
     pub match_entry: String,
+    /// For `kind = "program"`: the executable in the bundle that is the runtime (a headless
+    /// game build speaking the runtime protocol, `docs/protocol.md`), run with the bundle's
+    /// files beside it. Optional when `image = "push"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+    /// Where the version's image for Docker pools comes from: `build` (the platform builds it
+    /// from the bundle) or `push` (a developer pushes it, tagged with the version).
+    #[serde(default, skip_serializing_if = "ImageSource::is_build")]
+    pub image: ImageSource,
     /// Ticks per second of the authoritative loop.
     #[serde(default = "default_tick_rate")]
     pub tick_rate: u32,
@@ -59,6 +70,8 @@ pub struct RuntimeConfig {
 pub enum RuntimeKind {
     Lua,
     Wasm,
+    /// The bundle carries its own runtime program (`runtime.program`).
+    Program,
 }
 
 impl RuntimeKind {
@@ -66,15 +79,35 @@ impl RuntimeKind {
         match self {
             RuntimeKind::Lua => "lua",
             RuntimeKind::Wasm => "wasm",
+            RuntimeKind::Program => "program",
         }
     }
 
-    /// The file extension every entry file of this kind must have.
+    /// The file extension every entry file of this kind must have (programs have none).
     pub fn entry_extension(self) -> &'static str {
         match self {
             RuntimeKind::Lua => ".lua",
             RuntimeKind::Wasm => ".wasm",
+            RuntimeKind::Program => "",
         }
+    }
+}
+
+/// Where a version's runtime image comes from (`runtime.image`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ImageSource {
+    /// The platform's builder makes it from the bundle.
+    #[default]
+    Build,
+    /// A developer pushes it to the studio's registry, tagged `v<number>`.
+    Push,
+}
+
+impl ImageSource {
+    pub fn is_build(&self) -> bool {
+        *self == ImageSource::Build
     }
 }
 
@@ -319,13 +352,21 @@ impl Manifest {
         }
     }
 
-    /// The entry files the manifest names, with the field naming each; lobby and match may name
-    /// the same file.
-    pub fn entry_files(&self) -> [(&'static str, &str); 2] {
-        [
-            ("runtime.lobby", self.runtime.lobby.as_str()),
-            ("runtime.match", self.runtime.match_entry.as_str()),
-        ]
+    /// The files the manifest names, with the field naming each: the lobby and match entries
+    /// (which may name the same file), or a program runtime's program.
+    pub fn entry_files(&self) -> Vec<(&'static str, &str)> {
+        match self.runtime.kind {
+            RuntimeKind::Program => self
+                .runtime
+                .program
+                .iter()
+                .map(|program| ("runtime.program", program.as_str()))
+                .collect(),
+            RuntimeKind::Lua | RuntimeKind::Wasm => vec![
+                ("runtime.lobby", self.runtime.lobby.as_str()),
+                ("runtime.match", self.runtime.match_entry.as_str()),
+            ],
+        }
     }
 }
 
@@ -448,6 +489,20 @@ impl RuntimeConfig {
                 ),
             ));
         }
+        if self.kind == RuntimeKind::Program {
+            self.check_program(problems);
+            return;
+        }
+        if let Some(program) = &self.program {
+            problems.push(Problem::new(
+                "invalid_runtime",
+                "runtime.program",
+                format!(
+                    "program {program:?} is for kind = \"program\"; a {} runtime starts at its lobby and match files",
+                    self.kind.as_str()
+                ),
+            ));
+        }
         for (field, path) in [
             ("runtime.lobby", &self.lobby),
             ("runtime.match", &self.match_entry),
@@ -467,6 +522,42 @@ impl RuntimeConfig {
                         self.kind.entry_extension(),
                         self.kind.as_str()
                     ),
+                ));
+            }
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// A program runtime names its program (unless its image is pushed) and no entry files.
+    fn check_program(&self, problems: &mut Vec<Problem>) {
+        match &self.program {
+            Some(program) => {
+                if let Some(reason) = plain_relative_path_problem(program) {
+                    problems.push(Problem::new(
+                        "invalid_runtime",
+                        "runtime.program",
+                        format!("program {program:?} {reason}"),
+                    ));
+                }
+            }
+            None if self.image == ImageSource::Push => {}
+            None => problems.push(Problem::new(
+                "invalid_runtime",
+                "runtime.program",
+                "a program runtime names its executable (program = \"bin/server\"), unless its \
+                 image is pushed (image = \"push\")",
+            )),
+        }
+        for (field, path) in [
+            ("runtime.lobby", &self.lobby),
+            ("runtime.match", &self.match_entry),
+        ] {
+            if !path.is_empty() {
+                problems.push(Problem::new(
+                    "invalid_runtime",
+                    field,
+                    format!("{field} is for Lua and WASM runtimes; a program runtime starts at runtime.program"),
                 ));
             }
         }
@@ -749,6 +840,8 @@ mod tests {
                 kind: RuntimeKind::Lua,
                 lobby: "lobby.lua".to_owned(),
                 match_entry: "logic/match.lua".to_owned(),
+                program: None,
+                image: ImageSource::Build,
                 tick_rate: 10,
             },
             modes: vec![Mode {
@@ -909,6 +1002,40 @@ mod tests {
         let mut manifest = good();
         manifest.runtime.match_entry = "/match.lua".to_owned();
         assert_single_problem(&manifest, "invalid_runtime", "runtime.match");
+    }
+
+    #[test]
+    fn a_program_runtime_names_its_program_and_no_entry_files() {
+        let program = |program: Option<&str>, image: ImageSource| {
+            let mut manifest = good();
+            manifest.runtime.kind = RuntimeKind::Program;
+            manifest.runtime.lobby = String::new();
+            manifest.runtime.match_entry = String::new();
+            manifest.runtime.program = program.map(str::to_owned);
+            manifest.runtime.image = image;
+            manifest
+        };
+        assert_eq!(
+            program(Some("bin/server"), ImageSource::Build).validate(),
+            Ok(())
+        );
+        assert_eq!(program(None, ImageSource::Push).validate(), Ok(()));
+        assert_single_problem(
+            &program(None, ImageSource::Build),
+            "invalid_runtime",
+            "runtime.program",
+        );
+        assert_single_problem(
+            &program(Some("../server"), ImageSource::Build),
+            "invalid_runtime",
+            "runtime.program",
+        );
+        let mut with_lobby = program(Some("server"), ImageSource::Build);
+        with_lobby.runtime.lobby = "lobby.lua".to_owned();
+        assert_single_problem(&with_lobby, "invalid_runtime", "runtime.lobby");
+        let mut lua_with_program = good();
+        lua_with_program.runtime.program = Some("server".to_owned());
+        assert_single_problem(&lua_with_program, "invalid_runtime", "runtime.program");
     }
 
     #[test]

@@ -135,6 +135,10 @@ pub mod launch {
         /// The deployment's CPU and memory limits for the runtime; none for no limits.
         #[serde(default)]
         pub limits: Option<ResourceLimits>,
+        /// A program runtime's program: the launcher runs it, in `bundle` (then the unpacked
+        /// bundle's directory), with the runtime's environment, instead of running the logic.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub program: Option<PathBuf>,
     }
 
     /// What one runtime may use (`runtime_cpu_millis`, `runtime_memory_mb`).

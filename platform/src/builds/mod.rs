@@ -98,6 +98,15 @@ async fn start_build(
     let version = crate::versions::find(&state.database, &scope.project.id, &path.version)
         .await?
         .ok_or(ApiError::NotFound { what: "version" })?;
+    if version.manifest["runtime"]["image"] == "push" {
+        return Err(ApiError::conflict(
+            "version_image_pushed",
+            format!(
+                "version {} takes its image from a push (runtime.image = \"push\"): push it tagged v{}",
+                version.number, version.number
+            ),
+        ));
+    }
     if let Some(image) = &version.image {
         if image.source == "push" {
             return Err(ApiError::conflict(

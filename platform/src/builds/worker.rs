@@ -2,12 +2,12 @@
 //! pushing each image, and putting back what a stop or a crash interrupted.
 
 use super::MAX_ATTEMPTS;
-use crate::images::{self, Pusher, RunConfig, BUNDLE_PATH, PROGRAM_PATH};
+use crate::images::{self, Pusher, RunConfig, APP_DIR, BUNDLE_PATH, PROGRAM_PATH};
 use crate::registry::signing::Granted;
 use crate::registry::BUILDER_SUBJECT;
 use crate::state::AppState;
 use crate::storage::{now_millis, StorageError};
-use rally_sdk::manifest::Manifest;
+use rally_sdk::manifest::{Manifest, RuntimeKind};
 use rally_sdk::runtime::env;
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -124,8 +124,8 @@ async fn claim(state: &AppState) -> Result<Option<Job>, StorageError> {
             continue;
         }
         let row = sqlx::query(
-            "SELECT b.version_id, v.number, v.bundle_sha256, v.manifest, t.alias AS tenant, \
-             p.alias AS project FROM builds b JOIN versions v ON v.id = b.version_id \
+            "SELECT b.version_id, v.number, v.bundle_sha256, v.manifest, \
+             COALESCE(t.alias, t.id) AS tenant, COALESCE(p.alias, p.id) AS project FROM builds b JOIN versions v ON v.id = b.version_id \
              JOIN projects p ON p.id = b.project_id JOIN tenants t ON t.id = p.tenant_id \
              WHERE b.id = $1",
         )
@@ -253,38 +253,88 @@ async fn make_and_push(
         .fetch_one(state.database.reader())
         .await
         .map_err(|error| format!("cannot read the bundle: {error}"))?;
-    let program = state.runtimes.runtime_binary().to_owned();
+    let runtime_program = state.runtimes.runtime_binary().to_owned();
     let bundle_sha256 = job.bundle_sha256.clone();
+    let own_program = match manifest.runtime.kind {
+        RuntimeKind::Program => Some(
+            manifest
+                .runtime
+                .program
+                .clone()
+                .ok_or("the version's image is pushed, not built (runtime.image = \"push\")")?,
+        ),
+        RuntimeKind::Lua | RuntimeKind::Wasm => None,
+    };
+    let base = match (&own_program, &state.config.program_base_image) {
+        (Some(_), Some(base)) => {
+            let docker = bollard::Docker::connect_with_local_defaults()
+                .map_err(|error| format!("cannot reach the local Docker daemon: {error}"))?
+                .negotiate_version()
+                .await
+                .map_err(|error| format!("cannot reach the local Docker daemon: {error}"))?;
+            let (layers, env) = images::saved_layers(&docker, base).await?;
+            log.line(format!("on base image {base} ({} layers)", layers.len()))
+                .await;
+            Some((layers, env))
+        }
+        _ => None,
+    };
+    let assembling = std::time::Instant::now();
     let image = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-        let program_sha256 = images::file_digest(&program)?;
-        let run = RunConfig {
-            entrypoint: vec![PROGRAM_PATH.to_owned()],
-            env: vec![format!("{}={BUNDLE_PATH}", env::BUNDLE)],
-            working_dir: None,
-            labels: BTreeMap::from([
-                ("rally.managed".to_owned(), "true".to_owned()),
-                ("rally.bundle".to_owned(), bundle_sha256),
-                ("rally.program".to_owned(), program_sha256),
-            ]),
-        };
-        let layers = [
-            (
-                "the rally-runtime program",
-                images::program_layer(&program)?,
-            ),
-            ("the version's bundle", images::bundle_layer(&bundle)?),
-        ];
-        images::assemble(&layers, &run)
+        let mut labels = BTreeMap::from([
+            ("rally.managed".to_owned(), "true".to_owned()),
+            ("rally.bundle".to_owned(), bundle_sha256),
+        ]);
+        match own_program {
+            // A program runtime: its files, its program the entrypoint, nothing else.
+            Some(program) => {
+                let (base_layers, mut environment) = base.unwrap_or_default();
+                environment.push(format!("{}={APP_DIR}", env::BUNDLE));
+                let run = RunConfig {
+                    entrypoint: vec![format!("{APP_DIR}/{program}")],
+                    env: environment,
+                    working_dir: Some(APP_DIR.to_owned()),
+                    labels,
+                };
+                let mut layers: Vec<(&str, Vec<u8>)> = base_layers
+                    .into_iter()
+                    .map(|layer| ("the base image", layer))
+                    .collect();
+                layers.push(("the bundle's files", images::app_layer(&bundle)?));
+                images::assemble(&layers, &run)
+            }
+            None => {
+                labels.insert(
+                    "rally.program".to_owned(),
+                    images::file_digest(&runtime_program)?,
+                );
+                let run = RunConfig {
+                    entrypoint: vec![PROGRAM_PATH.to_owned()],
+                    env: vec![format!("{}={BUNDLE_PATH}", env::BUNDLE)],
+                    working_dir: None,
+                    labels,
+                };
+                let layers = [
+                    (
+                        "the rally-runtime program",
+                        images::program_layer(&runtime_program)?,
+                    ),
+                    ("the version's bundle", images::bundle_layer(&bundle)?),
+                ];
+                images::assemble(&layers, &run)
+            }
+        }
     })
     .await
     .map_err(|error| format!("the image assembly stopped: {error}"))?
     .map_err(|error| format!("cannot assemble the image: {error}"))?;
     let size: usize = image.layers.iter().map(|layer| layer.bytes.len()).sum();
     log.line(format!(
-        "image {} ({} layers, {:.1} MiB compressed)",
+        "image {} ({} layers, {:.1} MiB compressed), assembled in {} ms",
         image.manifest.digest,
         image.layers.len(),
-        size as f64 / (1024.0 * 1024.0)
+        size as f64 / (1024.0 * 1024.0),
+        assembling.elapsed().as_millis()
     ))
     .await;
     set_status(state, &job.id, "pushing").await?;
@@ -298,6 +348,7 @@ async fn make_and_push(
         PUSH_TOKEN_TTL_SECS,
     );
     let pusher = Pusher::new(&address, &job.repository, token);
+    let pushing = std::time::Instant::now();
     for blob in image.layers.iter().chain(std::iter::once(&image.config)) {
         let sent = pusher.blob(blob).await.map_err(|error| error.to_string())?;
         log.line(format!(
@@ -319,8 +370,9 @@ async fn make_and_push(
         .map_err(|error| error.to_string())?;
     let reference = format!("{address}/{}@{digest}", job.repository);
     log.line(format!(
-        "pushed {address}/{}:{tag} as {digest}",
-        job.repository
+        "pushed {address}/{}:{tag} as {digest} in {} ms",
+        job.repository,
+        pushing.elapsed().as_millis()
     ))
     .await;
     Ok((reference, digest))

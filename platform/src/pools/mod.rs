@@ -84,6 +84,11 @@ pub enum Artifact {
         path: PathBuf,
         sha256: String,
         image: Option<String>,
+        /// A program runtime's program, relative to the bundle root: it is run instead of
+        /// `rally-runtime`.
+        program: Option<String>,
+        /// The image comes from a developer's push: none is made from the bundle.
+        image_pushed: bool,
     },
 }
 

@@ -203,7 +203,20 @@ impl ProcessPool {
 
     /// Starts the runtime's process and returns its pid.
     async fn spawn(&self, spec: RuntimeSpec) -> std::io::Result<u32> {
-        let Artifact::Bundle { path: bundle, .. } = spec.artifact;
+        let Artifact::Bundle {
+            path: bundle,
+            program,
+            ..
+        } = spec.artifact;
+        // A program runtime runs its program among the bundle's files, unpacked once.
+        let (bundle, program) = match program {
+            Some(program) => {
+                let directory = crate::images::unpacked(&bundle).await?;
+                let program = directory.join(&program);
+                (directory, Some(program))
+            }
+            None => (bundle, None),
+        };
         tokio::fs::create_dir_all(&self.log_dir).await?;
         let runtime_id = spec.runtime_id.clone();
         let mut line = serde_json::to_vec(&Start {
@@ -214,6 +227,7 @@ impl ProcessPool {
             platform_url: spec.platform_url.clone(),
             bundle,
             limits: Some(spec.limits),
+            program,
         })
         .map_err(std::io::Error::other)?;
         line.push(b'\n');

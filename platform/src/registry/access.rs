@@ -70,7 +70,8 @@ pub async fn project_of_repository(
     let Some((tenant, project)) = repository.split_once('/') else {
         return Ok(None);
     };
-    if !catalog::is_slug(tenant) || !catalog::is_slug(project) {
+    let named = |segment: &str| catalog::is_slug(segment) || catalog::is_id(segment);
+    if !named(tenant) || !named(project) {
         return Ok(None);
     }
     let Some(tenant) = catalog::find_tenant(database, tenant).await? else {

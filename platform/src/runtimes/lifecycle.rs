@@ -95,6 +95,8 @@ pub(super) async fn start_runtime(
             path: bundle,
             sha256: deployment.bundle_sha256.clone(),
             image: deployment.image.clone(),
+            program: deployment.program.clone(),
+            image_pushed: deployment.image_pushed,
         },
         limits: deployment.limits,
         pool: deployment.pool.clone(),

@@ -70,6 +70,7 @@ impl Runtimes {
             database.clone(),
             runtime_binary(config),
             config.docker_image_repository.clone(),
+            config.program_base_image.clone(),
             config.data_dir.join("runtimes").join("containers"),
             config.runtime_log_max_bytes,
             Duration::from_secs(config.docker_server_lost_secs),

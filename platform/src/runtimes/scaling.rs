@@ -23,6 +23,10 @@ pub struct DeploymentToRun {
     pub bundle_sha256: String,
     /// The version's image in the registry, when one is linked.
     pub image: Option<String>,
+    /// A program runtime's program, relative to the bundle root.
+    pub program: Option<String>,
+    /// The version's image comes from a developer's push (`runtime.image = "push"`).
+    pub image_pushed: bool,
     pub min_lobbies: i64,
     pub max_clients_per_lobby: i64,
     pub idle_timeout: Duration,
@@ -46,6 +50,13 @@ impl From<&Deployed> for DeploymentToRun {
             active: deployed.is_active(),
             bundle_sha256: deployed.bundle_sha256.clone(),
             image: deployed.image.clone(),
+            program: match deployed.manifest.runtime.kind {
+                rally_sdk::manifest::RuntimeKind::Program => {
+                    deployed.manifest.runtime.program.clone()
+                }
+                _ => None,
+            },
+            image_pushed: deployed.manifest.runtime.image == rally_sdk::manifest::ImageSource::Push,
             min_lobbies: i64::from(config.min_lobbies),
             max_clients_per_lobby: i64::from(config.max_clients_per_lobby),
             idle_timeout: Duration::from_secs(u64::from(config.idle_timeout_secs)),
@@ -218,6 +229,8 @@ mod tests {
             active,
             bundle_sha256: String::new(),
             image: None,
+            program: None,
+            image_pushed: false,
             min_lobbies: 1,
             max_clients_per_lobby: 10,
             idle_timeout: Duration::from_secs(60),

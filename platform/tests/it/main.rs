@@ -17,6 +17,7 @@ mod management;
 mod permissions;
 mod players;
 mod pools;
+mod programs;
 mod registry;
 mod runtimes;
 mod security;

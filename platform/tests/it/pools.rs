@@ -348,6 +348,8 @@ async fn exits_wait_for_room_in_a_full_queue_and_none_is_lost() {
                 path: directory.path().join("missing.tar.gz"),
                 sha256: "0".repeat(64),
                 image: None,
+                program: None,
+                image_pushed: false,
             },
             limits: ResourceLimits {
                 cpu_millis: 1000,

@@ -170,6 +170,7 @@ impl Inner {
             bundle: BUNDLE_PATH.into(),
             log: None,
             limits: Some(spec.limits),
+            program: None,
         }));
         // A launcher that ends as the start is sent (removed as idle, its container gone):
         // once more with a new one.

@@ -118,6 +118,8 @@ struct Inner {
     program: PathBuf,
     /// Where the images go: `<repository>:<bundle>-<program>`, `<repository>-base:<program>`.
     repository: String,
+    /// What program runtimes' images are made on (`program_base_image`); none: nothing.
+    program_base_image: Option<String>,
     /// Kept output of ended containers and the platform's lines about each runtime.
     log_dir: PathBuf,
     log_max_bytes: u64,
@@ -232,6 +234,7 @@ impl DockerPool {
         database: Database,
         program: PathBuf,
         repository: String,
+        program_base_image: Option<String>,
         log_dir: PathBuf,
         log_max_bytes: u64,
         lost_after: Duration,
@@ -243,6 +246,7 @@ impl DockerPool {
                 database,
                 program,
                 repository,
+                program_base_image,
                 log_dir,
                 log_max_bytes,
                 lost_after,
@@ -403,16 +407,46 @@ impl Inner {
                 step.map_err(|error| start_error("cannot import the runtime image", error))?;
             }
         }
-        // The version's layer: the bundle, on top of the base, committed from a container
-        // that never runs.
+        // The version's layer: the bundle, on top of the base.
         let bundle_bytes = tokio::fs::read(bundle)
             .await
             .map_err(|error| start_error("cannot read the bundle", error))?;
+        let layer = images::bundle_layer(&bundle_bytes)
+            .map_err(|error| start_error("cannot pack the bundle", error))?;
+        let config = ContainerConfig {
+            entrypoint: Some(vec![PROGRAM_PATH.to_owned()]),
+            env: Some(vec![format!("{}={BUNDLE_PATH}", env::BUNDLE)]),
+            user: Some(RUNTIME_USER.to_owned()),
+            labels: Some(HashMap::from([
+                (MANAGED_LABEL.to_owned(), "true".to_owned()),
+                ("rally.bundle".to_owned(), bundle_digest.to_owned()),
+                ("rally.program".to_owned(), program.clone()),
+            ])),
+            ..Default::default()
+        };
+        self.commit_layer(docker, &base, layer, &tag, config)
+            .await?;
+        tracing::info!(server = %daemon.server, image = %tag, "runtime image made");
+        Ok(tag)
+    }
+
+    /// Image `tag`: `layer` (a tar) on top of image `base`, run as `config` says, committed
+    /// from a container that never runs; the container goes either way.
+    async fn commit_layer(
+        &self,
+        docker: &Docker,
+        base: &str,
+        layer: Vec<u8>,
+        tag: &str,
+        config: ContainerConfig,
+    ) -> Result<(), StartError> {
         let scratch = docker
             .create_container(
                 None::<CreateContainerOptions>,
                 ContainerCreateBody {
-                    image: Some(base.clone()),
+                    image: Some(base.to_owned()),
+                    // Never run; a base without a command of its own needs one to be made.
+                    entrypoint: config.entrypoint.clone(),
                     // Named by node, so that one left behind by a stop in the middle can be
                     // found (`docker ps --filter label=rally.scratch=<node>`).
                     labels: Some(HashMap::from([
@@ -426,8 +460,6 @@ impl Inner {
             .map_err(|error| start_error("cannot make the version's image", error))?
             .id;
         let layered = async {
-            let archive = images::bundle_layer(&bundle_bytes)
-                .map_err(|error| start_error("cannot pack the bundle", error))?;
             docker
                 .upload_to_container(
                     &scratch,
@@ -435,10 +467,10 @@ impl Inner {
                         path: "/".to_owned(),
                         ..Default::default()
                     }),
-                    bollard::body_full(archive.into()),
+                    bollard::body_full(layer.into()),
                 )
                 .await
-                .map_err(|error| start_error("cannot add the bundle to the image", error))?;
+                .map_err(|error| start_error("cannot add the version's files", error))?;
             let (repo, version_tag) = tag.rsplit_once(':').expect("a tag");
             docker
                 .commit_container(
@@ -448,17 +480,7 @@ impl Inner {
                         tag: Some(version_tag.to_owned()),
                         ..Default::default()
                     },
-                    ContainerConfig {
-                        entrypoint: Some(vec![PROGRAM_PATH.to_owned()]),
-                        env: Some(vec![format!("{}={BUNDLE_PATH}", env::BUNDLE)]),
-                        user: Some(RUNTIME_USER.to_owned()),
-                        labels: Some(HashMap::from([
-                            (MANAGED_LABEL.to_owned(), "true".to_owned()),
-                            ("rally.bundle".to_owned(), bundle_digest.to_owned()),
-                            ("rally.program".to_owned(), program.clone()),
-                        ])),
-                        ..Default::default()
-                    },
+                    config,
                 )
                 .await
                 .map_err(|error| start_error("cannot commit the version's image", error))?;
@@ -466,9 +488,7 @@ impl Inner {
         }
         .await;
         remove(docker, &scratch).await;
-        layered?;
-        tracing::info!(server = %daemon.server, image = %tag, "runtime image made");
-        Ok(tag)
+        layered
     }
 
     /// The version's image `reference` (`<registry>/<repository>@<digest>`) on `daemon`,
@@ -515,6 +535,110 @@ impl Inner {
         Ok(reference.to_owned())
     }
 
+    /// The image of a program runtime made on `daemon` from its bundle, if it is not there
+    /// yet: the bundle's files under `/app`, on the configured `program_base_image` or on
+    /// nothing (the program brings what it needs), `program` the entrypoint.
+    async fn program_image(
+        &self,
+        daemon: &Daemon,
+        bundle: &Path,
+        bundle_digest: &str,
+        program: &str,
+    ) -> Result<String, StartError> {
+        let docker = &daemon.docker;
+        let base = match &self.program_base_image {
+            Some(base) => {
+                let id = docker
+                    .inspect_image(base)
+                    .await
+                    .map_err(|error| {
+                        start_error(
+                            &format!(
+                                "program_base_image {base} is not on server {}",
+                                daemon.server
+                            ),
+                            error,
+                        )
+                    })?
+                    .id
+                    .unwrap_or_default();
+                Some((
+                    base.clone(),
+                    id.trim_start_matches("sha256:")
+                        .chars()
+                        .take(12)
+                        .collect::<String>(),
+                ))
+            }
+            None => None,
+        };
+        let tag = match &base {
+            Some((_, id)) => format!("{}:{}-program-{id}", self.repository, &bundle_digest[..16]),
+            None => format!("{}:{}-program", self.repository, &bundle_digest[..16]),
+        };
+        if docker.inspect_image(&tag).await.is_ok() {
+            return Ok(tag);
+        }
+        let _one_at_a_time = self.imaging.lock().await;
+        if docker.inspect_image(&tag).await.is_ok() {
+            return Ok(tag);
+        }
+        let bundle = tokio::fs::read(bundle)
+            .await
+            .map_err(|error| start_error("cannot read the bundle", error))?;
+        let layer = tokio::task::spawn_blocking(move || images::app_layer(&bundle))
+            .await
+            .map_err(|error| start_error("cannot unpack the bundle", error))?
+            .map_err(|error| start_error("cannot unpack the bundle", error))?;
+        let entrypoint = format!("{}/{program}", images::APP_DIR);
+        let bundle_env = format!("{}={}", env::BUNDLE, images::APP_DIR);
+        match base {
+            Some((base, _)) => {
+                let config = ContainerConfig {
+                    entrypoint: Some(vec![entrypoint]),
+                    working_dir: Some(images::APP_DIR.to_owned()),
+                    env: Some(vec![bundle_env]),
+                    user: Some(RUNTIME_USER.to_owned()),
+                    labels: Some(HashMap::from([
+                        (MANAGED_LABEL.to_owned(), "true".to_owned()),
+                        ("rally.bundle".to_owned(), bundle_digest.to_owned()),
+                    ])),
+                    ..Default::default()
+                };
+                self.commit_layer(docker, &base, layer, &tag, config)
+                    .await?;
+            }
+            None => {
+                let entrypoint = serde_json::to_string(&[entrypoint])
+                    .map_err(|error| start_error("cannot name the program", error))?;
+                let (repo, program_tag) = tag.rsplit_once(':').expect("a tag");
+                let options = CreateImageOptions {
+                    from_src: Some("-".to_owned()),
+                    repo: Some(repo.to_owned()),
+                    tag: Some(program_tag.to_owned()),
+                    changes: vec![
+                        format!("ENTRYPOINT {entrypoint}"),
+                        format!("WORKDIR {}", images::APP_DIR),
+                        format!("USER {RUNTIME_USER}"),
+                        format!("ENV {bundle_env}"),
+                        format!("LABEL {MANAGED_LABEL}=true"),
+                    ],
+                    ..Default::default()
+                };
+                let mut progress = docker.create_image(
+                    Some(options),
+                    Some(bollard::body_full(layer.into())),
+                    None,
+                );
+                while let Some(step) = progress.next().await {
+                    step.map_err(|error| start_error("cannot import the program's image", error))?;
+                }
+            }
+        }
+        tracing::info!(server = %daemon.server, image = %tag, "program runtime image made");
+        Ok(tag)
+    }
+
     /// Creates and starts the runtime's container; nothing is left behind when it fails.
     async fn run(
         &self,
@@ -547,7 +671,7 @@ impl Inner {
                 format!("{}={}", env::RUNTIME_SECRET, spec.secret),
                 format!("{}={}", env::QUALIFIER, spec.qualifier.as_str()),
                 format!("{}={platform_url}", env::PLATFORM_URL),
-                format!("{}={BUNDLE_PATH}", env::BUNDLE),
+                // RALLY_BUNDLE is the image's own: where its files are.
             ]),
             user: Some(RUNTIME_USER.to_owned()),
             labels: Some(labels),
@@ -961,6 +1085,8 @@ impl RuntimePool for DockerPool {
             path: bundle,
             sha256,
             image: linked,
+            program,
+            image_pushed,
         } = &spec.artifact;
         let (server, daemon) = {
             let _one_at_a_time = inner.scheduling.lock().await;
@@ -1007,9 +1133,26 @@ impl RuntimePool for DockerPool {
         };
         let image = match linked {
             Some(reference) => inner.pulled(&daemon, reference).await?,
-            None => inner.image(&daemon, bundle, sha256).await?,
+            None if *image_pushed => {
+                return Err(StartError(
+                    "the version takes its image from a push, and none is linked yet".to_owned(),
+                ))
+            }
+            None => match program {
+                Some(program) => {
+                    inner
+                        .program_image(&daemon, bundle, sha256, program)
+                        .await?
+                }
+                None => inner.image(&daemon, bundle, sha256).await?,
+            },
         };
-        let handle = match spec.docker_placement {
+        // A program is not `rally-runtime`: no launcher forks it.
+        let placement = match program {
+            Some(_) => DockerPlacement::Container,
+            None => spec.docker_placement,
+        };
+        let handle = match placement {
             DockerPlacement::Container => inner.run(&daemon, &spec, image).await?,
             DockerPlacement::Launcher => inner.launch(&daemon, &server, &spec, image).await?,
         };
