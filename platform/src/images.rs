@@ -335,24 +335,38 @@ struct Descriptor<'a> {
     digest: &'a str,
 }
 
-/// The image of `layers` (uncompressed tars, bottom first) run as `run` says. Nothing in it
-/// depends on when or where it is made: no times, gzip without name or time.
-pub fn assemble(layers: &[(&str, Vec<u8>)], run: &RunConfig) -> std::io::Result<Image> {
-    let mut diff_ids = Vec::new();
-    let mut blobs = Vec::new();
-    let mut history = Vec::new();
-    for (what, tar) in layers {
-        diff_ids.push(digest_of(tar));
-        let mut gzip = flate2::GzBuilder::new()
-            .mtime(0)
-            .write(Vec::new(), flate2::Compression::default());
-        gzip.write_all(tar)?;
-        blobs.push(Blob::new(LAYER_TYPE, gzip.finish()?));
-        history.push(BTreeMap::from([(
-            "created_by",
-            format!("rally builder: {what}"),
-        )]));
-    }
+/// A layer ready to push: its compressed blob, the digest of its uncompressed tar (the
+/// image configuration's `diff_id`), and what it holds, in words.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub what: String,
+    pub diff_id: String,
+    pub blob: Blob,
+}
+
+/// `tar` compressed as a layer: gzip without name or time, so the same tar always gives the
+/// same blob.
+pub fn layer(what: &str, tar: &[u8]) -> std::io::Result<Layer> {
+    let mut gzip = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::default());
+    gzip.write_all(tar)?;
+    Ok(Layer {
+        what: what.to_owned(),
+        diff_id: digest_of(tar),
+        blob: Blob::new(LAYER_TYPE, gzip.finish()?),
+    })
+}
+
+/// The image of `layers` (bottom first) run as `run` says. Nothing in it depends on when or
+/// where it is made: no times.
+pub fn assemble(layers: Vec<Layer>, run: &RunConfig) -> std::io::Result<Image> {
+    let diff_ids = layers.iter().map(|layer| layer.diff_id.clone()).collect();
+    let history = layers
+        .iter()
+        .map(|layer| BTreeMap::from([("created_by", format!("rally builder: {}", layer.what))]))
+        .collect();
+    let blobs: Vec<Blob> = layers.into_iter().map(|layer| layer.blob).collect();
     let config = ImageConfig {
         architecture: "amd64",
         os: "linux",
@@ -566,14 +580,15 @@ mod tests {
             entrypoint: vec!["/app/bin/server".to_owned()],
             ..Default::default()
         };
-        let one = assemble(&[("app", app_layer(&bundle()).unwrap())], &run).unwrap();
-        let two = assemble(&[("app", app_layer(&bundle()).unwrap())], &run).unwrap();
+        let app = || vec![layer("app", &app_layer(&bundle()).unwrap()).unwrap()];
+        let one = assemble(app(), &run).unwrap();
+        let two = assemble(app(), &run).unwrap();
         assert_eq!(one.manifest.digest, two.manifest.digest);
         let other = RunConfig {
             entrypoint: vec!["/app/rally.toml".to_owned()],
             ..Default::default()
         };
-        let three = assemble(&[("app", app_layer(&bundle()).unwrap())], &other).unwrap();
+        let three = assemble(app(), &other).unwrap();
         assert_ne!(one.manifest.digest, three.manifest.digest);
     }
 

@@ -21,6 +21,42 @@ const LOG_MAX_BYTES: usize = 64 * 1024;
 /// Lifetime of the token a push carries.
 const PUSH_TOKEN_TTL_SECS: u64 = 900;
 
+/// The layer of the `rally-runtime` program, kept while the file is unchanged: every Lua and
+/// WASM image starts with it, and compressing it takes seconds.
+#[derive(Debug, Clone, Default)]
+struct ProgramLayers(Arc<parking_lot::Mutex<Option<ProgramLayer>>>);
+
+#[derive(Debug)]
+struct ProgramLayer {
+    /// Size and modification time: a replaced file is read again.
+    file: (u64, std::time::SystemTime),
+    sha256: String,
+    layer: images::Layer,
+}
+
+impl ProgramLayers {
+    /// The program's SHA-256 and its layer (blocking work).
+    fn get(&self, program: &std::path::Path) -> std::io::Result<(String, images::Layer)> {
+        let metadata = std::fs::metadata(program)?;
+        let file = (metadata.len(), metadata.modified()?);
+        let mut cached = self.0.lock();
+        if let Some(kept) = cached.as_ref().filter(|kept| kept.file == file) {
+            return Ok((kept.sha256.clone(), kept.layer.clone()));
+        }
+        let sha256 = images::file_digest(program)?;
+        let layer = images::layer(
+            "the rally-runtime program",
+            &images::program_layer(program)?,
+        )?;
+        *cached = Some(ProgramLayer {
+            file,
+            sha256: sha256.clone(),
+            layer: layer.clone(),
+        });
+        Ok((sha256, layer))
+    }
+}
+
 /// A claimed build, with what making its image needs.
 struct Job {
     id: String,
@@ -38,6 +74,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     }
     let at_once = state.config.builds_at_once.max(1) as usize;
     let permits = Arc::new(Semaphore::new(at_once));
+    let programs = ProgramLayers::default();
     let mut every_second = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -48,7 +85,13 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         while let Ok(permit) = permits.clone().try_acquire_owned() {
             match claim(&state).await {
                 Ok(Some(job)) => {
-                    tokio::spawn(build(state.clone(), job, permit, shutdown.clone()));
+                    tokio::spawn(build(
+                        state.clone(),
+                        programs.clone(),
+                        job,
+                        permit,
+                        shutdown.clone(),
+                    ));
                 }
                 Ok(None) => break,
                 Err(error) => {
@@ -181,7 +224,13 @@ impl Log<'_> {
     }
 }
 
-async fn build(state: AppState, job: Job, _permit: OwnedSemaphorePermit, stop: CancellationToken) {
+async fn build(
+    state: AppState,
+    programs: ProgramLayers,
+    job: Job,
+    _permit: OwnedSemaphorePermit,
+    stop: CancellationToken,
+) {
     let existing: Option<String> = sqlx::query_scalar("SELECT log FROM builds WHERE id = $1")
         .bind(&job.id)
         .fetch_optional(state.database.reader())
@@ -194,7 +243,7 @@ async fn build(state: AppState, job: Job, _permit: OwnedSemaphorePermit, stop: C
         text: existing.unwrap_or_default(),
     };
     let outcome = tokio::select! {
-        outcome = make_and_push(&state, &job, &mut log) => Some(outcome),
+        outcome = make_and_push(&state, &programs, &job, &mut log) => Some(outcome),
         () = stop.cancelled() => None,
     };
     let recorded = match outcome {
@@ -230,6 +279,7 @@ async fn set_status(state: &AppState, build_id: &str, status: &str) -> Result<()
 /// Makes the image and pushes it; its reference and digest.
 async fn make_and_push(
     state: &AppState,
+    programs: &ProgramLayers,
     job: &Job,
     log: &mut Log<'_>,
 ) -> Result<(String, String), String> {
@@ -280,6 +330,7 @@ async fn make_and_push(
         _ => None,
     };
     let assembling = std::time::Instant::now();
+    let program_layers = programs.clone();
     let image = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
         let mut labels = BTreeMap::from([
             ("rally.managed".to_owned(), "true".to_owned()),
@@ -296,32 +347,30 @@ async fn make_and_push(
                     working_dir: Some(APP_DIR.to_owned()),
                     labels,
                 };
-                let mut layers: Vec<(&str, Vec<u8>)> = base_layers
-                    .into_iter()
-                    .map(|layer| ("the base image", layer))
-                    .collect();
-                layers.push(("the bundle's files", images::app_layer(&bundle)?));
-                images::assemble(&layers, &run)
+                let mut layers = base_layers
+                    .iter()
+                    .map(|tar| images::layer("the base image", tar))
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                layers.push(images::layer(
+                    "the bundle's files",
+                    &images::app_layer(&bundle)?,
+                )?);
+                images::assemble(layers, &run)
             }
             None => {
-                labels.insert(
-                    "rally.program".to_owned(),
-                    images::file_digest(&runtime_program)?,
-                );
+                let (program_sha256, program_layer) = program_layers.get(&runtime_program)?;
+                labels.insert("rally.program".to_owned(), program_sha256);
                 let run = RunConfig {
                     entrypoint: vec![PROGRAM_PATH.to_owned()],
                     env: vec![format!("{}={BUNDLE_PATH}", env::BUNDLE)],
                     working_dir: None,
                     labels,
                 };
-                let layers = [
-                    (
-                        "the rally-runtime program",
-                        images::program_layer(&runtime_program)?,
-                    ),
-                    ("the version's bundle", images::bundle_layer(&bundle)?),
+                let layers = vec![
+                    program_layer,
+                    images::layer("the version's bundle", &images::bundle_layer(&bundle)?)?,
                 ];
-                images::assemble(&layers, &run)
+                images::assemble(layers, &run)
             }
         }
     })
@@ -398,10 +447,23 @@ async fn done(
     .execute(state.database.writer())
     .await?
     .rows_affected();
-    let line = if linked == 1 {
-        format!("version {} runs {reference}\n", job.number)
-    } else {
-        format!("version {} already had its image; kept\n", job.number)
+    let current: Option<String> =
+        sqlx::query_scalar("SELECT image_digest FROM versions WHERE id = $1")
+            .bind(&job.version_id)
+            .fetch_optional(state.database.reader())
+            .await?
+            .flatten();
+    let line = match current {
+        _ if linked == 1 => format!("version {} runs {reference}\n", job.number),
+        // The registry's notification of the push came first.
+        Some(current) if current == digest => {
+            format!("version {} runs {reference}\n", job.number)
+        }
+        current => format!(
+            "version {} already had image {}; kept\n",
+            job.number,
+            current.unwrap_or_default()
+        ),
     };
     sqlx::query(
         "UPDATE builds SET status = 'done', reference = $2, digest = $3, finished_at = $4, \

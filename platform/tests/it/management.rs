@@ -9,7 +9,7 @@ use rally_sdk::{ClientError, RallyClient};
 use std::time::Duration;
 
 /// Admin client with tenant `studio` and project `game`.
-async fn studio(app: &TestApp) -> RallyClient {
+pub(crate) async fn studio(app: &TestApp) -> RallyClient {
     let admin = app.admin().await;
     admin.create_tenant("Studio", Some("studio")).await.unwrap();
     admin

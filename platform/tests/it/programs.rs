@@ -9,6 +9,9 @@ use crate::helpers::Backend;
 use crate::on_both_backends;
 use crate::players::{app, connect, deploy, deploy_version, player};
 use crate::registry::{free_address, DockerUser, Registry};
+use crate::tictactoe::{
+    back_in_lobby, next_game_message, play, start_match, two_players_in_a_lobby,
+};
 use rally_sdk::bundle::{pack, BundleLimits};
 use std::path::Path;
 use std::process::Command;
@@ -101,12 +104,7 @@ async fn runtimes_of(
 
 async fn program_bundles_that_cannot_run_are_refused(backend: Backend) {
     let app = app(backend, |_| {}).await;
-    let admin = app.admin().await;
-    admin.create_tenant("Studio", Some("studio")).await.unwrap();
-    admin
-        .create_project("studio", "Game", Some("game"))
-        .await
-        .unwrap();
+    let admin = crate::management::studio(&app).await;
     for (bundle, code) in [
         (program_bundle(0o644, "server"), "program_not_executable"),
         (program_bundle(0o755, "bin/missing"), "entry_missing"),
@@ -176,19 +174,14 @@ async fn a_pushed_program_runtime_is_linked_and_deployed(backend: Backend) {
     let (tenant, grant) = crate::permissions::manager_of("studio", &ada.id);
     admin.grant(&tenant, &grant).await.unwrap();
 
-    // The version: a manifest whose image is pushed.
-    let pushed = tempfile::tempdir().unwrap();
-    write(
-        &pushed.path().join("rally.toml"),
-        manifest_with("[runtime]\nkind = \"program\"\nimage = \"push\"\n").as_bytes(),
-        0o644,
-    );
+    // The version: examples/custom-runtime, tic-tac-toe whose image is pushed.
+    let example = Path::new(HELLO).join("../custom-runtime");
     let version = ada
         .api
         .upload_version(
             "studio",
             "game",
-            pack(pushed.path(), &BundleLimits::default()).unwrap(),
+            pack(&example, &BundleLimits::default()).unwrap(),
             None,
         )
         .await
@@ -212,42 +205,23 @@ async fn a_pushed_program_runtime_is_linked_and_deployed(backend: Backend) {
         .unwrap_err();
     assert_eq!(error.code(), Some("version_image_pushed"), "{error}");
 
-    // The developer's image: rally-runtime and its libraries as a base (imported), and a
-    // Dockerfile that adds the game and says where it is (RALLY_BUNDLE).
-    let base = format!("rally-test-base-{}", version.id);
-    let layer = rally_platform::images::program_layer(&crate::runtimes::runtime_binary()).unwrap();
-    let mut import = Command::new("docker")
-        .args(["import", "-", &format!("{base}:1")])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut import.stdin.take().unwrap(), &layer).unwrap();
-    assert!(import.wait().unwrap().success());
+    // The developer's image: a base with rally-runtime, and a Dockerfile that adds the game
+    // and says where it is (RALLY_BUNDLE).
+    let base = base_image(&format!("rally-test-base-{}", version.id));
     let context = tempfile::tempdir().unwrap();
-    hello_files(&context.path().join("app"));
-    write(
-        &context.path().join("Dockerfile"),
-        format!(
-            "FROM {base}:1\nCOPY app /app\nENV RALLY_BUNDLE=/app\nENTRYPOINT [\"/rally-runtime\"]\n"
-        )
-        .as_bytes(),
-        0o644,
-    );
+    let tictactoe = Path::new(HELLO).join("../tictactoe");
+    for file in ["rally.toml", "lobby.lua", "match.lua", "messages.lua"] {
+        let content = std::fs::read(tictactoe.join(file)).unwrap();
+        write(&context.path().join("app").join(file), &content, 0o644);
+    }
     let reference = format!("{address}/studio/game:v1");
-    let built = Command::new("docker")
-        .env("DOCKER_BUILDKIT", "0")
-        .args(["build", "-q", "-t", &reference])
-        .arg(context.path())
-        .output()
-        .unwrap();
-    let _ = Command::new("docker")
-        .args(["rmi", &format!("{base}:1")])
-        .output();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
+    docker_build(
+        context.path(),
+        &format!(
+            "FROM {}\nCOPY app /app\nENV RALLY_BUNDLE=/app\nENTRYPOINT [\"/rally-runtime\"]\n",
+            base.0
+        ),
+        &reference,
     );
 
     let docker = DockerUser::new();
@@ -274,13 +248,20 @@ async fn a_pushed_program_runtime_is_linked_and_deployed(backend: Backend) {
     assert_eq!(image.pushed_by.as_deref(), Some("ada"));
     let deployment =
         deploy_version(&ada.api, "studio", 1, serde_json::json!({"min_lobbies": 1})).await;
-    let mut socket = connect(&app, &player(&app).await).await;
-    socket.greeted_and_assigned().await;
-    socket.echo("hello, pushed program").await;
-    let lobby = runtimes_of(&admin, &deployment).await;
-    assert_eq!(lobby.pool_kind, "docker");
-    let container = lobby.handle.expect("in a container");
+    // Two players play a match in it.
+    let (mut first, mut second) = two_players_in_a_lobby(&app).await;
+    let (x, o) = start_match(&mut first, &mut second).await;
+    let in_match = runtimes(&admin, &deployment)
+        .await
+        .into_iter()
+        .find(|runtime| runtime.qualifier == rally_sdk::runtime::Qualifier::Match)
+        .expect("a match runtime");
+    assert_eq!(in_match.pool_kind, "docker");
+    let container = in_match.handle.expect("in a container");
     assert_eq!(inspect(&container, "{{.Config.Image}}"), image.reference);
+    play(x, o, &[0, 3, 1, 4, 2]).await;
+    assert_eq!(next_game_message(x, "over").await["winner"], "x");
+    assert_eq!(back_in_lobby(o).await["losses"], 1);
     app.stop().await;
 }
 
@@ -336,25 +317,30 @@ fn base_image(name: &str) -> RemoveImage {
         &std::fs::read("/bin/sh").unwrap(),
         0o755,
     );
-    write(
-        &context.path().join("Dockerfile"),
-        format!("FROM {bare}\nCOPY sh /bin/sh\n").as_bytes(),
-        0o644,
-    );
     let image = format!("{name}:1");
+    docker_build(
+        context.path(),
+        &format!("FROM {bare}\nCOPY sh /bin/sh\n"),
+        &image,
+    );
+    let _ = Command::new("docker").args(["rmi", &bare]).output();
+    RemoveImage(image)
+}
+
+/// `docker build` (the classic builder: no BuildKit here) of `context` with `dockerfile`.
+fn docker_build(context: &Path, dockerfile: &str, tag: &str) {
+    write(&context.join("Dockerfile"), dockerfile.as_bytes(), 0o644);
     let built = Command::new("docker")
         .env("DOCKER_BUILDKIT", "0")
-        .args(["build", "-q", "-t", &image])
-        .arg(context.path())
+        .args(["build", "-q", "-t", tag])
+        .arg(context)
         .output()
         .unwrap();
-    let _ = Command::new("docker").args(["rmi", &bare]).output();
     assert!(
         built.status.success(),
         "{}",
         String::from_utf8_lossy(&built.stderr)
     );
-    RemoveImage(image)
 }
 
 /// A program bundle whose script runs the base image's `rally-runtime` on its Lua game.
