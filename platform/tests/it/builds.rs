@@ -3,7 +3,7 @@
 //! that cannot push fails with its reason; a restart leaves no build stuck.
 
 use crate::cli::rally;
-use crate::docker::{docker_app_on, inspect, runtimes};
+use crate::docker::{docker_app_on, inspect, placed};
 use crate::helpers::{spawn_app_with, Backend, TestApp};
 use crate::on_both_backends;
 use crate::players::deploy_version;
@@ -74,11 +74,7 @@ async fn the_builder_pushes_an_image_that_a_match_is_played_in(backend: Backend)
         deploy_version(&admin, "studio", 1, serde_json::json!({"min_lobbies": 1})).await;
     let (mut ada, mut bea) = two_players_in_a_lobby(&app).await;
     let (x, o) = start_match(&mut ada, &mut bea).await;
-    let in_match = runtimes(&admin, &deployment)
-        .await
-        .into_iter()
-        .find(|runtime| runtime.qualifier == Qualifier::Match)
-        .expect("a match runtime");
+    let in_match = placed(&admin, &deployment, Qualifier::Match).await;
     let container = in_match.handle.expect("in a container");
     assert_eq!(inspect(&container, "{{.Config.Image}}"), image.reference);
     play(x, o, &[0, 3, 1, 4, 2]).await;
@@ -199,7 +195,8 @@ async fn a_restart_leaves_no_build_stuck(backend: Backend) {
     });
     let (app, admin) = unanswered(backend, address).await;
     let build = admin.start_build("studio", "hello", "1").await.unwrap();
-    assert_eq!(build.status, BuildStatus::Queued);
+    // Queued, or already claimed by the builder.
+    assert!(!build.status.is_finished(), "{build:?}");
     // Asking again while it is under way answers the same build.
     assert_eq!(
         admin.start_build("studio", "hello", "1").await.unwrap().id,

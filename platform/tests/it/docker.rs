@@ -124,6 +124,31 @@ pub(crate) async fn runtimes(admin: &RallyClient, deployment: &str) -> Vec<Runti
         .unwrap()
 }
 
+/// The deployment's running runtime of `qualifier` once its placement is recorded: a runtime
+/// may connect (and its players play) a moment before its pool's start returns and the
+/// handle is written.
+pub(crate) async fn placed(
+    admin: &RallyClient,
+    deployment: &str,
+    qualifier: rally_sdk::runtime::Qualifier,
+) -> RuntimeInfo {
+    for _ in 0..100 {
+        let found = runtimes(admin, deployment)
+            .await
+            .into_iter()
+            .find(|runtime| {
+                runtime.qualifier == qualifier
+                    && runtime.status == "running"
+                    && runtime.handle.is_some()
+            });
+        if let Some(runtime) = found {
+            return runtime;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no running {qualifier:?} runtime with a placement");
+}
+
 pub(crate) fn inspect(container: &str, format: &str) -> String {
     let output = Command::new("docker")
         .args(["inspect", "--format", format, container])
@@ -367,11 +392,7 @@ async fn tictactoe_is_played_in_a_container(backend: Backend) {
     .await;
     let (mut ada_socket, mut bea_socket) = two_players_in_a_lobby(&app).await;
     let (x, o) = start_match(&mut ada_socket, &mut bea_socket).await;
-    let in_match = runtimes(&admin, &deployment)
-        .await
-        .into_iter()
-        .find(|runtime| runtime.qualifier == rally_sdk::runtime::Qualifier::Match)
-        .expect("a match runtime");
+    let in_match = placed(&admin, &deployment, rally_sdk::runtime::Qualifier::Match).await;
     assert_eq!(in_match.pool_kind, "docker");
     let container = in_match.handle.clone().expect("placed in a container");
     assert_eq!(inspect(&container, "{{.State.Running}}"), "true");
@@ -409,16 +430,8 @@ async fn tictactoe_is_played_in_a_launcher_container(backend: Backend) {
     .await;
     let (mut ada_socket, mut bea_socket) = two_players_in_a_lobby(&app).await;
     let (x, o) = start_match(&mut ada_socket, &mut bea_socket).await;
-    let listed = runtimes(&admin, &deployment).await;
-    let placed = |qualifier| {
-        listed
-            .iter()
-            .find(|runtime| runtime.qualifier == qualifier && runtime.status == "running")
-            .cloned()
-            .expect("a placed runtime")
-    };
-    let in_match = placed(rally_sdk::runtime::Qualifier::Match);
-    let in_lobby = placed(rally_sdk::runtime::Qualifier::Lobby);
+    let in_match = placed(&admin, &deployment, rally_sdk::runtime::Qualifier::Match).await;
+    let in_lobby = placed(&admin, &deployment, rally_sdk::runtime::Qualifier::Lobby).await;
     let match_handle = in_match.handle.clone().unwrap();
     let launcher = container_of(&match_handle).to_owned();
     assert_ne!(

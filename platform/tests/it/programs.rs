@@ -4,7 +4,7 @@
 //! and run by a Docker pool. The program here is a shell script that starts `rally-runtime` on
 //! a Lua game inside the bundle: it knows nothing but the environment the platform gives it.
 
-use crate::docker::{docker_app_on, inspect, runtimes};
+use crate::docker::{docker_app_on, inspect, placed};
 use crate::helpers::Backend;
 use crate::on_both_backends;
 use crate::players::{app, connect, deploy, deploy_version, player};
@@ -91,15 +91,12 @@ async fn a_program_runtime_runs_on_the_local_pool(backend: Backend) {
     app.stop().await;
 }
 
+/// The deployment's running lobby, placed.
 async fn runtimes_of(
     admin: &rally_sdk::RallyClient,
     deployment: &str,
 ) -> rally_sdk::wire::RuntimeInfo {
-    runtimes(admin, deployment)
-        .await
-        .into_iter()
-        .find(|runtime| runtime.status == "running")
-        .expect("a running lobby")
+    placed(admin, deployment, rally_sdk::runtime::Qualifier::Lobby).await
 }
 
 async fn program_bundles_that_cannot_run_are_refused(backend: Backend) {
@@ -251,11 +248,7 @@ async fn a_pushed_program_runtime_is_linked_and_deployed(backend: Backend) {
     // Two players play a match in it.
     let (mut first, mut second) = two_players_in_a_lobby(&app).await;
     let (x, o) = start_match(&mut first, &mut second).await;
-    let in_match = runtimes(&admin, &deployment)
-        .await
-        .into_iter()
-        .find(|runtime| runtime.qualifier == rally_sdk::runtime::Qualifier::Match)
-        .expect("a match runtime");
+    let in_match = placed(&admin, &deployment, rally_sdk::runtime::Qualifier::Match).await;
     assert_eq!(in_match.pool_kind, "docker");
     let container = in_match.handle.expect("in a container");
     assert_eq!(inspect(&container, "{{.Config.Image}}"), image.reference);
