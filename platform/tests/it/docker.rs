@@ -673,6 +673,32 @@ async fn until_removed(container: &str) {
     panic!("container {container} is still there");
 }
 
+/// The container an image is committed from, left behind when the platform stopped while
+/// making the image, is removed when the platform next watches that server.
+async fn a_scratch_container_left_behind_is_removed(backend: Backend) {
+    let (app, _cleanup) = docker_app(backend).await;
+    let (admin, deployment) =
+        deploy(&app, hello_bundle(), serde_json::json!({"min_lobbies": 1})).await;
+    let lobby = placed(&admin, &deployment, rally_sdk::runtime::Qualifier::Lobby).await;
+    let image = inspect(lobby.handle.as_deref().unwrap(), "{{.Config.Image}}");
+    let node = app.state.runtimes.node_id.clone();
+    let created = Command::new("docker")
+        .args(["create", "--label", "rally.managed=true", "--label"])
+        .arg(format!("rally.scratch={node}"))
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let scratch = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    let app = app.restart().await;
+    until_removed(&scratch).await;
+    app.stop().await;
+}
+
 /// A lobby whose top level holds 40 MiB: the upload's check (Lua heap cap 64 MiB) passes it;
 /// a 16 MiB container cannot.
 const GREEDY_AT_LOAD: &str = r#"
@@ -1122,6 +1148,7 @@ async fn a_silent_daemon_loses_its_runtimes_to_the_other_server() {
 }
 
 on_both_backends!(
+    a_scratch_container_left_behind_is_removed,
     lobbies_run_in_containers_and_a_killed_one_is_replaced,
     tictactoe_is_played_in_a_launcher_container,
     a_launcher_runtime_has_its_own_memory_limit,

@@ -58,6 +58,8 @@ pub const NODE_LABEL: &str = "rally.node";
 pub const RUNTIME_LABEL: &str = "rally.runtime";
 /// Label naming the server (of the pool) a container was placed on.
 pub const SERVER_LABEL: &str = "rally.server";
+/// Label of the container an image is committed from (never run): the node making it.
+pub const SCRATCH_LABEL: &str = "rally.scratch";
 /// Label of a launcher container: the image it runs.
 pub const LAUNCHER_LABEL: &str = "rally.launcher";
 
@@ -451,7 +453,7 @@ impl Inner {
                     // found (`docker ps --filter label=rally.scratch=<node>`).
                     labels: Some(HashMap::from([
                         (MANAGED_LABEL.to_owned(), "true".to_owned()),
-                        ("rally.scratch".to_owned(), self.node_id.clone()),
+                        (SCRATCH_LABEL.to_owned(), self.node_id.clone()),
                     ])),
                     ..Default::default()
                 },
@@ -956,6 +958,7 @@ async fn resync(inner: &Arc<Inner>, daemon: &Arc<Daemon>) -> Result<(), bollard:
             }
         }
     }
+    remove_scratch(inner, daemon).await?;
     // What nothing here knows: left by runtimes reported ended while the server was silent.
     if !inner.reconciled.load(std::sync::atomic::Ordering::Acquire) {
         return Ok(());
@@ -983,6 +986,30 @@ async fn resync(inner: &Arc<Inner>, daemon: &Arc<Daemon>) -> Result<(), bollard:
             tracing::warn!(server = %daemon.server, container = %found.id, "removing a container of this node that runs nothing it knows");
             remove(&daemon.docker, &found.id).await;
         }
+    }
+    Ok(())
+}
+
+/// Removes the scratch containers of images this node stopped making midway (a stop or a crash
+/// between making one and removing it). None is in use while this node makes no image.
+async fn remove_scratch(inner: &Inner, daemon: &Daemon) -> Result<(), bollard::errors::Error> {
+    let Ok(_making_none) = inner.imaging.try_lock() else {
+        return Ok(());
+    };
+    let left = daemon
+        .docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![format!("{SCRATCH_LABEL}={}", inner.node_id)],
+            )])),
+            ..Default::default()
+        }))
+        .await?;
+    for container in left.into_iter().filter_map(|container| container.id) {
+        tracing::info!(server = %daemon.server, %container, "removing a scratch container left by an image not finished");
+        remove(&daemon.docker, &container).await;
     }
     Ok(())
 }
