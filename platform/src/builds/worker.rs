@@ -2,7 +2,9 @@
 //! pushing each image, and putting back what a stop or a crash interrupted.
 
 use super::MAX_ATTEMPTS;
+use crate::catalog;
 use crate::images::{self, Pusher, RunConfig, APP_DIR, BUNDLE_PATH, PROGRAM_PATH};
+use crate::registry::events::{link_image, Linked};
 use crate::registry::signing::Granted;
 use crate::registry::BUILDER_SUBJECT;
 use crate::state::AppState;
@@ -65,6 +67,8 @@ struct Job {
     bundle_sha256: String,
     manifest: String,
     repository: String,
+    /// Its log so far (a build put back and claimed again goes on with it).
+    log: String,
 }
 
 /// Claims and runs builds until `shutdown`; builds under way are then put back in the queue.
@@ -167,10 +171,9 @@ async fn claim(state: &AppState) -> Result<Option<Job>, StorageError> {
             continue;
         }
         let row = sqlx::query(
-            "SELECT b.version_id, v.number, v.bundle_sha256, v.manifest, \
-             COALESCE(t.alias, t.id) AS tenant, COALESCE(p.alias, p.id) AS project FROM builds b JOIN versions v ON v.id = b.version_id \
-             JOIN projects p ON p.id = b.project_id JOIN tenants t ON t.id = p.tenant_id \
-             WHERE b.id = $1",
+            "SELECT b.version_id, b.project_id, p.tenant_id, b.log, v.number, v.bundle_sha256, \
+             v.manifest FROM builds b JOIN versions v ON v.id = b.version_id \
+             JOIN projects p ON p.id = b.project_id WHERE b.id = $1",
         )
         .bind(&id)
         .fetch_optional(state.database.reader())
@@ -178,16 +181,24 @@ async fn claim(state: &AppState) -> Result<Option<Job>, StorageError> {
         let Some(row) = row else {
             continue;
         };
+        let tenant_id: String = row.get("tenant_id");
+        let tenant = catalog::find_tenant(&state.database, &tenant_id).await?;
+        let project = catalog::find_project(
+            &state.database,
+            &tenant_id,
+            &row.get::<String, _>("project_id"),
+        )
+        .await?;
+        let (Some(tenant), Some(project)) = (tenant, project) else {
+            continue;
+        };
         return Ok(Some(Job {
             version_id: row.get("version_id"),
             number: row.get("number"),
             bundle_sha256: row.get("bundle_sha256"),
             manifest: row.get("manifest"),
-            repository: format!(
-                "{}/{}",
-                row.get::<String, _>("tenant"),
-                row.get::<String, _>("project")
-            ),
+            repository: catalog::repository(&tenant, &project),
+            log: row.get("log"),
             id,
         }));
     }
@@ -231,16 +242,10 @@ async fn build(
     _permit: OwnedSemaphorePermit,
     stop: CancellationToken,
 ) {
-    let existing: Option<String> = sqlx::query_scalar("SELECT log FROM builds WHERE id = $1")
-        .bind(&job.id)
-        .fetch_optional(state.database.reader())
-        .await
-        .ok()
-        .flatten();
     let mut log = Log {
         state: &state,
         build_id: &job.id,
-        text: existing.unwrap_or_default(),
+        text: job.log.clone(),
     };
     let outcome = tokio::select! {
         outcome = make_and_push(&state, &programs, &job, &mut log) => Some(outcome),
@@ -434,36 +439,20 @@ async fn done(
     reference: &str,
     digest: &str,
 ) -> Result<(), StorageError> {
-    let now = now_millis();
-    let linked = sqlx::query(
-        "UPDATE versions SET image_reference = $2, image_digest = $3, image_source = 'build', \
-         image_pushed_by = $4, image_linked_at = $5 WHERE id = $1 AND image_digest IS NULL",
+    let linked = link_image(
+        &state.database,
+        &job.version_id,
+        reference,
+        digest,
+        Some(BUILDER_SUBJECT),
     )
-    .bind(&job.version_id)
-    .bind(reference)
-    .bind(digest)
-    .bind(BUILDER_SUBJECT)
-    .bind(now)
-    .execute(state.database.writer())
-    .await?
-    .rows_affected();
-    let current: Option<String> =
-        sqlx::query_scalar("SELECT image_digest FROM versions WHERE id = $1")
-            .bind(&job.version_id)
-            .fetch_optional(state.database.reader())
-            .await?
-            .flatten();
-    let line = match current {
-        _ if linked == 1 => format!("version {} runs {reference}\n", job.number),
-        // The registry's notification of the push came first.
-        Some(current) if current == digest => {
-            format!("version {} runs {reference}\n", job.number)
+    .await?;
+    let line = match linked {
+        // `Already`: the registry's notification of the push came first.
+        Linked::Now | Linked::Already => format!("version {} runs {reference}\n", job.number),
+        Linked::Other(current) => {
+            format!("version {} already had image {current}; kept\n", job.number)
         }
-        current => format!(
-            "version {} already had image {}; kept\n",
-            job.number,
-            current.unwrap_or_default()
-        ),
     };
     sqlx::query(
         "UPDATE builds SET status = 'done', reference = $2, digest = $3, finished_at = $4, \
@@ -472,7 +461,7 @@ async fn done(
     .bind(&job.id)
     .bind(reference)
     .bind(digest)
-    .bind(now)
+    .bind(now_millis())
     .bind(line)
     .execute(state.database.writer())
     .await?;

@@ -224,7 +224,55 @@ async fn link(
         ));
     };
     let reference = format!("{address}/{}@{}", target.repository, target.digest);
-    let source = if actor == Some(super::BUILDER_SUBJECT) {
+    let outcome = |kind, detail| Outcome {
+        kind,
+        detail,
+        project_id: Some(project.id.clone()),
+        version_id: Some(version.id.clone()),
+    };
+    Ok(
+        match link_image(&state.database, &version.id, &reference, &target.digest, actor).await? {
+            Linked::Now => outcome(
+                "linked",
+                format!("version {} runs {reference}", version.number),
+            ),
+            Linked::Already => outcome(
+                "already_linked",
+                format!("version {} already runs this image", version.number),
+            ),
+            Linked::Other(current) => outcome(
+                "ignored",
+                format!(
+                    "version {} already has image {current}; a version's image is set once: push to a new version",
+                    version.number
+                ),
+            ),
+        },
+    )
+}
+
+/// What linking an image to a version came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Linked {
+    /// The version runs it now.
+    Now,
+    /// The version ran it already.
+    Already,
+    /// The version has another image (its digest), and keeps it.
+    Other(String),
+}
+
+/// Links image `digest` (pulled as `reference`) to version `version_id` unless the version
+/// has an image: a version's image is set once. Pushed by the builder (`pushed_by`
+/// [`BUILDER_SUBJECT`](super::BUILDER_SUBJECT)) it counts as built, else as pushed.
+pub async fn link_image(
+    database: &Database,
+    version_id: &str,
+    reference: &str,
+    digest: &str,
+    pushed_by: Option<&str>,
+) -> Result<Linked, StorageError> {
+    let source = if pushed_by == Some(super::BUILDER_SUBJECT) {
         "build"
     } else {
         "push"
@@ -233,47 +281,27 @@ async fn link(
         "UPDATE versions SET image_reference = $2, image_digest = $3, image_source = $4, \
          image_pushed_by = $5, image_linked_at = $6 WHERE id = $1 AND image_digest IS NULL",
     )
-    .bind(&version.id)
-    .bind(&reference)
-    .bind(&target.digest)
+    .bind(version_id)
+    .bind(reference)
+    .bind(digest)
     .bind(source)
-    .bind(actor)
+    .bind(pushed_by)
     .bind(now_millis())
-    .execute(state.database.writer())
+    .execute(database.writer())
     .await?
-    .rows_affected()
-        == 1;
-    let outcome = |kind, detail| Outcome {
-        kind,
-        detail,
-        project_id: Some(project.id.clone()),
-        version_id: Some(version.id.clone()),
-    };
-    if linked {
-        return Ok(outcome(
-            "linked",
-            format!("version {} runs {reference}", version.number),
-        ));
+    .rows_affected();
+    if linked == 1 {
+        return Ok(Linked::Now);
     }
     let current: Option<String> =
         sqlx::query_scalar("SELECT image_digest FROM versions WHERE id = $1")
-            .bind(&version.id)
-            .fetch_optional(state.database.reader())
+            .bind(version_id)
+            .fetch_optional(database.reader())
             .await?
             .flatten();
     Ok(match current {
-        Some(digest) if digest == target.digest => outcome(
-            "already_linked",
-            format!("version {} already runs this image", version.number),
-        ),
-        current => outcome(
-            "ignored",
-            format!(
-                "version {} already has image {}; a version's image is set once: push to a new version",
-                version.number,
-                current.unwrap_or_default()
-            ),
-        ),
+        Some(current) if current == digest => Linked::Already,
+        current => Linked::Other(current.unwrap_or_default()),
     })
 }
 
