@@ -2,7 +2,7 @@
 //! configuration (admins), and the pushes it reported (`docs/registry.md`).
 
 use super::args::ProjectArgs;
-use super::session::{connect, TargetArgs};
+use super::session::{connect, write_private, TargetArgs};
 use super::table::{or_dash, time, Table};
 use super::{print_json, CliError};
 use anyhow::Context;
@@ -113,7 +113,7 @@ pub async fn run(command: RegistryCommand) -> Result<(), CliError> {
             std::fs::write(&certificate_path, &setup.certificate)
                 .with_context(|| format!("cannot write {}", certificate_path.display()))?;
             let config_path = dir.join("config.yml");
-            write_private(&config_path, &setup.config)?;
+            write_private(&config_path, setup.config.as_bytes())?;
             if target.output.json {
                 return print_json(&serde_json::json!({
                     "config": config_path,
@@ -156,19 +156,4 @@ pub async fn run(command: RegistryCommand) -> Result<(), CliError> {
             Ok(())
         }
     }
-}
-
-/// Writes `content` readable by its owner only: the file holds secrets.
-fn write_private(path: &std::path::Path, content: &str) -> Result<(), CliError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(content.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }

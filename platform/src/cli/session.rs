@@ -12,7 +12,7 @@ use rally_sdk::wire::{Role, TokenPair};
 use rally_sdk::RallyClient;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
 pub struct LoginArgs {
@@ -88,6 +88,12 @@ fn save_credentials(credentials: &Credentials) -> anyhow::Result<PathBuf> {
     let directory = path.parent().expect("credentials path has a directory");
     std::fs::create_dir_all(directory)
         .with_context(|| format!("cannot create {}", directory.display()))?;
+    write_private(&path, &serde_json::to_vec_pretty(credentials)?)?;
+    Ok(path)
+}
+
+/// Writes `content` to `path` readable by the user alone: the file holds secrets.
+pub(super) fn write_private(path: &Path, content: &[u8]) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -96,14 +102,15 @@ fn save_credentials(credentials: &Credentials) -> anyhow::Result<PathBuf> {
         options.mode(0o600);
         // A file created by an older version or by hand may be wider open: narrow it first.
         if path.exists() {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         }
     }
     let mut file = options
-        .open(&path)
+        .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(&serde_json::to_vec_pretty(credentials)?)?;
-    Ok(path)
+    file.write_all(content)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 fn forget_credentials() -> anyhow::Result<()> {
