@@ -165,7 +165,7 @@ async fn create_deployment(
     let built_here = manifest.runtime.image == rally_sdk::manifest::ImageSource::Build;
     if built_here
         && version.image.is_none()
-        && scope.stage.pool != crate::pools::registry::LOCAL_POOL
+        && crate::pools::registry::kind_of_pool(&scope.stage.pool) == crate::pools::PoolKind::Docker
         && state.config.registry_address.is_some()
     {
         crate::builds::queue::queue(
@@ -202,7 +202,8 @@ fn check_runnable(
              container of its own (docker_placement = \"container\")",
         ));
     }
-    let local = scope.stage.pool == crate::pools::registry::LOCAL_POOL;
+    let local =
+        crate::pools::registry::kind_of_pool(&scope.stage.pool) == crate::pools::PoolKind::Process;
     if local && runtime.kind == RuntimeKind::Program && runtime.program.is_none() {
         return Err(ApiError::conflict(
             "image_only_version",

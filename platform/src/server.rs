@@ -66,15 +66,17 @@ impl Platform {
         let tokens = TokenService::load(&config, &database)
             .await
             .context("cannot load the token signing key")?;
-        let registry = TokenSigner::load(&database)
-            .await
-            .context("cannot load the registry token key")?;
+        let registry = Arc::new(
+            TokenSigner::load(&database)
+                .await
+                .context("cannot load the registry token key")?,
+        );
         let admin = accounts::ensure_admin(&database, config.admin_password.as_ref())
             .await
             .context("cannot create the admin account")?;
         let runtimes = match pool {
-            None => Runtimes::new(&config, &database),
-            Some(pool) => Runtimes::with_pool(&config, &database, pool),
+            None => Runtimes::new(&config, &database, registry.clone()),
+            Some(pool) => Runtimes::with_pool(&config, &database, registry.clone(), pool),
         }
         .context("cannot prepare the runtime pool")?;
         let dispatcher = Dispatcher::new(PlayerLimits::from_config(&config), database.clone());
@@ -95,7 +97,7 @@ impl Platform {
             config: Arc::new(config),
             database,
             tokens: Arc::new(tokens),
-            registry: Arc::new(registry),
+            registry,
             builds: Arc::new(tokio::sync::Notify::new()),
             metrics: Arc::new(Metrics::new()),
             runtimes: Arc::new(runtimes),

@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::pools::docker::DockerPool;
 use crate::pools::process::{self, ProcessPool};
 use crate::pools::{Pools, RuntimePool};
+use crate::registry::signing::TokenSigner;
 use crate::storage::Database;
 use crate::storage::{new_id, now_millis};
 use parking_lot::Mutex;
@@ -45,8 +46,12 @@ pub struct Runtimes {
 
 impl Runtimes {
     /// The embedded default: runtimes are processes of this machine.
-    pub fn new(config: &Config, database: &Database) -> std::io::Result<Self> {
-        Self::with_pool(config, database, |node_id| {
+    pub fn new(
+        config: &Config,
+        database: &Database,
+        registry: Arc<TokenSigner>,
+    ) -> std::io::Result<Self> {
+        Self::with_pool(config, database, registry, |node_id| {
             Arc::new(ProcessPool::new(
                 node_id.to_owned(),
                 runtime_binary(config),
@@ -62,6 +67,7 @@ impl Runtimes {
     pub fn with_pool(
         config: &Config,
         database: &Database,
+        registry: Arc<TokenSigner>,
         pool: impl FnOnce(&str) -> Arc<dyn RuntimePool>,
     ) -> std::io::Result<Self> {
         let node_id = node_id(&config.data_dir)?;
@@ -71,6 +77,7 @@ impl Runtimes {
             runtime_binary(config),
             config.docker_image_repository.clone(),
             config.program_base_image.clone(),
+            registry,
             config.data_dir.join("runtimes").join("containers"),
             config.runtime_log_max_bytes,
             Duration::from_secs(config.docker_server_lost_secs),

@@ -142,8 +142,8 @@ struct Inner {
     /// One image is made at a time.
     imaging: tokio::sync::Mutex<()>,
     program_digest: tokio::sync::OnceCell<String>,
-    /// Signs the credentials servers pull versions' images with (loaded on first pull).
-    registry_signer: tokio::sync::OnceCell<TokenSigner>,
+    /// Signs the credentials servers pull versions' images with: the platform's registry key.
+    registry_signer: Arc<TokenSigner>,
     exits: mpsc::Sender<Exited>,
     exits_receiver: Mutex<Option<mpsc::Receiver<Exited>>>,
     closed: CancellationToken,
@@ -237,6 +237,7 @@ impl DockerPool {
         program: PathBuf,
         repository: String,
         program_base_image: Option<String>,
+        registry_signer: Arc<TokenSigner>,
         log_dir: PathBuf,
         log_max_bytes: u64,
         lost_after: Duration,
@@ -260,7 +261,7 @@ impl DockerPool {
                 scheduling: tokio::sync::Mutex::new(()),
                 imaging: tokio::sync::Mutex::new(()),
                 program_digest: tokio::sync::OnceCell::new(),
-                registry_signer: tokio::sync::OnceCell::new(),
+                registry_signer,
                 exits,
                 exits_receiver: Mutex::new(Some(exits_receiver)),
                 closed: CancellationToken::new(),
@@ -378,13 +379,9 @@ impl Inner {
             &program[..12]
         );
         let docker = &daemon.docker;
-        if docker.inspect_image(&tag).await.is_ok() {
+        let Some(_turn) = self.turn_to_make(docker, &tag).await else {
             return Ok(tag);
-        }
-        let _one_at_a_time = self.imaging.lock().await;
-        if docker.inspect_image(&tag).await.is_ok() {
-            return Ok(tag);
-        }
+        };
         let base = format!("{}-base:{}", self.repository, &program[..16]);
         if docker.inspect_image(&base).await.is_err() {
             let program_path = self.program.clone();
@@ -392,22 +389,17 @@ impl Inner {
                 .await
                 .map_err(|error| start_error("cannot pack the runtime program", error))?
                 .map_err(|error| start_error("cannot pack the runtime program", error))?;
-            let (repo, base_tag) = base.rsplit_once(':').expect("a tag");
-            let options = CreateImageOptions {
-                from_src: Some("-".to_owned()),
-                repo: Some(repo.to_owned()),
-                tag: Some(base_tag.to_owned()),
-                changes: vec![
+            import(
+                docker,
+                &base,
+                root,
+                vec![
                     format!("ENTRYPOINT [\"{PROGRAM_PATH}\"]"),
                     format!("LABEL {MANAGED_LABEL}=true"),
                 ],
-                ..Default::default()
-            };
-            let mut progress =
-                docker.create_image(Some(options), Some(bollard::body_full(root.into())), None);
-            while let Some(step) = progress.next().await {
-                step.map_err(|error| start_error("cannot import the runtime image", error))?;
-            }
+            )
+            .await
+            .map_err(|error| start_error("cannot import the runtime image", error))?;
         }
         // The version's layer: the bundle, on top of the base.
         let bundle_bytes = tokio::fs::read(bundle)
@@ -430,6 +422,23 @@ impl Inner {
             .await?;
         tracing::info!(server = %daemon.server, image = %tag, "runtime image made");
         Ok(tag)
+    }
+
+    /// `None` when image `tag` is on `docker`; else this node's turn to make images, once the
+    /// image is still missing with it held (another start may have made it meanwhile).
+    async fn turn_to_make(
+        &self,
+        docker: &Docker,
+        tag: &str,
+    ) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if docker.inspect_image(tag).await.is_ok() {
+            return None;
+        }
+        let turn = self.imaging.lock().await;
+        if docker.inspect_image(tag).await.is_ok() {
+            return None;
+        }
+        Some(turn)
     }
 
     /// Image `tag`: `layer` (a tar) on top of image `base`, run as `config` says, committed
@@ -498,20 +507,11 @@ impl Inner {
     /// platform's token endpoint lets a server pull the projects that have a stage on its pool.
     async fn pulled(&self, daemon: &Daemon, reference: &str) -> Result<String, StartError> {
         let docker = &daemon.docker;
-        if docker.inspect_image(reference).await.is_ok() {
+        let Some(_turn) = self.turn_to_make(docker, reference).await else {
             return Ok(reference.to_owned());
-        }
-        let _one_at_a_time = self.imaging.lock().await;
-        if docker.inspect_image(reference).await.is_ok() {
-            return Ok(reference.to_owned());
-        }
-        let signer = self
-            .registry_signer
-            .get_or_try_init(|| TokenSigner::load(&self.database))
-            .await
-            .map_err(|error| start_error("cannot load the registry token key", error))?;
+        };
         let username = server_username(&daemon.server);
-        let (password, _) = signer.issue_login(
+        let (password, _) = self.registry_signer.issue_login(
             &Holder::Server(daemon.server.clone()),
             &username,
             PULL_CREDENTIAL_TTL,
@@ -578,13 +578,9 @@ impl Inner {
             Some((_, id)) => format!("{}:{}-program-{id}", self.repository, &bundle_digest[..16]),
             None => format!("{}:{}-program", self.repository, &bundle_digest[..16]),
         };
-        if docker.inspect_image(&tag).await.is_ok() {
+        let Some(_turn) = self.turn_to_make(docker, &tag).await else {
             return Ok(tag);
-        }
-        let _one_at_a_time = self.imaging.lock().await;
-        if docker.inspect_image(&tag).await.is_ok() {
-            return Ok(tag);
-        }
+        };
         let bundle = tokio::fs::read(bundle)
             .await
             .map_err(|error| start_error("cannot read the bundle", error))?;
@@ -613,28 +609,20 @@ impl Inner {
             None => {
                 let entrypoint = serde_json::to_string(&[entrypoint])
                     .map_err(|error| start_error("cannot name the program", error))?;
-                let (repo, program_tag) = tag.rsplit_once(':').expect("a tag");
-                let options = CreateImageOptions {
-                    from_src: Some("-".to_owned()),
-                    repo: Some(repo.to_owned()),
-                    tag: Some(program_tag.to_owned()),
-                    changes: vec![
+                import(
+                    docker,
+                    &tag,
+                    layer,
+                    vec![
                         format!("ENTRYPOINT {entrypoint}"),
                         format!("WORKDIR {}", images::APP_DIR),
                         format!("USER {RUNTIME_USER}"),
                         format!("ENV {bundle_env}"),
                         format!("LABEL {MANAGED_LABEL}=true"),
                     ],
-                    ..Default::default()
-                };
-                let mut progress = docker.create_image(
-                    Some(options),
-                    Some(bollard::body_full(layer.into())),
-                    None,
-                );
-                while let Some(step) = progress.next().await {
-                    step.map_err(|error| start_error("cannot import the program's image", error))?;
-                }
+                )
+                .await
+                .map_err(|error| start_error("cannot import the program's image", error))?;
             }
         }
         tracing::info!(server = %daemon.server, image = %tag, "program runtime image made");
@@ -1446,6 +1434,30 @@ impl RuntimePool for DockerPool {
 }
 
 /// Removes a container, running or not; one already gone is no error worth telling.
+/// Image `tag` (`repo:tag`) imported from `root`, the tar of its one layer, with Dockerfile
+/// `changes` (`ENTRYPOINT`, `ENV`, ...): nothing is pulled.
+async fn import(
+    docker: &Docker,
+    tag: &str,
+    root: Vec<u8>,
+    changes: Vec<String>,
+) -> Result<(), bollard::errors::Error> {
+    let (repo, tag) = tag.rsplit_once(':').expect("a tag");
+    let options = CreateImageOptions {
+        from_src: Some("-".to_owned()),
+        repo: Some(repo.to_owned()),
+        tag: Some(tag.to_owned()),
+        changes,
+        ..Default::default()
+    };
+    let mut progress =
+        docker.create_image(Some(options), Some(bollard::body_full(root.into())), None);
+    while let Some(step) = progress.next().await {
+        step?;
+    }
+    Ok(())
+}
+
 async fn remove(docker: &Docker, container: &str) {
     let removed = docker
         .remove_container(
