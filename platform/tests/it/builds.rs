@@ -100,11 +100,11 @@ async fn the_builder_pushes_an_image_that_a_match_is_played_in(backend: Backend)
     app.stop().await;
 }
 
-/// A platform whose registry address answers nothing (a listener that never replies) or
-/// refuses connections, with studio/hello and its version 1.
-async fn unanswered(backend: Backend, address: String) -> (TestApp, RallyClient) {
+/// A platform with `registry_address` (here one that answers nothing, or refuses
+/// connections), with studio/hello and its version 1.
+async fn hello(backend: Backend, registry_address: Option<String>) -> (TestApp, RallyClient) {
     let app = spawn_app_with(backend, |config| {
-        config.registry_address = Some(address);
+        config.registry_address = registry_address;
     })
     .await;
     let admin = app.admin().await;
@@ -122,7 +122,7 @@ async fn unanswered(backend: Backend, address: String) -> (TestApp, RallyClient)
 
 async fn a_build_that_cannot_push_fails_with_its_reason(backend: Backend) {
     // Nothing listens there.
-    let (app, admin) = unanswered(backend, free_address()).await;
+    let (app, admin) = hello(backend, Some(free_address())).await;
     // The stage is on the local pool: nothing was built on upload.
     assert!(admin
         .list_builds("studio", "hello", "1")
@@ -157,20 +157,7 @@ async fn a_build_that_cannot_push_fails_with_its_reason(backend: Backend) {
     assert_eq!(version.image, None);
 
     // A platform without a registry says so.
-    let plain = crate::helpers::spawn_app(backend).await;
-    let plain_admin = plain.admin().await;
-    plain_admin
-        .create_tenant("Studio", Some("studio"))
-        .await
-        .unwrap();
-    plain_admin
-        .create_project("studio", "Hello", Some("hello"))
-        .await
-        .unwrap();
-    plain_admin
-        .upload_version("studio", "hello", crate::permissions::hello_bundle(), None)
-        .await
-        .unwrap();
+    let (_plain, plain_admin) = hello(backend, None).await;
     let error = plain_admin
         .start_build("studio", "hello", "1")
         .await
@@ -193,7 +180,7 @@ async fn a_restart_leaves_no_build_stuck(backend: Backend) {
             connections.push(connection);
         }
     });
-    let (app, admin) = unanswered(backend, address).await;
+    let (app, admin) = hello(backend, Some(address)).await;
     let build = admin.start_build("studio", "hello", "1").await.unwrap();
     // Queued, or already claimed by the builder.
     assert!(!build.status.is_finished(), "{build:?}");

@@ -132,21 +132,29 @@ pub(crate) async fn placed(
     deployment: &str,
     qualifier: rally_sdk::runtime::Qualifier,
 ) -> RuntimeInfo {
+    placed_where(admin, deployment, |runtime| {
+        runtime.qualifier == qualifier && runtime.status == "running"
+    })
+    .await
+}
+
+/// The deployment's runtime that `wanted` picks, once its placement is recorded.
+async fn placed_where(
+    admin: &RallyClient,
+    deployment: &str,
+    wanted: impl Fn(&RuntimeInfo) -> bool,
+) -> RuntimeInfo {
     for _ in 0..100 {
         let found = runtimes(admin, deployment)
             .await
             .into_iter()
-            .find(|runtime| {
-                runtime.qualifier == qualifier
-                    && runtime.status == "running"
-                    && runtime.handle.is_some()
-            });
+            .find(|runtime| runtime.handle.is_some() && wanted(runtime));
         if let Some(runtime) = found {
             return runtime;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("no running {qualifier:?} runtime with a placement");
+    panic!("no such runtime with a placement in deployment {deployment}");
 }
 
 pub(crate) fn inspect(container: &str, format: &str) -> String {
@@ -738,12 +746,10 @@ async fn a_launcher_runtime_has_its_own_memory_limit(backend: Backend) {
     let mut socket = connect(&app, &ada).await;
     let lobby = socket.greeted_and_assigned().await;
     socket.echo("hello").await;
-    let handle = runtimes(&admin, &deployment)
+    let handle = placed_where(&admin, &deployment, |runtime| runtime.id == lobby)
         .await
-        .into_iter()
-        .find(|runtime| runtime.id == lobby)
-        .and_then(|runtime| runtime.handle)
-        .unwrap();
+        .handle
+        .expect("placed");
     let (container, pid) = handle.split_once('/').unwrap();
     let host_cpus = Command::new("docker")
         .args(["info", "--format", "{{.NCPU}}"])
@@ -1093,11 +1099,7 @@ async fn a_silent_daemon_loses_its_runtimes_to_the_other_server() {
     let mut socket = connect(&app, &ada).await;
     let lobby = socket.greeted_and_assigned().await;
     socket.echo("before").await;
-    let placed = runtimes(&admin, &deployment)
-        .await
-        .into_iter()
-        .find(|runtime| runtime.id == lobby)
-        .unwrap();
+    let placed = placed_where(&admin, &deployment, |runtime| runtime.id == lobby).await;
     assert_eq!(placed.server.as_deref(), Some("flaky"));
     let container = placed.handle.clone().unwrap();
 
