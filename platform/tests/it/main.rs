@@ -8,6 +8,7 @@ mod helpers;
 mod auth;
 mod builds;
 mod cli;
+mod defold;
 mod dev;
 mod docker;
 mod docs;
