@@ -34,6 +34,7 @@ local EVENT_TYPES = { greeted = true, runtime_assigned = true, message = true, e
 local DEFAULT_GRACE_SECONDS = 30
 local OUTBOX_LIMIT = 256
 local POLL_WAIT_MS = 25000
+local POLL_BATCH = 100 -- commands per POST (the platform takes up to 256)
 
 local Client = {}
 Client.__index = Client
@@ -136,6 +137,11 @@ function Client:fail(err, callback)
     return nil, err
 end
 
+-- A failure worth retrying: no answer, or the platform's own trouble (5xx).
+local function is_transient(err)
+    return err.status == nil or err.status >= 500
+end
+
 local function succeed(callback, result)
     if callback then
         local ok, failure = util.protect(callback, nil, result)
@@ -171,10 +177,23 @@ function Client:schedule_refresh()
     if not self.session or self.state == "closed" then
         return
     end
-    local delay = math.max(1, self.session.expires_in - self.refresh_margin)
+    local remaining = (self.session.expires_at or 0) - self.engine.now()
+    local delay = math.max(1, remaining - self.refresh_margin)
     self.refresh_timer = self.engine.delay(delay, function()
         self.refresh_timer = nil
-        self:refresh()
+        self:timed_refresh()
+    end)
+end
+
+function Client:timed_refresh()
+    self:refresh(function(err)
+        if err and is_transient(err) and self.session and not self.refresh_timer then
+            -- The platform is away for now: try again (every 5 s) before the token runs out.
+            self.refresh_timer = self.engine.delay(5, function()
+                self.refresh_timer = nil
+                self:timed_refresh()
+            end)
+        end
     end)
 end
 
@@ -381,6 +400,24 @@ function Client:connect(callback)
     self.outbox = {}
     self.dropped_at = nil
     self.reconnect_attempt = 0
+    if self.session.expires_at - self.engine.now() <= self.refresh_margin then
+        -- After a close, or from a restored session: a token that is about to expire first.
+        return self:refresh(function(err)
+            if self.state ~= "connecting" then
+                return
+            end
+            if err then
+                self.state = "idle"
+                return self:connect_failed(err)
+            end
+            self:connect_with_token()
+        end)
+    end
+    self:schedule_refresh()
+    self:connect_with_token()
+end
+
+function Client:connect_with_token()
     if self.client_id then
         -- A restored or closed client: resume it, or make a new one if it has ended.
         self.resuming = true
@@ -393,6 +430,10 @@ function Client:create_client()
     self.resuming = false
     self:post(self.stage_path .. "/clients", "{}", self:access_token(), function(err, created)
         if self.state ~= "connecting" then
+            if not err and type(created) == "table" and type(created.client_id) == "string" and self.state == "ended" then
+                -- The game left while the client was being made: end it at once.
+                self:delete_client(created.client_id)
+            end
             return
         end
         if not err and (type(created) ~= "table" or type(created.client_id) ~= "string") then
@@ -492,6 +533,7 @@ function Client:handle_event(event)
         end
         self.state = "open"
         self.resuming = false
+        self.renewed_for_retry = false
         self.reconnect_attempt = 0
         self.dropped_at = nil
         local callback = self.connect_callback
@@ -503,10 +545,13 @@ function Client:handle_event(event)
     elseif kind == "runtime_assigned" then
         self.assignment = event
         local request = self.matchmaking
+        self.matchmaking = nil
         if request and event.qualifier == "match" then
-            self.matchmaking = nil
             self:emit(event)
             return succeed(request.callback, event)
+        elseif request and request.callback then
+            -- Moved elsewhere (a lobby after a failure or a restart): the request is over.
+            util.protect(request.callback, util.error("matchmaking_failed", "moved to a " .. tostring(event.qualifier) .. " instead of a match"))
         end
     elseif kind == "matchmaking_failed" then
         local request = self.matchmaking
@@ -596,10 +641,14 @@ function Client:socket_refused(message, response)
             -- The saved client is gone (its grace period passed): start a new one.
             self.client_id = nil
             self.poll_after = nil
+            self.state = "connecting"
             return self:create_client()
         elseif response.status == 410 then
-            return self:ended(err.code, err.message)
-        elseif response.status == 401 and err.code == "token_expired" then
+            return self:ended(err.code == "client_deleted" and "deleted" or err.code, err.message)
+        elseif response.status == 401 and not self.renewed_for_retry then
+            -- An expired token, most likely (Defold's extension does not pass the answer's
+            -- body on): renew it and try once more.
+            self.renewed_for_retry = true
             self.session.expires_at = 0
             return self:schedule_reconnect()
         elseif response.status >= 400 and response.status < 500 then
@@ -649,7 +698,7 @@ function Client:reconnect_now()
         if self.state ~= "reconnecting" then
             return
         end
-        if err and err.code ~= "unreachable" then
+        if err and not is_transient(err) then
             return self:ended("session_expired", err.message)
         end
         if err then
@@ -678,6 +727,7 @@ function Client:poll()
             end
             return self:socket_refused(err.message, nil)
         end
+        local resuming = self.resuming
         self.resuming = false
         if type(answer) ~= "table" or type(answer.events) ~= "table" then
             self:emit({ type = "error", code = "malformed_frame", sdk = true, message = "a poll answer without events" })
@@ -708,14 +758,50 @@ function Client:poll()
             self.dropped_at = nil
             self.reconnect_attempt = 0
             self:flush_outbox()
+        elseif self.state == "connecting" and resuming then
+            -- The platform greets only a client's first poll; a resumed one goes on with its
+            -- events. The SDK greets it instead, so that connect's callback runs as usual.
+            self:handle_event({ type = "greeted", client_id = self.client_id, resumed = true,
+                runtime = self.assignment, limits = self.limits, sdk = true })
         end
         self:poll()
     end, POLL_WAIT_MS / 1000 + 10)
 end
 
-function Client:post_commands(commands, callback)
+-- Long-poll commands go out one POST at a time, in order, batched while one is under way;
+-- a POST that fails for a passing reason is sent again.
+function Client:post_command(command)
+    self.poll_outbox = self.poll_outbox or {}
+    self.poll_outbox[#self.poll_outbox + 1] = command
+    self:post_commands()
+end
+
+function Client:post_commands()
+    local waiting = self.poll_outbox
+    if self.posting or not waiting or #waiting == 0 or not self.client_id then
+        return
+    end
+    local batch = {}
+    while #batch < POLL_BATCH and #waiting > 0 do
+        batch[#batch + 1] = table.remove(waiting, 1)
+    end
+    self.posting = true
     local path = "/api/v1/clients/" .. util.escape(self.client_id) .. "/commands"
-    self:post(path, { commands = commands }, self:access_token(), callback)
+    self:post(path, { commands = batch }, self:access_token(), function(err)
+        self.posting = false
+        if err and is_transient(err) and self.state ~= "ended" and self.state ~= "closed" then
+            for index = #batch, 1, -1 do
+                table.insert(waiting, 1, batch[index])
+            end
+            self.engine.delay(0.5, function()
+                self:post_commands()
+            end)
+            return
+        elseif err then
+            self:fail(err)
+        end
+        self:post_commands()
+    end)
 end
 
 -- ---------------------------------------------------------------------------------------
@@ -744,11 +830,7 @@ function Client:send_command(command, kind)
         if kind == "binary" then
             command = { type = "message", binary = base64.encode(command) }
         end
-        self:post_commands({ command }, function(err)
-            if err then
-                self:fail(err)
-            end
-        end)
+        self:post_command(command)
         return true
     end
     local data = kind == "binary" and command or self.engine.json_encode(command)
@@ -808,8 +890,9 @@ function Client:request_matchmaking(mode, message, callback)
     if not self:can_send(callback) then
         return nil
     end
-    if self.matchmaking then
-        return self:fail(util.error("already_queued", "a matchmaking request is waiting already"), callback)
+    local waiting = self.matchmaking
+    if waiting and waiting.callback then
+        util.protect(waiting.callback, util.error("superseded", "a newer matchmaking request replaced this one"))
     end
     message = message or { type = "matchmake", mode = mode }
     self.matchmaking = { mode = mode, callback = callback }
@@ -819,6 +902,15 @@ function Client:request_matchmaking(mode, message, callback)
     return self:send_text(message)
 end
 
+function Client:delete_client(client_id)
+    http.call(self.engine, "DELETE", self.base .. "/api/v1/clients/" .. util.escape(client_id), nil,
+        self:access_token(), function(err)
+            if err and err.status ~= 410 and err.status ~= 404 then
+                self:fail(err)
+            end
+        end)
+end
+
 -- Ends the client now (reason `left`): the runtime hears it at once instead of after the
 -- grace period. The handler gets `client_deleted`.
 function Client:leave()
@@ -826,19 +918,17 @@ function Client:leave()
         return nil
     end
     if self.state ~= "open" then
-        -- No connection to send `leave` on: end the client over HTTP.
+        -- No connection to send `leave` on: end the client over HTTP (one still being made is
+        -- ended when it arrives).
         local client_id = self.client_id
         self:ended("left")
-        http.call(self.engine, "DELETE", self.base .. "/api/v1/clients/" .. util.escape(client_id), nil,
-            self:access_token(), function(err)
-                if err and err.status ~= 410 and err.status ~= 404 then
-                    self:fail(err)
-                end
-            end)
+        if client_id then
+            self:delete_client(client_id)
+        end
         return true
     end
     if self.transport_kind == "poll" then
-        self:post_commands({ { type = "leave" } })
+        self:post_command({ type = "leave" })
         return true
     end
     return self:send_command({ type = "leave" }, "text")
@@ -892,13 +982,13 @@ local function suspend(start)
     if not co then
         return util.error("not_in_coroutine", "await needs a coroutine: wrap the code in rally.run")
     end
-    local finished, results = false, nil
+    local finished, results, count = false, nil, 0
     local function resume(...)
         if finished then
             return
         end
         finished = true
-        results = { ... }
+        results, count = { ... }, select("#", ...)
         if coroutine.status(co) == "suspended" then
             local ok, failure = coroutine.resume(co)
             if not ok then
@@ -910,7 +1000,7 @@ local function suspend(start)
     if not finished then
         coroutine.yield()
     end
-    return unpack(results)
+    return unpack(results, 1, count)
 end
 
 -- Inside `rally.run`: calls `client:<method>(..., callback)` and waits for the callback.

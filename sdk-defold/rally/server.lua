@@ -178,16 +178,25 @@ function Runtime:exchange_secret(secret)
                 end)
             elseif err then
                 return self:exit(server.EXIT_REFUSED, "the platform refused the runtime's secret: " .. tostring(err))
+            elseif not self:take_tokens(tokens) then
+                return self:retry_later("the token answer has no tokens", function()
+                    self:exchange_secret(secret)
+                end)
             end
-            self:take_tokens(tokens)
             self:open_socket()
         end)
 end
 
+-- Keeps a token pair; false when the answer is not one.
 function Runtime:take_tokens(tokens)
+    if type(tokens) ~= "table" or type(tokens.access_token) ~= "string" or type(tokens.refresh_token) ~= "string" then
+        return false
+    end
     self.access_token = tokens.access_token
     self.refresh_token = tokens.refresh_token
     self.expires_at = self.engine.now() + (tonumber(tokens.expires_in) or 900)
+    self.renew_before_connecting = false
+    return true
 end
 
 -- Renews the access token, then calls `after()`.
@@ -200,8 +209,11 @@ function Runtime:refresh(after)
                 end)
             elseif err then
                 return self:exit(server.EXIT_REFUSED, "the platform refused the runtime's refresh token: " .. tostring(err))
+            elseif not self:take_tokens(tokens) then
+                return self:retry_later("the refresh answer has no tokens", function()
+                    self:refresh(after)
+                end)
             end
-            self:take_tokens(tokens)
             after()
         end)
 end
@@ -210,7 +222,8 @@ function Runtime:open_socket()
     if self.state == "exited" or self.state == "stopping" then
         return
     end
-    if self.expires_at - self.engine.now() < 60 then
+    -- Protocol §4: a reconnect renews the access token first (and so does a token near its end).
+    if self.renew_before_connecting or self.expires_at - self.engine.now() < 60 then
         return self:refresh(function()
             self:open_socket()
         end)
@@ -240,8 +253,11 @@ function Runtime:open_socket()
             end
             if response and response.status then
                 local err = http.refusal(self.engine, response.status, response.body)
-                if err.code == "token_expired" then
-                    self.expires_at = 0
+                if response.status == 401 and not self.renewed_for_retry then
+                    -- An expired token, most likely (Defold's extension does not pass the
+                    -- answer's body on): renew it and try once more.
+                    self.renewed_for_retry = true
+                    self.renew_before_connecting = true
                     return self:socket_lost(tostring(err))
                 elseif response.status < 500 then
                     return self:exit(server.EXIT_REFUSED, "the platform refused the runtime's socket: " .. tostring(err))
@@ -259,6 +275,7 @@ end
 function Runtime:socket_lost(why)
     self.socket = nil
     self.connected = false
+    self.renew_before_connecting = true
     if self.state == "exited" then
         return
     end
@@ -321,6 +338,7 @@ function Runtime:dispatch(message, attachments)
         self.connected = true
         self.unreachable_since = nil
         self.reconnect_attempt = 0
+        self.renewed_for_retry = false
         self.heartbeat_secs = message.heartbeat_secs
         if self.state == "starting" then
             self.state = "running"
@@ -423,26 +441,30 @@ function Runtime:flush()
     if not self.connected or not self.socket or #self.queue == 0 then
         return
     end
-    local encoded = {}
-    for index, message in ipairs(self.queue) do
-        encoded[index] = self.engine.json_encode(message)
-    end
-    self.queue = {}
-    local frame, size = {}, 0
-    local function send()
-        if #frame > 0 then
-            self.socket:send('{"messages":[' .. table.concat(frame, ",") .. "]}", "text")
-            frame, size = {}, 0
+    -- Whole frames of at most 1 MiB; what cannot be sent stays queued for the next connection.
+    local sent = 0
+    while sent < #self.queue do
+        local frame, size = {}, 0
+        for index = sent + 1, #self.queue do
+            local text = self.engine.json_encode(self.queue[index])
+            if #frame > 0 and size + #text + 16 > FRAME_LIMIT then
+                break
+            end
+            frame[#frame + 1] = text
+            size = size + #text + 1
         end
-    end
-    for _, text in ipairs(encoded) do
-        if size + #text + 16 > FRAME_LIMIT then
-            send()
+        local ok, accepted = util.protect(self.socket.send, self.socket,
+            '{"messages":[' .. table.concat(frame, ",") .. "]}", "text")
+        if not ok or accepted == false then
+            break
         end
-        frame[#frame + 1] = text
-        size = size + #text + 1
+        sent = sent + #frame
     end
-    send()
+    local rest = {}
+    for index = sent + 1, #self.queue do
+        rest[#rest + 1] = self.queue[index]
+    end
+    self.queue = rest
 end
 
 local function payload_of(data, kind)

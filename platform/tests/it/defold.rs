@@ -92,10 +92,10 @@ async fn sdk_players_play_tictactoe(backend: Backend) {
     app.stop().await;
 }
 
-/// The bundle `examples/defold-tictactoe/standalone/make-bundle.sh` assembles for `lua`.
-fn server_sdk_bundle(lua: &str) -> Vec<u8> {
-    let directory = tempfile::tempdir().unwrap();
-    let out = directory.path().join("bundle");
+/// Runs `examples/defold-tictactoe/standalone/make-bundle.sh` for `lua` into `directory`;
+/// the bundle's directory.
+fn make_bundle(directory: &Path, lua: &str) -> PathBuf {
+    let out = directory.join("bundle");
     let status =
         Command::new(repository().join("examples/defold-tictactoe/standalone/make-bundle.sh"))
             .arg(&out)
@@ -103,6 +103,13 @@ fn server_sdk_bundle(lua: &str) -> Vec<u8> {
             .status()
             .unwrap();
     assert!(status.success());
+    out
+}
+
+/// The server SDK's tic-tac-toe as a bundle for `lua`.
+fn server_sdk_bundle(lua: &str) -> Vec<u8> {
+    let directory = tempfile::tempdir().unwrap();
+    let out = make_bundle(directory.path(), lua);
     rally_sdk::bundle::pack(&out, &rally_sdk::bundle::BundleLimits::default()).unwrap()
 }
 
@@ -140,7 +147,57 @@ async fn the_server_sdk_runtime_plays_tictactoe(backend: Backend) {
     app.stop().await;
 }
 
+/// Access tokens that live 10 s (the shortest the platform allows): the SDK refreshes them
+/// before they expire and reconnects on the renewed one.
+async fn sdk_players_refresh_short_lived_tokens(backend: Backend) {
+    let app = app(backend, |config| config.access_token_ttl_secs = 10).await;
+    deploy(&app, tictactoe_bundle(), serde_json::json!({})).await;
+    let url = app.url.clone();
+    tokio::task::block_in_place(|| {
+        for lua in INTERPRETERS {
+            busted(lua, &["--run=tokens"], &[("RALLY_TEST_URL", url.clone())]);
+        }
+    });
+    app.stop().await;
+}
+
+/// The server program started by hand, as the platform would, with what goes wrong: no
+/// environment (exit 2) and a secret the platform refuses (exit 4).
+async fn the_server_sdk_exits_with_the_documented_codes(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    let directory = tempfile::tempdir().unwrap();
+    let bundle = make_bundle(directory.path(), "luajit");
+    let run = |env: &[(&str, &str)]| {
+        tokio::task::block_in_place(|| {
+            Command::new(bundle.join("bin/server"))
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap())
+                .envs(env.iter().copied())
+                .output()
+                .unwrap()
+        })
+    };
+    let bare = run(&[]);
+    assert_eq!(bare.status.code(), Some(2));
+    let why = String::from_utf8_lossy(&bare.stderr);
+    assert!(why.contains("missing RALLY_RUNTIME_ID"), "{why}");
+
+    let secret = "s".repeat(43);
+    let refused = run(&[
+        ("RALLY_RUNTIME_ID", "0193a000-0000-7000-8000-000000000000"),
+        ("RALLY_RUNTIME_SECRET", &secret),
+        ("RALLY_RUNTIME_QUALIFIER", "lobby"),
+        ("RALLY_PLATFORM_URL", &app.url),
+    ]);
+    assert_eq!(refused.status.code(), Some(4));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("HTTP 401"), "{why}");
+    app.stop().await;
+}
+
 on_both_backends!(
     sdk_players_play_tictactoe,
-    the_server_sdk_runtime_plays_tictactoe
+    the_server_sdk_runtime_plays_tictactoe,
+    sdk_players_refresh_short_lived_tokens,
+    the_server_sdk_exits_with_the_documented_codes
 );

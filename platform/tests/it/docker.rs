@@ -519,11 +519,13 @@ async fn tictactoe_is_played_in_a_launcher_container(backend: Backend) {
         .find(|runtime| runtime.id == in_lobby.id)
         .unwrap();
     assert_eq!(failed.status, "failed");
+    // The kernel kills the launcher's runtimes with it. Usually the pool records that the
+    // launcher container ended; when the runtime's end is noticed first (it is no longer live),
+    // it is recorded as "killed by a signal", which is also true. Seen once in ~20 runs.
     assert!(
-        failed
-            .failure
-            .as_deref()
-            .is_some_and(|failure| failure.contains("launcher container ended")),
+        failed.failure.as_deref().is_some_and(|failure| {
+            failure.contains("launcher container ended") || failure == "killed by a signal"
+        }),
         "{failed:?}"
     );
     // The killed launcher is removed.

@@ -21,11 +21,15 @@ end
 -- Calls `fn(...)` and never lets an error escape into the caller (the game's `update`, or an
 -- engine callback). Returns true and the results, or false and the error as text.
 function util.protect(fn, ...)
-    local results = { pcall(fn, ...) }
-    if not results[1] then
-        return false, tostring(results[2])
+    return util.settle(pcall(fn, ...))
+end
+
+-- pcall's results with the error as text; every result kept, nils included.
+function util.settle(ok, ...)
+    if not ok then
+        return false, tostring((...))
     end
-    return unpack(results)
+    return true, ...
 end
 
 -- The delay before reconnect attempt `attempt` (1, 2, ...): 100 ms doubling to `ceiling`

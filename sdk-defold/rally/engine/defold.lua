@@ -18,7 +18,7 @@
 --                                 connection fails (response: {status, body} of a refused
 --                                 upgrade); socket:send(data, kind), socket:close(code, reason)
 --   delay(seconds, fn) -> handle, cancel(handle)
---   now()                         seconds, monotonic
+--   now()                         seconds (for intervals)
 --   json_encode(value), json_decode(text) (may raise), null (JSON null)
 --   save(key, table), load(key) -> table or nil
 --   config(key) -> string or nil  (game.project's settings)
@@ -39,8 +39,10 @@ function engine.json_decode(text)
     return json.decode(text, { decode_null_as_userdata = true })
 end
 
+-- Seconds, from LuaSocket's clock, which every Defold build has (wall time: a clock set back
+-- makes a refresh come early, never late, as timers still run).
 function engine.now()
-    return socket and socket.gettime and socket.gettime() or os.clock()
+    return socket.gettime()
 end
 
 local function header_lines(headers)
@@ -89,7 +91,10 @@ function engine.websocket(url, options, handlers)
         elseif data.event == websocket.EVENT_DISCONNECTED then
             local was = state
             state = "closed"
-            if was == "connecting" then
+            if was == "closed" then
+                -- The extension follows an error with a disconnect: one end is reported once.
+                return
+            elseif was == "connecting" then
                 handlers.error(data.message or "disconnected", nil)
             else
                 handlers.close(data.code or 1006, data.message or "")
@@ -112,8 +117,8 @@ function engine.websocket(url, options, handlers)
             return false
         end
         local data_type = kind == "binary" and websocket.DATA_TYPE_BINARY or websocket.DATA_TYPE_TEXT
-        websocket.send(connection, payload, { type = data_type })
-        return true
+        -- It raises when the connection went down before its callback said so.
+        return (pcall(websocket.send, connection, payload, { type = data_type }))
     end
     function socket_object.close()
         if state == "open" or state == "connecting" then
@@ -140,12 +145,18 @@ function engine.cancel(handle)
     end
 end
 
+-- Each game saves under its own name: game.project's title (or `rally.save_app`).
+local function save_file(key)
+    local app = engine.config("rally.save_app") or engine.config("project.title") or "rally"
+    return sys.get_save_file((app:gsub("[^%w_%-]", "_")), "rally-" .. key)
+end
+
 function engine.save(key, data)
-    return sys.save(sys.get_save_file("rally", key), data)
+    return sys.save(save_file(key), data)
 end
 
 function engine.load(key)
-    local data = sys.load(sys.get_save_file("rally", key))
+    local data = sys.load(save_file(key))
     if data == nil or next(data) == nil then
         return nil
     end

@@ -69,6 +69,46 @@ describe("the SDK's files", function()
     end)
 end)
 
+describe("the README", function()
+    -- The first ```lua block after `heading`.
+    local function example(heading)
+        local file = assert(io.open("README.md"))
+        local text = file:read("*a")
+        file:close()
+        local from = assert(text:find(heading, 1, true), heading)
+        local code = text:match("```lua\n(.-)```", from)
+        return assert(code, "no Lua block after " .. heading)
+    end
+
+    it("connects a player in at most 10 lines, with code that runs", function()
+        local code = example("## A player, connected")
+        local _, lines = code:gsub("\n", "")
+        assert.is_true(lines <= 10, lines .. " lines")
+        -- Run it, with the scripted engine standing in for Defold's.
+        local scripted = require("scripted_engine")
+        local engine = scripted.new()
+        engine.settings = { ["rally.url"] = "http://127.0.0.1:7350", ["rally.tenant"] = "studio",
+            ["rally.project"] = "tictactoe", ["rally.stage"] = "default" }
+        package.loaded["rally.engine.defold"] = engine
+        local chunk = assert(loadstring(code))
+        local environment = setmetatable({}, { __index = _G })
+        setfenv(chunk, environment)
+        chunk()
+        local self = {}
+        environment.init(self)
+        engine.request("/api/v1/users"):answer(201, { user_id = "u", secret = "s" })
+        engine.request("/api/v1/users/sign-in"):answer(200, scripted.tokens("readme"))
+        engine.request("/stages/default/clients"):answer(201, { client_id = "c", socket_path = "/api/v1/clients/c/ws" })
+        assert.are.equal("ws://127.0.0.1:7350/api/v1/clients/c/ws", engine.socket().url)
+        package.loaded["rally.engine.defold"] = nil
+    end)
+
+    it("shows a server in a few lines that parse", function()
+        local code = example("## A server, running")
+        assert.truthy(loadstring(code))
+    end)
+end)
+
 describe("base64", function()
     it("round-trips every byte and agrees with RFC 4648's vectors", function()
         local vectors = { [""] = "", f = "Zg==", fo = "Zm8=", foo = "Zm9v", foob = "Zm9vYg==", fooba = "Zm9vYmE=", foobar = "Zm9vYmFy" }
