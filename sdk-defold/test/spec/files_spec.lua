@@ -69,6 +69,39 @@ describe("the SDK's files", function()
     end)
 end)
 
+describe("the library archive", function()
+    it("holds game.project, the README and rally/ under one top directory, the same each time", function()
+        local out = os.tmpname()
+        os.remove(out)
+        local function build_and_list()
+            local pipe = io.popen("./package " .. out .. " >/dev/null && python3 -c \"import sys, zipfile, hashlib; "
+                .. "p = sys.argv[1] + '/rally-defold-sdk.zip'; print(hashlib.sha256(open(p, 'rb').read()).hexdigest()); "
+                .. "[print(n) for n in zipfile.ZipFile(p).namelist()]\" " .. out)
+            local lines = {}
+            for line in pipe:lines() do
+                lines[#lines + 1] = line
+            end
+            pipe:close()
+            return lines
+        end
+        local first = build_and_list()
+        local second = build_and_list()
+        os.execute("rm -rf " .. out)
+        assert.are.same(first, second)
+        local names = {}
+        for index = 2, #first do
+            names[first[index]] = true
+        end
+        for _, name in ipairs({ "game.project", "README.md", "rally/player.lua", "rally/server.lua",
+            "rally/engine/defold.lua", "rally/core/http.lua" }) do
+            assert.is_true(names["rally-defold-sdk/" .. name], name)
+        end
+        assert.is_nil(names["rally-defold-sdk/standalone/luahttp_engine.lua"])
+        local project = assert(io.open("game.project")):read("*a")
+        assert.truthy(project:find("include_dirs = rally", 1, true))
+    end)
+end)
+
 describe("the README", function()
     -- The first ```lua block after `heading`.
     local function example(heading)
