@@ -26,7 +26,8 @@ describe("the SDK's files", function()
 
     it("parse as plain Lua 5.1 (luac5.1 -p)", function()
         local all = {}
-        for _, list in ipairs({ SDK, EXAMPLE, lua_files("standalone"), lua_files("examples") }) do
+        local lists = { SDK, EXAMPLE, lua_files("standalone"), lua_files("examples"), lua_files("bench"), lua_files("test") }
+        for _, list in ipairs(lists) do
             for _, path in ipairs(list) do
                 all[#all + 1] = '"' .. path .. '"'
             end
