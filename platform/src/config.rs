@@ -77,6 +77,13 @@ pub struct Config {
     /// runtime images are made on, e.g. one with the libraries a headless game build needs.
     /// Unset: a program's image holds its bundle's files alone (`FROM scratch`).
     pub program_base_image: Option<String>,
+    /// The URL players and other nodes use to reach this node (`docs/nodes.md`); by default
+    /// `runtime_platform_url`, else `http://` and the bound address.
+    pub advertise_url: Option<String>,
+    /// How often this node writes its heartbeat row.
+    pub node_heartbeat_secs: u64,
+    /// A node whose heartbeat is older than this is dead (`rally node list`).
+    pub node_dead_after_secs: u64,
     /// How long a graceful shutdown waits for requests in flight.
     pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
@@ -135,6 +142,9 @@ impl Default for Config {
             registry_login_ttl_secs: 30 * 24 * 60 * 60,
             builds_at_once: 2,
             program_base_image: None,
+            advertise_url: None,
+            node_heartbeat_secs: 2,
+            node_dead_after_secs: 10,
             shutdown_grace_secs: 10,
             log_format: LogFormat::Human,
             player_max_frame_bytes: 64 * 1024,
@@ -190,6 +200,9 @@ const SETTINGS: &[&str] = &[
     "registry_login_ttl_secs",
     "builds_at_once",
     "program_base_image",
+    "advertise_url",
+    "node_heartbeat_secs",
+    "node_dead_after_secs",
     "shutdown_grace_secs",
     "log_format",
     "player_max_frame_bytes",
@@ -277,6 +290,23 @@ impl Config {
         }
         if self.docker_server_lost_secs == 0 {
             return Err(invalid("docker_server_lost_secs", "must be at least 1"));
+        }
+        if let Some(url) = &self.advertise_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "advertise_url",
+                    "must start with http:// or https://",
+                ));
+            }
+        }
+        if self.node_heartbeat_secs == 0 {
+            return Err(invalid("node_heartbeat_secs", "must be at least 1"));
+        }
+        if self.node_dead_after_secs < 2 * self.node_heartbeat_secs {
+            return Err(invalid(
+                "node_dead_after_secs",
+                "must be at least twice node_heartbeat_secs",
+            ));
         }
         let repository_valid = !self.docker_image_repository.is_empty()
             && self.docker_image_repository.len() <= 128
@@ -471,7 +501,8 @@ mod tests {
                     "listen" => "127.0.0.1:1",
                     "log_format" => "json",
                     "data_dir" | "database_url" | "runtime_binary" => "sqlite://x.db",
-                    "runtime_platform_url" => "http://127.0.0.1:1",
+                    "runtime_platform_url" | "advertise_url" => "http://127.0.0.1:1",
+                    "node_heartbeat_secs" => "2",
                     "docker_image_repository" => "registry.local/rally-runtime",
                     "registry_address" => "127.0.0.1:5000",
                     "registry_token_ttl_secs" => "300",

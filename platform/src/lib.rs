@@ -19,6 +19,7 @@ pub mod images;
 pub mod loadtest;
 pub mod matchmaker;
 pub mod metrics;
+pub mod nodes;
 pub mod openapi;
 pub mod permissions;
 pub mod players;

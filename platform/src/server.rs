@@ -79,6 +79,15 @@ impl Platform {
             Some(pool) => Runtimes::with_pool(&config, &database, registry.clone(), pool),
         }
         .context("cannot prepare the runtime pool")?;
+        // The advertised URL is written again once the listener is bound.
+        crate::nodes::join(
+            &database,
+            &runtimes.node_id,
+            config.advertise_url.as_deref().unwrap_or(""),
+            &config,
+        )
+        .await
+        .context("cannot join the platform's nodes")?;
         let dispatcher = Dispatcher::new(PlayerLimits::from_config(&config), database.clone());
         let restored = dispatcher
             .restore(&database, &runtimes.node_id)
@@ -129,6 +138,7 @@ pub fn api_router(config: &Config) -> OpenApiRouter<AppState> {
         .merge(players::routes())
         .merge(crate::registry::routes())
         .merge(crate::builds::routes())
+        .merge(crate::nodes::routes())
         .layer(RequestBodyLimitLayer::new(config.body_limit_bytes));
     let upload_routes = versions::upload_routes()
         .layer(RequestBodyLimitLayer::new(config.bundle_max_bytes as usize));
@@ -181,7 +191,25 @@ pub async fn serve(
             };
             format!("http://{host}:{}", address.port())
         });
+    let advertised = state
+        .config
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| platform_url.clone());
     state.runtimes.set_platform_url(platform_url);
+    // Written before serving, so that whoever reads the nodes finds this one where it listens.
+    if let Err(error) =
+        crate::nodes::advertise(&state.database, &state.runtimes.node_id, &advertised).await
+    {
+        tracing::warn!(%error, "cannot write this node's URL; the heartbeat will");
+    }
+    let heartbeat = tokio::spawn(crate::nodes::heartbeat(
+        state.database.clone(),
+        state.runtimes.node_id.clone(),
+        advertised,
+        Duration::from_secs(state.config.node_heartbeat_secs),
+        shutdown.clone(),
+    ));
     tokio::spawn(clean_expired_tokens(state.clone(), shutdown.clone()));
     let supervisor = tokio::spawn(runtimes::supervise(state.clone(), shutdown.clone()));
     let builder = tokio::spawn(crate::builds::run(state.clone(), shutdown.clone()));
@@ -213,6 +241,12 @@ pub async fn serve(
     }
     if let Err(error) = supervisor.await {
         tracing::error!(%error, "runtime supervisor failed");
+    }
+    if let Err(error) = heartbeat.await {
+        tracing::error!(%error, "node heartbeat failed");
+    }
+    if let Err(error) = crate::nodes::leave(&state.database, &state.runtimes.node_id).await {
+        tracing::warn!(%error, "cannot mark this node stopped");
     }
     // The journal retries what the database refuses; a database that stays away past the grace
     // period cannot stop the platform from stopping.

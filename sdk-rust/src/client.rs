@@ -415,6 +415,13 @@ impl RallyClient {
     }
 
     /// The servers of `pool`, or of every pool.
+    /// The platform's nodes, alive, dead or stopped (staff).
+    pub async fn list_nodes(&self) -> Result<Vec<crate::wire::Node>, ClientError> {
+        let list: crate::wire::NodeList =
+            self.call(Method::GET, "/api/v1/nodes", None::<&()>).await?;
+        Ok(list.nodes)
+    }
+
     pub async fn list_servers(&self, pool: Option<&str>) -> Result<Vec<Server>, ClientError> {
         let path = match pool {
             Some(pool) => format!("/api/v1/pools/{}/servers", segment(pool)),

@@ -918,3 +918,27 @@ pub struct Build {
 pub struct BuildList {
     pub builds: Vec<Build>,
 }
+
+/// A platform node (`GET /api/v1/nodes`, `docs/nodes.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Node {
+    pub id: String,
+    /// How players and other nodes reach it (`advertise_url`).
+    pub url: String,
+    /// `alive`, `dead` (no heartbeat for `node_dead_after_secs`) or `stopped` (gracefully).
+    pub status: String,
+    pub started_at: i64,
+    pub heartbeat_at: i64,
+    pub stopped_at: Option<i64>,
+    /// Its runtimes that are starting, running or stopping.
+    pub runtimes: i64,
+    /// Its active clients.
+    pub clients: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodeList {
+    pub nodes: Vec<Node>,
+}

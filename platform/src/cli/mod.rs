@@ -11,6 +11,7 @@ mod deploy;
 mod deployments;
 mod dev;
 mod developers;
+mod nodes;
 mod permissions;
 mod pools;
 mod progress;
@@ -84,6 +85,9 @@ enum Command {
     /// The studio's image registry: sign Docker in, configure the registry, see pushes.
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
+    /// The platform's nodes and whether each is alive (admin or support).
+    #[command(subcommand)]
+    Node(nodes::NodeCommand),
     /// Manage developer accounts (admin or support).
     #[command(subcommand)]
     Developer(developers::DeveloperCommand),
@@ -315,6 +319,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Runtime(command) => runtimes::run(command).await,
         Command::Pool(command) => pools::run_pool(command).await,
         Command::Registry(command) => registry::run(command).await,
+        Command::Node(command) => nodes::run(command).await,
         Command::Developer(command) => developers::run(command).await,
         Command::Permission(command) => permissions::run(command).await,
         Command::Audit(args) => audit::run(args).await,

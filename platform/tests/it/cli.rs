@@ -48,7 +48,7 @@ async fn version_is_printed() {
     );
 }
 
-async fn login(app: &TestApp, config_dir: &std::path::Path) {
+pub(crate) async fn login(app: &TestApp, config_dir: &std::path::Path) {
     let output = rally(
         config_dir,
         &["login", "--url", &app.url, "--username", "admin"],

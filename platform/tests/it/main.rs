@@ -15,6 +15,7 @@ mod docs;
 mod errors;
 mod imports;
 mod management;
+mod nodes;
 mod permissions;
 mod players;
 mod pools;

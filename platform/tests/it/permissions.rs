@@ -104,6 +104,7 @@ fn matrix() -> Vec<(&'static str, String, Rule)> {
             Staff,
         ),
         ("GET", "/api/v1/servers".into(), Staff),
+        ("GET", "/api/v1/nodes".into(), Staff),
         ("POST", "/api/v1/developers".into(), Staff),
         (
             "POST",

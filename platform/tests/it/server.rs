@@ -10,7 +10,7 @@ use std::time::Duration;
 const RALLY: &str = env!("CARGO_BIN_EXE_rally");
 
 /// `rally server` in `directory` with only `env` set; returns the child and its base URL.
-fn start_binary(directory: &std::path::Path, env: &[(&str, &str)]) -> (Child, String) {
+pub(crate) fn start_binary(directory: &std::path::Path, env: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(RALLY)
         .arg("server")
         .current_dir(directory)
@@ -39,7 +39,7 @@ fn terminate(child: &Child) {
     assert!(status.success());
 }
 
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+pub(crate) fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -1,0 +1,192 @@
+//! Platform nodes (`docs/nodes.md`): each `rally server` writes a heartbeat row; `rally node
+//! list` shows them alive, dead or stopped, with what runs on each. Second nodes are real
+//! `rally server` processes on the test's database. The embedded SQLite default refuses a
+//! second live node on the same file.
+
+use crate::cli::{login, rally};
+use crate::helpers::{spawn_app_with, Backend, TestApp};
+use crate::on_both_backends;
+use crate::players::{app, connect, deploy, player};
+use crate::tictactoe::tictactoe_bundle;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const RALLY: &str = env!("CARGO_BIN_EXE_rally");
+
+/// A second node: `rally server` on `app`'s database with a data directory of its own and a
+/// 1 s heartbeat. Its output is drained (stdout) or kept in a file (stderr) so that it never
+/// blocks on a full pipe. Returns the child and its URL.
+fn second_node(app: &TestApp, directory: &std::path::Path) -> (Child, String) {
+    let log = std::fs::File::create(directory.join("stderr.log")).unwrap();
+    let mut child = Command::new(RALLY)
+        .arg("server")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RALLY_LISTEN", "127.0.0.1:0")
+        .env("RALLY_DATA_DIR", directory.join("data"))
+        .env("RALLY_DATABASE_URL", &app.database.url)
+        .env("RALLY_NODE_HEARTBEAT_SECS", "1")
+        .env("RALLY_NODE_DEAD_AFTER_SECS", "3")
+        .env("RALLY_RUNTIME_BINARY", crate::runtimes::runtime_binary())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().map(|line| line.unwrap()).unwrap_or_default();
+    let Some(url) = first.strip_prefix("rally listening on ") else {
+        child.kill().ok();
+        child.wait().ok();
+        let stderr = std::fs::read_to_string(directory.join("stderr.log")).unwrap_or_default();
+        panic!("the second node did not start: {first:?}\n{stderr}");
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, url.to_owned())
+}
+
+/// The nodes as the admin sees them, once `ready` holds for them (or after 15 s).
+async fn nodes_until(
+    app: &TestApp,
+    ready: impl Fn(&[rally_sdk::wire::Node]) -> bool,
+) -> Vec<rally_sdk::wire::Node> {
+    let admin = app.admin().await;
+    let mut nodes = Vec::new();
+    for _ in 0..150 {
+        nodes = admin.list_nodes().await.unwrap();
+        if ready(&nodes) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nodes
+}
+
+async fn this_node_is_listed_alive_with_its_url_and_what_runs_on_it(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    deploy(&app, tictactoe_bundle(), serde_json::json!({})).await;
+    let mut socket = connect(&app, &player(&app).await).await;
+    socket.greeted_and_assigned().await;
+    let nodes = nodes_until(&app, |nodes| {
+        nodes.first().is_some_and(|node| node.runtimes >= 1)
+    })
+    .await;
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    let node = &nodes[0];
+    assert_eq!(node.id, app.state.runtimes.node_id);
+    assert_eq!(node.url, app.url);
+    assert_eq!(node.status, "alive");
+    assert_eq!(node.clients, 1);
+    assert!(node.runtimes >= 1, "{node:?}");
+
+    // The operator's view.
+    let config_dir = tempfile::tempdir().unwrap();
+    login(&app, config_dir.path()).await;
+    let output = rally(config_dir.path(), &["node", "list"], &[]).await;
+    assert!(output.status.success());
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains(&node.id) && table.contains("alive"),
+        "{table}"
+    );
+    let output = rally(config_dir.path(), &["node", "list", "--json"], &[]).await;
+    let listed: rally_sdk::wire::NodeList = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(listed.nodes[0].url, app.url);
+
+    // A restart of the same data directory is the same node, alive again.
+    let app = app.restart().await;
+    let nodes = nodes_until(&app, |_| true).await;
+    assert_eq!(nodes.len(), 1, "the same node again: {nodes:?}");
+    assert_eq!(nodes[0].status, "alive");
+    app.stop().await;
+}
+
+/// Two nodes on one PostgreSQL database: both listed alive; one killed with SIGKILL is dead
+/// after `node_dead_after_secs`, one stopped with SIGTERM says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_one_postgres_database_see_each_other_live_and_die() {
+    let app = spawn_app_with(Backend::Postgres, |config| {
+        config.node_heartbeat_secs = 1;
+        config.node_dead_after_secs = 3;
+    })
+    .await;
+    let directory = tempfile::tempdir().unwrap();
+    let (mut killed, url) = second_node(&app, directory.path());
+    let nodes = nodes_until(&app, |nodes| {
+        nodes.iter().filter(|node| node.status == "alive").count() == 2
+    })
+    .await;
+    let second = nodes
+        .iter()
+        .find(|node| node.url == url)
+        .unwrap_or_else(|| panic!("the second node at {url}: {nodes:?}"))
+        .id
+        .clone();
+    assert_ne!(second, app.state.runtimes.node_id);
+
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let nodes = nodes_until(&app, |nodes| {
+        nodes
+            .iter()
+            .any(|node| node.id == second && node.status == "dead")
+    })
+    .await;
+    let status = |nodes: &[rally_sdk::wire::Node], id: &str| {
+        nodes
+            .iter()
+            .find(|node| node.id == id)
+            .unwrap()
+            .status
+            .clone()
+    };
+    assert_eq!(status(&nodes, &second), "dead");
+    assert_eq!(status(&nodes, &app.state.runtimes.node_id), "alive");
+
+    let other = tempfile::tempdir().unwrap();
+    let (mut stopped, url) = second_node(&app, other.path());
+    let term = Command::new("kill")
+        .args(["-TERM", &stopped.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(crate::server::wait_with_timeout(&mut stopped, Duration::from_secs(20)).success());
+    let nodes = nodes_until(&app, |_| true).await;
+    let node = nodes.iter().find(|node| node.url == url).unwrap();
+    assert_eq!(node.status, "stopped");
+    assert!(node.stopped_at.is_some());
+    app.stop().await;
+}
+
+/// The embedded SQLite default is one node: a second `rally server` on the same file stops at
+/// once and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_on_one_sqlite_file_is_refused() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let directory = tempfile::tempdir().unwrap();
+    let output = tokio::task::block_in_place(|| {
+        Command::new(RALLY)
+            .arg("server")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RALLY_LISTEN", "127.0.0.1:0")
+            .env("RALLY_DATA_DIR", directory.path().join("data"))
+            .env("RALLY_DATABASE_URL", &app.database.url)
+            .output()
+            .unwrap()
+    });
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "node {} ({}) is using this SQLite database",
+            app.state.runtimes.node_id, app.url
+        )) && stderr.contains("PostgreSQL"),
+        "{stderr}"
+    );
+    let nodes = app.admin().await.list_nodes().await.unwrap();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    app.stop().await;
+}
+
+on_both_backends!(this_node_is_listed_alive_with_its_url_and_what_runs_on_it);
