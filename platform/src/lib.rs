@@ -16,6 +16,7 @@ pub mod grants;
 pub mod health;
 pub mod idempotency;
 pub mod images;
+pub mod leases;
 pub mod loadtest;
 pub mod matchmaker;
 pub mod metrics;

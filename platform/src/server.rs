@@ -245,6 +245,11 @@ pub async fn serve(
     if let Err(error) = heartbeat.await {
         tracing::error!(%error, "node heartbeat failed");
     }
+    // Its runtimes are stopped: other nodes may take its stages at once.
+    if let Err(error) = crate::leases::give_back_all(&state.database, &state.runtimes.node_id).await
+    {
+        tracing::warn!(%error, "cannot give this node's leases back");
+    }
     if let Err(error) = crate::nodes::leave(&state.database, &state.runtimes.node_id).await {
         tracing::warn!(%error, "cannot mark this node stopped");
     }

@@ -19,6 +19,8 @@ pub const MAX_MATCHES_AT_ONCE: i64 = 64;
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeploymentToRun {
     pub id: String,
+    /// Its stage: the node holding the stage's lease runs it.
+    pub stage_id: String,
     pub active: bool,
     pub bundle_sha256: String,
     /// The version's image in the registry, when one is linked.
@@ -47,6 +49,7 @@ impl From<&Deployed> for DeploymentToRun {
         let config = &deployed.config;
         Self {
             id: deployed.id.clone(),
+            stage_id: deployed.stage_id.clone(),
             active: deployed.is_active(),
             bundle_sha256: deployed.bundle_sha256.clone(),
             image: deployed.image.clone(),
@@ -226,6 +229,7 @@ mod tests {
     fn deployment(active: bool) -> DeploymentToRun {
         DeploymentToRun {
             id: "d".to_owned(),
+            stage_id: "s1".into(),
             active,
             bundle_sha256: String::new(),
             image: None,

@@ -77,7 +77,7 @@ fn free_start_turns(state: &AppState, mut exits: mpsc::Receiver<Exited>) -> mpsc
 
 /// One supervision pass.
 async fn reconcile(state: &AppState) -> anyhow::Result<()> {
-    let deployments = load_deployments(state).await?;
+    let deployments = run_here(state, load_deployments(state).await?).await?;
     watch_runtimes(state).await?;
     let lobby_demand = state.dispatcher.lobby_demand();
     let match_demand = state.dispatcher.match_demand();
@@ -116,12 +116,57 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
         tracing::info!(runtime_id = %runtime_id, "match over; stopping its runtime");
         stop_runtime(state, &runtime_id, None).await?;
     }
-    crate::deployed::close_drained(&state.database).await?;
+    // Cluster-wide: one node at a time, the holder of the global lease.
+    if crate::leases::take(
+        &state.database,
+        &state.runtimes.node_id,
+        crate::leases::GLOBAL,
+        lease_ttl(state),
+    )
+    .await?
+    {
+        crate::deployed::close_drained(&state.database).await?;
+    }
     Ok(())
 }
 
-/// The active and draining deployments, told to the dispatcher and kept for the match
-/// starter. One whose records do not parse is reported and its runtimes are left alone.
+fn lease_ttl(state: &AppState) -> Duration {
+    Duration::from_secs(state.config.node_dead_after_secs)
+}
+
+/// The deployments of the stages this node holds the lease of (`docs/nodes.md`), kept for
+/// the match starter. A stage taken over from a node that stopped answering has that node's
+/// runtimes recorded failed, so that they are replaced here.
+async fn run_here(
+    state: &AppState,
+    deployments: Vec<DeploymentToRun>,
+) -> anyhow::Result<Vec<DeploymentToRun>> {
+    let stages = deployments
+        .iter()
+        .map(|deployment| deployment.stage_id.clone())
+        .collect();
+    let assignment = crate::leases::assign_stages(
+        &state.database,
+        &state.runtimes.node_id,
+        &stages,
+        lease_ttl(state),
+    )
+    .await?;
+    for (stage_id, previous) in &assignment.taken_from {
+        let failed =
+            crate::leases::fail_runtimes_left_by(&state.database, stage_id, previous).await?;
+        tracing::warn!(%stage_id, node_id = %previous, runtimes = failed, "took over a stage from a node that stopped answering");
+    }
+    let here: Vec<DeploymentToRun> = deployments
+        .into_iter()
+        .filter(|deployment| assignment.stages.contains(&deployment.stage_id))
+        .collect();
+    *state.runtimes.deployments.lock() = here.clone();
+    Ok(here)
+}
+
+/// The active and draining deployments, told to the dispatcher. One whose records do not
+/// parse is reported and its runtimes are left alone.
 async fn load_deployments(state: &AppState) -> anyhow::Result<Vec<DeploymentToRun>> {
     let mut facts = Vec::new();
     let mut deployments = Vec::new();
@@ -142,7 +187,6 @@ async fn load_deployments(state: &AppState) -> anyhow::Result<Vec<DeploymentToRu
         }
     }
     state.dispatcher.set_deployments(facts);
-    *state.runtimes.deployments.lock() = deployments.clone();
     Ok(deployments)
 }
 

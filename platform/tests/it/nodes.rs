@@ -158,6 +158,120 @@ async fn nodes_on_one_postgres_database_see_each_other_live_and_die() {
     app.stop().await;
 }
 
+/// The running lobbies of `stage`'s deployment `deployment`, with the node of each.
+async fn lobbies(
+    admin: &rally_sdk::RallyClient,
+    stage: &str,
+    deployment: &str,
+) -> Vec<rally_sdk::wire::RuntimeInfo> {
+    admin
+        .list_runtimes("studio", "game", stage, deployment)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|runtime| runtime.qualifier == rally_sdk::runtime::Qualifier::Lobby)
+        .collect()
+}
+
+/// Two nodes on one PostgreSQL database share two stages, one each (stage leases); when one is
+/// killed, the other takes its stage over once it counts as dead, records the dead node's
+/// lobby failed and starts one of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_are_shared_and_a_dead_nodes_stage_is_taken_over() {
+    let app = app(Backend::Postgres, |config| {
+        config.node_heartbeat_secs = 1;
+        config.node_dead_after_secs = 3;
+    })
+    .await;
+    let directory = tempfile::tempdir().unwrap();
+    let (mut second, _) = second_node(&app, directory.path());
+    nodes_until(&app, |nodes| {
+        nodes.iter().filter(|node| node.status == "alive").count() == 2
+    })
+    .await;
+    let (admin, first_deployment) = deploy(&app, tictactoe_bundle(), serde_json::json!({})).await;
+    admin
+        .create_stage("studio", "game", "Second", Some("second"))
+        .await
+        .unwrap();
+    let second_deployment = admin
+        .deploy("studio", "game", "second", "1", serde_json::json!({}))
+        .await
+        .unwrap()
+        .id;
+    let deployments = [("default", first_deployment), ("second", second_deployment)];
+    // One running lobby per stage, and the two stages on different nodes.
+    let mut placed = Vec::new();
+    for _ in 0..150 {
+        placed.clear();
+        for (stage, deployment) in &deployments {
+            let running: Vec<_> = lobbies(&admin, stage, deployment)
+                .await
+                .into_iter()
+                .filter(|lobby| lobby.status == "running")
+                .collect();
+            placed.push(running);
+        }
+        if placed.iter().all(|running| running.len() == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        placed.iter().all(|running| running.len() == 1),
+        "one lobby per stage: {placed:?}"
+    );
+    let nodes: Vec<String> = placed
+        .iter()
+        .map(|running| running[0].node_id.clone())
+        .collect();
+    assert_ne!(nodes[0], nodes[1], "each node runs one stage: {placed:?}");
+    let here = &app.state.runtimes.node_id;
+    let (lost, lost_lobby) = if &nodes[0] == here {
+        (&deployments[1], placed[1][0].clone())
+    } else {
+        (&deployments[0], placed[0][0].clone())
+    };
+
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let mut replaced = None;
+    for _ in 0..200 {
+        let now = lobbies(&admin, lost.0, &lost.1).await;
+        replaced = now
+            .iter()
+            .find(|lobby| lobby.status == "running" && &lobby.node_id == here)
+            .cloned();
+        if replaced.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = lobbies(&admin, lost.0, &lost.1).await;
+    assert!(
+        replaced.is_some(),
+        "a lobby of the lost stage on the survivor: {after:?}"
+    );
+    let old = after
+        .iter()
+        .find(|lobby| lobby.id == lost_lobby.id)
+        .unwrap();
+    assert_eq!(old.status, "failed");
+    assert_eq!(
+        old.failure.as_deref(),
+        Some("its node stopped answering; replaced on another node")
+    );
+    // The dead node's runtime process outlived it (its launcher leaves runtimes running):
+    // end it rather than wait for it to give up on its platform.
+    if let Some(pid) = lost_lobby.pid {
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .ok();
+    }
+    app.stop().await;
+}
+
 /// The embedded SQLite default is one node: a second `rally server` on the same file stops at
 /// once and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
