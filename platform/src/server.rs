@@ -275,6 +275,22 @@ async fn clean_expired_tokens(state: AppState, shutdown: CancellationToken) {
             _ = every_hour.tick() => {}
             () = shutdown.cancelled() => return,
         }
+        // Once for the whole platform: on the node holding the global lease.
+        match crate::leases::take(
+            &state.database,
+            &state.runtimes.node_id,
+            crate::leases::GLOBAL,
+            Duration::from_secs(state.config.node_dead_after_secs),
+        )
+        .await
+        {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "cannot check the global lease; the cleaning waits");
+                continue;
+            }
+        }
         match auth::refresh::delete_expired(&state.database).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "expired refresh tokens deleted"),
