@@ -157,12 +157,35 @@ async fn run_here(
             crate::leases::fail_runtimes_left_by(&state.database, stage_id, previous).await?;
         tracing::warn!(%stage_id, node_id = %previous, runtimes = failed, "took over a stage from a node that stopped answering");
     }
-    let here: Vec<DeploymentToRun> = deployments
+    let (here, elsewhere): (Vec<DeploymentToRun>, Vec<DeploymentToRun>) = deployments
         .into_iter()
-        .filter(|deployment| assignment.stages.contains(&deployment.stage_id))
-        .collect();
+        .partition(|deployment| assignment.stages.contains(&deployment.stage_id));
+    for deployment in &elsewhere {
+        leave_to_other_node(state, deployment).await?;
+    }
     *state.runtimes.deployments.lock() = here.clone();
     Ok(here)
+}
+
+/// Stops this node's runtimes of a deployment whose stage another node runs: one that took
+/// the stage over while this node could not renew its lease (a database pause longer than
+/// `node_dead_after_secs`) has replaced them already.
+async fn leave_to_other_node(
+    state: &AppState,
+    deployment: &DeploymentToRun,
+) -> Result<(), StorageError> {
+    let ours: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM runtimes WHERE deployment_id = $1 AND node_id = $2          AND status IN ('starting', 'running')",
+    )
+    .bind(&deployment.id)
+    .bind(&state.runtimes.node_id)
+    .fetch_all(state.database.reader())
+    .await?;
+    for runtime_id in ours {
+        tracing::warn!(%runtime_id, stage_id = %deployment.stage_id, "another node runs this stage now; stopping the runtime here");
+        stop_runtime(state, &runtime_id, Some("its stage is run by another node")).await?;
+    }
+    Ok(())
 }
 
 /// The active and draining deployments, told to the dispatcher. One whose records do not

@@ -272,6 +272,58 @@ async fn stages_are_shared_and_a_dead_nodes_stage_is_taken_over() {
     app.stop().await;
 }
 
+/// A node whose stage lease another node took (as after a database pause longer than
+/// `node_dead_after_secs`) stops its runtimes there instead of running the stage twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_stage_stops_its_runtimes_there() {
+    let app = app(Backend::Postgres, |config| {
+        config.node_heartbeat_secs = 1;
+        config.node_dead_after_secs = 3;
+    })
+    .await;
+    let (admin, deployment) = deploy(&app, tictactoe_bundle(), serde_json::json!({})).await;
+    let lobby =
+        crate::docker::placed(&admin, &deployment, rally_sdk::runtime::Qualifier::Lobby).await;
+    let stage: String = sqlx::query_scalar("SELECT stage_id FROM deployments WHERE id = $1")
+        .bind(&deployment)
+        .fetch_one(app.state.database.reader())
+        .await
+        .unwrap();
+    // Another node holds the stage now, for a minute.
+    let taken =
+        sqlx::query("UPDATE leases SET holder = 'another-node', expires_at = $1 WHERE name = $2")
+            .bind(rally_platform::storage::now_millis() + 60_000)
+            .bind(format!("stage:{stage}"))
+            .execute(app.state.database.writer())
+            .await
+            .unwrap();
+    assert_eq!(taken.rows_affected(), 1);
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = lobbies(&admin, "default", &deployment)
+            .await
+            .into_iter()
+            .find(|runtime| runtime.id == lobby.id)
+            .unwrap()
+            .status;
+        if status == "stopped" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "stopped");
+    let running = lobbies(&admin, "default", &deployment)
+        .await
+        .into_iter()
+        .filter(|runtime| runtime.status == "running" || runtime.status == "starting")
+        .count();
+    assert_eq!(
+        running, 0,
+        "this node starts no other lobby for a stage it does not hold"
+    );
+    app.stop().await;
+}
+
 /// The embedded SQLite default is one node: a second `rally server` on the same file stops at
 /// once and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
