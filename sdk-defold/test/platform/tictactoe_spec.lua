@@ -17,8 +17,10 @@ local STAGE = {
 
 local saves = 0
 
+-- `what` names what is awaited, or is a function that describes it once the wait is over.
 local function wait(predicate, what, timeout)
-    assert(engine.run_until(predicate, timeout or 20), "timed out waiting for " .. what)
+    local done = engine.run_until(predicate, timeout or 20)
+    assert(done, "timed out waiting for " .. (type(what) == "function" and what() or what))
 end
 
 -- A player: its client, its game model, and every event it heard.
@@ -182,9 +184,15 @@ describe("tic-tac-toe with the Defold player SDK on " .. URL, function()
         play_to_a_win(x, o)
         a.client:leave()
         b.client:leave()
+        -- Once, under the whole suite's load, the end took more than 20 s to arrive (cause not
+        -- found yet): the wait covers a whole poll (25 s), and says where the client was.
         wait(function()
             return a.client.state == "ended"
-        end, "the polling client to end")
+        end, function()
+            return "the polling client to end (state " .. tostring(a.client.state) .. ", posting "
+                .. tostring(a.client.posting) .. ", waiting commands " .. #(a.client.poll_outbox or {})
+                .. ", after " .. tostring(a.client.poll_after) .. ")"
+        end, 40)
     end)
 end)
 
