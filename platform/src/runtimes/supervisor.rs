@@ -160,28 +160,37 @@ async fn run_here(
     let (here, elsewhere): (Vec<DeploymentToRun>, Vec<DeploymentToRun>) = deployments
         .into_iter()
         .partition(|deployment| assignment.stages.contains(&deployment.stage_id));
-    for deployment in &elsewhere {
-        leave_to_other_node(state, deployment).await?;
-    }
+    leave_to_other_nodes(state, &elsewhere).await?;
     *state.runtimes.deployments.lock() = here.clone();
     Ok(here)
 }
 
-/// Stops this node's runtimes of a deployment whose stage another node runs: one that took
+/// Stops this node's runtimes of deployments whose stage another node runs: one that took
 /// the stage over while this node could not renew its lease (a database pause longer than
-/// `node_dead_after_secs`) has replaced them already.
-async fn leave_to_other_node(
+/// `node_dead_after_secs`) has replaced them already. One query for all of them.
+async fn leave_to_other_nodes(
     state: &AppState,
-    deployment: &DeploymentToRun,
+    elsewhere: &[DeploymentToRun],
 ) -> Result<(), StorageError> {
-    let ours: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM runtimes WHERE deployment_id = $1 AND node_id = $2          AND status IN ('starting', 'running')",
+    if elsewhere.is_empty() {
+        return Ok(());
+    }
+    let ours = sqlx::query(
+        "SELECT id, deployment_id FROM runtimes WHERE node_id = $1 \
+         AND status IN ('starting', 'running')",
     )
-    .bind(&deployment.id)
     .bind(&state.runtimes.node_id)
     .fetch_all(state.database.reader())
     .await?;
-    for runtime_id in ours {
+    for row in &ours {
+        let deployment_id: String = row.get("deployment_id");
+        let Some(deployment) = elsewhere
+            .iter()
+            .find(|deployment| deployment.id == deployment_id)
+        else {
+            continue;
+        };
+        let runtime_id: String = row.get("id");
         tracing::warn!(%runtime_id, stage_id = %deployment.stage_id, "another node runs this stage now; stopping the runtime here");
         stop_runtime(state, &runtime_id, Some("its stage is run by another node")).await?;
     }
