@@ -7,12 +7,18 @@
 //! On SQLite there is one node (`nodes::join` sees to it), and it holds everything without
 //! writing leases.
 
+use crate::config::Config;
 use crate::storage::{now_millis, Backend, Database, StorageError};
 use sqlx::Row;
 use std::collections::HashSet;
 use std::time::Duration;
 
 pub const GLOBAL: &str = "global";
+
+/// How long a lease lasts: as long as a silent node takes to count as dead.
+pub fn ttl(config: &Config) -> Duration {
+    Duration::from_secs(config.node_dead_after_secs)
+}
 
 fn stage_lease(stage_id: &str) -> String {
     format!("stage:{stage_id}")

@@ -44,7 +44,7 @@ impl From<sqlx::Error> for JoinError {
 }
 
 /// Writes this node's row at start, with `url` for now (the advertised URL is known once the
-/// listener is bound: [`heartbeat`] writes it). On SQLite, refuses when another node of the
+/// listener is bound: [`advertise`] writes it). On SQLite, refuses when another node of the
 /// same database is alive.
 pub async fn join(
     database: &Database,
@@ -86,8 +86,8 @@ pub async fn join(
     Ok(())
 }
 
-/// Keeps this node's row fresh every `node_heartbeat_secs` until `shutdown`, then marks it
-/// stopped. A heartbeat the database refuses is retried at the next beat.
+/// Keeps this node's row fresh every `node_heartbeat_secs` until `shutdown` ([`leave`] marks
+/// it stopped). A heartbeat the database refuses is retried at the next beat.
 pub async fn heartbeat(
     database: Database,
     node_id: String,

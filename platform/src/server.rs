@@ -280,7 +280,7 @@ async fn clean_expired_tokens(state: AppState, shutdown: CancellationToken) {
             &state.database,
             &state.runtimes.node_id,
             crate::leases::GLOBAL,
-            Duration::from_secs(state.config.node_dead_after_secs),
+            crate::leases::ttl(&state.config),
         )
         .await
         {

@@ -121,17 +121,13 @@ async fn reconcile(state: &AppState) -> anyhow::Result<()> {
         &state.database,
         &state.runtimes.node_id,
         crate::leases::GLOBAL,
-        lease_ttl(state),
+        crate::leases::ttl(&state.config),
     )
     .await?
     {
         crate::deployed::close_drained(&state.database).await?;
     }
     Ok(())
-}
-
-fn lease_ttl(state: &AppState) -> Duration {
-    Duration::from_secs(state.config.node_dead_after_secs)
 }
 
 /// The deployments of the stages this node holds the lease of (`docs/nodes.md`), kept for
@@ -149,7 +145,7 @@ async fn run_here(
         &state.database,
         &state.runtimes.node_id,
         &stages,
-        lease_ttl(state),
+        crate::leases::ttl(&state.config),
     )
     .await?;
     for (stage_id, previous) in &assignment.taken_from {
