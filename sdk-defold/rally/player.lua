@@ -630,37 +630,45 @@ function Client:socket_closed(code, reason)
     end
 end
 
+-- The socket did not open: the platform refused the upgrade (`response`), or did not answer.
 function Client:socket_refused(message, response)
+    if response and response.status then
+        return self:refused(http.refusal(self.engine, response.status, response.body))
+    end
+    self:refused(util.error("unreachable", "the socket did not open: " .. tostring(message)))
+end
+
+-- The connection (socket or poll) failed with `err`: a refusal when it has a `status`, else
+-- no answer from the platform.
+function Client:refused(err)
     self.transport = nil
     if self.state == "closed" or self.state == "ended" then
         return
     end
-    if response and response.status then
-        local err = http.refusal(self.engine, response.status, response.body)
-        if self.resuming and (response.status == 404 or response.status == 410) then
-            -- The saved client is gone (its grace period passed): start a new one.
-            self.client_id = nil
-            self.poll_after = nil
-            self.state = "connecting"
-            return self:create_client()
-        elseif response.status == 410 then
-            return self:ended(err.code == "client_deleted" and "deleted" or err.code, err.message)
-        elseif response.status == 401 and not self.renewed_for_retry then
-            -- An expired token, most likely (Defold's extension does not pass the answer's
-            -- body on): renew it and try once more.
-            self.renewed_for_retry = true
-            self.session.expires_at = 0
-            return self:schedule_reconnect()
-        elseif response.status >= 400 and response.status < 500 then
-            -- No such client (404), or not a player's token (403): retrying will not help.
-            self.state = "idle"
-            self.client_id = nil
-            return self:connect_failed(err)
-        end
+    local status = err.status
+    if self.resuming and (status == 404 or status == 410) then
+        -- The saved client is gone (its grace period passed): start a new one.
+        self.client_id = nil
+        self.poll_after = nil
+        self.state = "connecting"
+        return self:create_client()
+    elseif status == 410 then
+        return self:ended(err.code == "client_deleted" and "deleted" or err.code, err.message)
+    elseif status == 401 and not self.renewed_for_retry then
+        -- An expired token, most likely (Defold's extension does not pass the answer's body
+        -- on): renew it and try once more.
+        self.renewed_for_retry = true
+        self.session.expires_at = 0
+        return self:schedule_reconnect()
+    elseif status and status >= 400 and status < 500 then
+        -- No such client (404), or not a player's token (403): retrying will not help.
+        self.state = "idle"
+        self.client_id = nil
+        return self:connect_failed(err)
     end
     if self.state == "connecting" and not self.dropped_at then
         -- The very first connection: report it, then keep trying as after a drop.
-        self:emit({ type = "error", code = "unreachable", sdk = true, message = "the socket did not open: " .. tostring(message) })
+        self:emit({ type = "error", code = "unreachable", sdk = true, message = err.message })
     end
     self:schedule_reconnect()
 end
@@ -721,11 +729,7 @@ function Client:poll()
             return
         end
         if err then
-            if err.status then
-                return self:socket_refused(err.message, { status = err.status,
-                    body = self.engine.json_encode({ error = { code = err.code, message = err.message } }) })
-            end
-            return self:socket_refused(err.message, nil)
+            return self:refused(err)
         end
         local resuming = self.resuming
         self.resuming = false
