@@ -124,6 +124,30 @@ pub(crate) async fn runtimes(admin: &RallyClient, deployment: &str) -> Vec<Runti
         .unwrap()
 }
 
+/// The status of runtime `runtime_id` of `deployment` (stage `studio/game/default`) once it is
+/// `wanted`, or the last one seen after 10 s.
+pub(crate) async fn status_when(
+    admin: &RallyClient,
+    deployment: &str,
+    runtime_id: &str,
+    wanted: &str,
+) -> String {
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = runtimes(admin, deployment)
+            .await
+            .into_iter()
+            .find(|runtime| runtime.id == runtime_id)
+            .unwrap()
+            .status;
+        if status == wanted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    status
+}
+
 /// The deployment's running runtime of `qualifier` once its placement is recorded: a runtime
 /// may connect (and its players play) a moment before its pool's start returns and the
 /// handle is written.
@@ -469,20 +493,10 @@ async fn tictactoe_is_played_in_a_launcher_container(backend: Backend) {
     assert_eq!(back_in_lobby(x).await["wins"], 1);
     assert_eq!(back_in_lobby(o).await["losses"], 1);
     // The match's process ends; its launcher stays for the lobby.
-    let mut status = String::new();
-    for _ in 0..100 {
-        status = runtimes(&admin, &deployment)
-            .await
-            .into_iter()
-            .find(|runtime| runtime.id == in_match.id)
-            .unwrap()
-            .status;
-        if status == "stopped" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, "stopped");
+    assert_eq!(
+        status_when(&admin, &deployment, &in_match.id, "stopped").await,
+        "stopped"
+    );
     assert_eq!(inspect(&launcher, "{{.State.Running}}"), "true");
     // Its output came through the launcher: the runtime's own lines are its log.
     let log = admin

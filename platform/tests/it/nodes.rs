@@ -298,20 +298,10 @@ async fn a_node_that_lost_its_stage_stops_its_runtimes_there() {
             .await
             .unwrap();
     assert_eq!(taken.rows_affected(), 1);
-    let mut status = String::new();
-    for _ in 0..100 {
-        status = lobbies(&admin, "default", &deployment)
-            .await
-            .into_iter()
-            .find(|runtime| runtime.id == lobby.id)
-            .unwrap()
-            .status;
-        if status == "stopped" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, "stopped");
+    assert_eq!(
+        crate::docker::status_when(&admin, &deployment, &lobby.id, "stopped").await,
+        "stopped"
+    );
     let running = lobbies(&admin, "default", &deployment)
         .await
         .into_iter()
