@@ -97,14 +97,15 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         })?;
     let address = listener.local_addr().map_err(anyhow::Error::from)?;
     let url = local_url(address);
+    let shutdown = CancellationToken::new();
+    let signals = super::shutdown_signals()?;
+    tokio::spawn(super::signal_shutdown(signals, shutdown.clone()));
     eprintln!(
         "rally dev: platform on {url}, data in {} ({})",
         data_dir.display(),
         redact_url(&platform.state.config.effective_database_url())
     );
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(super::signal_shutdown(shutdown.clone()));
     let serving = tokio::spawn(server::serve(listener, platform.state, shutdown.clone()));
     let session = Session {
         directory,

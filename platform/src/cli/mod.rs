@@ -348,33 +348,49 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             anyhow::anyhow!("cannot listen on {listen} (setting `listen` / RALLY_LISTEN): {error}")
         })?;
     let address = listener.local_addr()?;
+    // The handlers are in place before the address is printed: whoever waits for that line may
+    // stop the server at once and still get a drained stop.
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown_signals()?, shutdown.clone()));
     println!("rally listening on http://{address}");
     tracing::info!(%address, "listening");
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
     server::serve(listener, platform.state, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
+/// SIGINT and SIGTERM, with their handlers installed now rather than on first poll.
+#[cfg(unix)]
+fn shutdown_signals() -> anyhow::Result<[tokio::signal::unix::Signal; 2]> {
+    use tokio::signal::unix::{signal, SignalKind};
+    Ok([
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+    ])
+}
+
+#[cfg(not(unix))]
+fn shutdown_signals() -> anyhow::Result<()> {
+    Ok(())
+}
+
 /// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn signal_shutdown(shutdown: CancellationToken) {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
+#[cfg(unix)]
+async fn signal_shutdown(
+    [mut interrupt, mut terminate]: [tokio::signal::unix::Signal; 2],
+    shutdown: CancellationToken,
+) {
     tokio::select! {
-        _ = interrupt => {}
-        () = terminate => {}
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
     }
+    tracing::info!("shutdown requested; draining");
+    shutdown.cancel();
+}
+
+#[cfg(not(unix))]
+async fn signal_shutdown((): (), shutdown: CancellationToken) {
+    tokio::signal::ctrl_c().await.ok();
     tracing::info!("shutdown requested; draining");
     shutdown.cancel();
 }
