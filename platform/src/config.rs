@@ -298,6 +298,10 @@ impl Config {
                     "must start with http:// or https://",
                 ));
             }
+            // It travels as a WebSocket close reason, which holds 123 bytes.
+            if url.len() > 120 {
+                return Err(invalid("advertise_url", "must be at most 120 bytes"));
+            }
         }
         if self.node_heartbeat_secs == 0 {
             return Err(invalid("node_heartbeat_secs", "must be at least 1"));

@@ -39,6 +39,9 @@ pub enum ApiError {
     },
     #[error("the service is not ready")]
     Unavailable,
+    /// A client served by another node (`docs/nodes.md`): 421 with that node's base URL.
+    #[error("this client is served by the node at {node_url}; ask there")]
+    WrongNode { node_url: String },
     /// Anything the caller did not cause. The cause is logged, the caller sees `internal`.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -94,6 +97,7 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Rejected { status, .. } => *status,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::WrongNode { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -108,6 +112,7 @@ impl ApiError {
             ApiError::Forbidden => "forbidden",
             ApiError::NotFound { .. } => "not_found",
             ApiError::Unavailable => "unavailable",
+            ApiError::WrongNode { .. } => rally_sdk::player::WRONG_NODE,
             ApiError::Internal(_) => "internal",
         }
     }
@@ -142,6 +147,10 @@ impl IntoResponse for ApiError {
             ApiError::Invalid {
                 message, details, ..
             } => shaped_response(status, code, message, Some(details)),
+            ApiError::WrongNode { ref node_url } => {
+                let details = serde_json::json!({ "node_url": node_url });
+                shaped_response(status, code, self.to_string(), Some(details))
+            }
             other => shaped_response(status, code, other.to_string(), None),
         }
     }

@@ -51,6 +51,77 @@ pub async fn take(
     Ok(holder.as_deref() == Some(node_id))
 }
 
+/// Which node serves a stage's players.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StageHolder {
+    Here,
+    /// Another live node, and its advertised URL.
+    Node {
+        id: String,
+        url: String,
+    },
+    /// Its node stopped answering and no other has taken it over yet (within a supervision
+    /// pass once the lease has expired).
+    Moving,
+}
+
+/// The node serving `stage_id`'s players: the holder of its lease, or this node, which takes
+/// the lease when nobody holds it (a stage's first player arrives before any supervision pass
+/// took it). An expired lease is left to the supervision passes, which take over what its
+/// node left.
+pub async fn serve_stage(
+    database: &Database,
+    node_id: &str,
+    stage_id: &str,
+    ttl: Duration,
+) -> Result<StageHolder, StorageError> {
+    if database.backend() == Backend::Sqlite {
+        return Ok(StageHolder::Here);
+    }
+    let name = stage_lease(stage_id);
+    for _ in 0..3 {
+        let now = now_millis();
+        let holder = sqlx::query(
+            "SELECT l.holder, l.expires_at, n.url FROM leases l \
+             LEFT JOIN nodes n ON n.id = l.holder WHERE l.name = $1",
+        )
+        .bind(&name)
+        .fetch_optional(database.reader())
+        .await?;
+        match holder {
+            Some(row) if row.get::<String, _>("holder") == node_id => return Ok(StageHolder::Here),
+            Some(row) if row.get::<i64, _>("expires_at") < now => return Ok(StageHolder::Moving),
+            Some(row) => {
+                return Ok(match row.get::<Option<String>, _>("url") {
+                    Some(url) => StageHolder::Node {
+                        id: row.get("holder"),
+                        url,
+                    },
+                    None => StageHolder::Moving,
+                })
+            }
+            None => {
+                let taken: Option<String> = sqlx::query_scalar(
+                    "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO NOTHING RETURNING holder",
+                )
+                .bind(&name)
+                .bind(node_id)
+                .bind(now + ttl.as_millis() as i64)
+                .fetch_optional(database.writer())
+                .await?;
+                if taken.is_some() {
+                    return Ok(StageHolder::Here);
+                }
+                // Another node took it meanwhile: read who.
+            }
+        }
+    }
+    Err(StorageError::from(sqlx::Error::Protocol(format!(
+        "the lease of stage {stage_id} keeps changing hands"
+    ))))
+}
+
 /// What a stage assignment pass decided: the stages this node runs, and the nodes it took
 /// stages over from (whose runtimes there must be replaced).
 #[derive(Debug, Default)]
@@ -174,4 +245,55 @@ pub async fn fail_runtimes_left_by(
     .execute(database.writer())
     .await?;
     Ok(result.rows_affected())
+}
+
+/// The live clients of `stage_id` recorded on nodes that are not alive any more (stopped, or
+/// dead) are recorded on `node_id`, which has just taken the stage: they reconnect there within
+/// the grace period, or are deleted. Returns how many.
+pub async fn take_orphaned_clients(
+    database: &Database,
+    node_id: &str,
+    stage_id: &str,
+    ttl: Duration,
+) -> Result<u64, StorageError> {
+    if database.backend() == Backend::Sqlite {
+        return Ok(0);
+    }
+    let result = sqlx::query(
+        "UPDATE clients SET node_id = $1 WHERE status = 'active' AND node_id <> $1 \
+           AND deployment_id IN (SELECT id FROM deployments WHERE stage_id = $2) \
+           AND node_id NOT IN (SELECT id FROM nodes WHERE stopped_at IS NULL AND heartbeat_at > $3)",
+    )
+    .bind(node_id)
+    .bind(stage_id)
+    .bind(now_millis() - ttl.as_millis() as i64)
+    .execute(database.writer())
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// The base URL of each stage's holder, for stages held by live nodes other than `node_id`.
+pub async fn held_elsewhere(
+    database: &Database,
+    node_id: &str,
+) -> Result<std::collections::HashMap<String, String>, StorageError> {
+    if database.backend() == Backend::Sqlite {
+        return Ok(Default::default());
+    }
+    let rows = sqlx::query(
+        "SELECT l.name, n.url FROM leases l JOIN nodes n ON n.id = l.holder \
+         WHERE l.name LIKE 'stage:%' AND l.holder <> $1 AND l.expires_at >= $2",
+    )
+    .bind(node_id)
+    .bind(now_millis())
+    .fetch_all(database.reader())
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            let name: String = row.get("name");
+            let stage = name.strip_prefix("stage:")?.to_owned();
+            Some((stage, row.get("url")))
+        })
+        .collect())
 }

@@ -42,6 +42,20 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The node to ask instead, from a `wrong_node` answer (several nodes).
+    pub fn node_url(&self) -> Option<String> {
+        match self {
+            ClientError::Api {
+                details: Some(details),
+                ..
+            } => details
+                .get("node_url")
+                .and_then(|url| url.as_str())
+                .map(str::to_owned),
+            _ => None,
+        }
+    }
+
     /// The stable error code the platform sent, if it sent one.
     pub fn code(&self) -> Option<&str> {
         match self {
@@ -879,10 +893,16 @@ impl RallyClient {
 
     /// A request with this client's token and idempotency key.
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.request_at(&self.base_url, method, path)
+    }
+
+    /// The same, to the platform node at `base_url`.
+    fn request_at(&self, base_url: &str, method: Method, path: &str) -> reqwest::RequestBuilder {
         let post = method == Method::POST;
-        let mut request = self
-            .http
-            .request(method, format!("{}{}", self.base_url, path));
+        let mut request = self.http.request(
+            method,
+            format!("{}{}", base_url.trim_end_matches('/'), path),
+        );
         if let Some(token) = &self.access_token {
             request = request.bearer_auth(token);
         }
@@ -906,11 +926,24 @@ impl RallyClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<reqwest::Response, ClientError> {
-        let mut request = self.request(method, path);
+        let mut request = self.request(method.clone(), path);
         if let Some(body) = body {
             request = request.json(body);
         }
-        Self::check(request.send().await?).await
+        match Self::check(request.send().await?).await {
+            // A client served by another node (`docs/nodes.md`): asked once more, there.
+            Err(error) if error.code() == Some(crate::player::WRONG_NODE) => {
+                let Some(node_url) = error.node_url() else {
+                    return Err(error);
+                };
+                let mut request = self.request_at(&node_url, method, path);
+                if let Some(body) = body {
+                    request = request.json(body);
+                }
+                Self::check(request.send().await?).await
+            }
+            answer => answer,
+        }
     }
 }
 

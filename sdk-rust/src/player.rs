@@ -22,6 +22,27 @@ pub fn socket_path(client_id: &str) -> String {
     format!("/api/v1/clients/{client_id}/ws")
 }
 
+/// The close code of a socket opened on a node that does not serve the client
+/// (`docs/nodes.md`): the close reason is the base URL of the node that does. Open the socket
+/// there, with the same path and token; the client is resumed as it was.
+pub const CLOSE_MOVED: u16 = 4010;
+
+/// The error code of a long-poll request (or a client request) sent to a node that does not
+/// serve the client, with HTTP 421; `details.node_url` names the node that does.
+pub const WRONG_NODE: &str = "wrong_node";
+
+/// The `ws://` or `wss://` address of a path on a platform at `base_url` (`http://` or
+/// `https://`), or `None` for another scheme.
+pub fn websocket_url(base_url: &str, path: &str) -> Option<String> {
+    let base = base_url.trim_end_matches('/');
+    if let Some(authority) = base.strip_prefix("http://") {
+        Some(format!("ws://{authority}{path}"))
+    } else {
+        base.strip_prefix("https://")
+            .map(|authority| format!("wss://{authority}{path}"))
+    }
+}
+
 /// What the runtime a client is assigned to runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -142,6 +163,21 @@ pub struct CreatedClient {
     pub version: i64,
     /// Path of the client's WebSocket, relative to the platform's base URL.
     pub socket_path: String,
+    /// Set when another node serves the client (several nodes, `docs/nodes.md`): its base URL,
+    /// where the socket (or the long-poll) goes. Absent: the node that answered serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_url: Option<String>,
+}
+
+impl CreatedClient {
+    /// The `ws://`/`wss://` address of the client's socket, given the base URL this client was
+    /// created through.
+    pub fn socket_url(&self, base_url: &str) -> Option<String> {
+        websocket_url(
+            self.node_url.as_deref().unwrap_or(base_url),
+            &self.socket_path,
+        )
+    }
 }
 
 /// `GET /api/v1/clients/{client}`.
@@ -199,6 +235,35 @@ pub struct CommandBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clients_socket_is_on_the_node_that_serves_it() {
+        let mut created = CreatedClient {
+            client_id: "c1".into(),
+            user_id: "u".into(),
+            player_id: "p".into(),
+            deployment_id: "d".into(),
+            version: 1,
+            socket_path: socket_path("c1"),
+            node_url: None,
+        };
+        assert_eq!(
+            created.socket_url("https://play.example/").as_deref(),
+            Some("wss://play.example/api/v1/clients/c1/ws")
+        );
+        created.node_url = Some("http://10.0.0.6:7350".into());
+        assert_eq!(
+            created.socket_url("https://play.example").as_deref(),
+            Some("ws://10.0.0.6:7350/api/v1/clients/c1/ws")
+        );
+        assert_eq!(websocket_url("ftp://x", "/p"), None);
+        let text = serde_json::to_string(&CreatedClient {
+            node_url: None,
+            ..created
+        })
+        .unwrap();
+        assert!(!text.contains("node_url"), "{text}");
+    }
 
     #[test]
     fn events_and_commands_are_tagged_by_type() {

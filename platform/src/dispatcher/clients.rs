@@ -5,11 +5,11 @@ use super::journal::Change;
 use super::limits::Bucket;
 use super::{
     push_error, AttachError, Attached, Client, ClientLine, Departed, Dispatcher, Ending, Hold,
-    Inbox, NewClient, Outgoing, State,
+    Inbox, NewClient, Outgoing, State, MOVED,
 };
 use rally_sdk::player::{ClientInfo, PlayerEvent};
 use rally_sdk::runtime::{Payload, PlatformMessage};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -18,9 +18,17 @@ use tokio_util::sync::CancellationToken;
 impl Dispatcher {
     /// Registers a client that is not connected yet (it has the grace period to connect).
     pub fn add_client(&self, client: NewClient) {
+        self.add_client_if_new(client);
+    }
+
+    /// The same, unless the client is here already; true when it was added.
+    pub(super) fn add_client_if_new(&self, client: NewClient) -> bool {
         let (outbox, receiver) = mpsc::channel(self.limits.outbox_events);
         let id: Arc<str> = Arc::from(client.client_id.as_str());
         let mut state = self.state();
+        if state.clients.contains_key(&id) {
+            return false;
+        }
         let runtime = client.runtime_id.map(Arc::<str>::from);
         if let Some(slot) = runtime.as_ref().and_then(|id| state.runtimes.get_mut(id)) {
             slot.clients.insert(id.clone());
@@ -51,6 +59,7 @@ impl Dispatcher {
                 bucket: Bucket::full(self.limits.messages_per_sec),
             },
         );
+        true
     }
 
     /// The owner of a live client.
@@ -300,6 +309,47 @@ impl Dispatcher {
         });
         // Dropping the entry drops the outbox's sender: the connection reads what is queued,
         // then sees the end.
+    }
+
+    /// Lets go of the clients of the deployments in `moved` (deployment id to the base URL of
+    /// the node that serves its stage now): their connections close with `moved` and that
+    /// URL, and the node there takes them on. Nothing is recorded: their records are the other
+    /// node's now. Returns how many.
+    pub fn send_away(&self, moved: &HashMap<String, String>) -> usize {
+        let mut state = self.state();
+        let leaving: Vec<(Arc<str>, String)> = state
+            .clients
+            .iter()
+            .filter_map(|(id, client)| {
+                moved
+                    .get(&*client.deployment_id)
+                    .map(|url| (id.clone(), url.clone()))
+            })
+            .collect();
+        for (id, url) in &leaving {
+            let Some(client) = state.clients.remove(id) else {
+                continue;
+            };
+            self.leave_matchmaking(&mut state, id);
+            if let Some(slot) = client
+                .runtime
+                .as_ref()
+                .and_then(|runtime_id| state.runtimes.get_mut(runtime_id))
+            {
+                slot.remove_client(id);
+            }
+            if client.waiting {
+                if let Some(queue) = state.waiting.get_mut(&client.deployment_id) {
+                    queue.retain(|waiting| waiting != id);
+                }
+            }
+            let _ = client.line.ending.set(Ending {
+                reason: MOVED.to_owned(),
+                message: Some(url.clone()),
+            });
+            client.line.cut.cancel();
+        }
+        leaving.len()
     }
 
     /// Deletes clients that stayed disconnected past the grace period.

@@ -78,6 +78,9 @@ impl Outgoing {
     }
 }
 
+/// The ending of a client another node serves now; its message is that node's base URL.
+pub const MOVED: &str = "moved";
+
 /// Why a client ended, for the connection that closes after it.
 #[derive(Debug, Clone)]
 pub struct Ending {

@@ -136,24 +136,39 @@ async fn join(game: &Game) -> anyhow::Result<Socket> {
         .create_client(&game.tenant, &game.project, &game.stage)
         .await
         .context("create client")?;
-    let url = socket_url(game.client.base_url(), &created.socket_path)?;
-    let mut socket = open_socket(&url, &tokens.access_token)
-        .await
-        .with_context(|| format!("open {url}"))?;
-    wait_for_lobby(&mut socket).await?;
-    Ok(socket)
+    let mut base = created
+        .node_url
+        .clone()
+        .unwrap_or_else(|| game.client.base_url().to_owned());
+    // Sent on at most twice (`moved`): the stage's node changed meanwhile.
+    for _ in 0..3 {
+        let url = rally_sdk::player::websocket_url(&base, &created.socket_path)
+            .ok_or_else(|| anyhow!("not an http(s) URL: {base}"))?;
+        let mut socket = open_socket(&url, &tokens.access_token)
+            .await
+            .with_context(|| format!("open {url}"))?;
+        match wait_for_lobby(&mut socket).await {
+            Err(error) => match error.downcast::<Moved>() {
+                Ok(Moved(node_url)) => base = node_url,
+                Err(error) => return Err(error),
+            },
+            Ok(()) => return Ok(socket),
+        }
+    }
+    bail!("sent from node to node; the stage keeps moving")
 }
 
-/// The socket's `ws://` address from the platform's `http://` one.
-fn socket_url(base_url: &str, socket_path: &str) -> anyhow::Result<String> {
-    if let Some(authority) = base_url.strip_prefix("http://") {
-        Ok(format!("ws://{authority}{socket_path}"))
-    } else if let Some(authority) = base_url.strip_prefix("https://") {
-        Ok(format!("wss://{authority}{socket_path}"))
-    } else {
-        bail!("not an http(s) URL: {base_url}")
+/// The socket was closed with `moved`: the client is served by the node at this URL.
+#[derive(Debug)]
+struct Moved(String);
+
+impl std::fmt::Display for Moved {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "served by the node at {}", self.0)
     }
 }
+
+impl std::error::Error for Moved {}
 
 async fn open_socket(url: &str, access_token: &str) -> anyhow::Result<Socket> {
     let mut request = url.into_client_request()?;
@@ -216,6 +231,11 @@ pub(super) fn event_in(
 ) -> anyhow::Result<Option<PlayerEvent>> {
     match frame {
         None | Some(Ok(Message::Close(None))) => bail!("the platform closed the socket"),
+        Some(Ok(Message::Close(Some(frame))))
+            if u16::from(frame.code) == rally_sdk::player::CLOSE_MOVED =>
+        {
+            Err(Moved(frame.reason.to_string()).into())
+        }
         Some(Ok(Message::Close(Some(frame)))) => bail!("the platform closed the socket: {frame}"),
         Some(Err(error)) => Err(error).context("socket"),
         Some(Ok(Message::Text(text))) => serde_json::from_str(&text)
@@ -310,16 +330,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn socket_urls_follow_the_platform_scheme() {
-        let path = "/api/v1/clients/c1/ws";
+    fn a_moved_close_names_the_node_to_go_to() {
+        let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: rally_sdk::player::CLOSE_MOVED.into(),
+            reason: "http://127.0.0.1:7351".into(),
+        };
+        let error = event_in(Some(Ok(Message::Close(Some(frame))))).unwrap_err();
         assert_eq!(
-            socket_url("http://127.0.0.1:7350", path).unwrap(),
-            "ws://127.0.0.1:7350/api/v1/clients/c1/ws"
+            error.downcast::<Moved>().unwrap().0,
+            "http://127.0.0.1:7351"
         );
-        assert_eq!(
-            socket_url("https://rally.example", path).unwrap(),
-            "wss://rally.example/api/v1/clients/c1/ws"
-        );
-        assert!(socket_url("ftp://rally.example", path).is_err());
     }
 }

@@ -9,6 +9,7 @@ pub mod socket;
 use crate::auth::{Allowed, Caller};
 use crate::dispatcher::{Dispatcher, NewClient};
 use crate::error::{ApiError, Json, Path};
+use crate::leases::StageHolder;
 use crate::permissions::{StagePath, StageScope};
 use crate::state::AppState;
 use crate::storage::{new_id, now_millis, Database};
@@ -90,6 +91,13 @@ async fn create_client(
     })?;
     let deployment_id: String = deployment.get(0);
     let version: i64 = deployment.get(1);
+    // Several nodes: the client is recorded on the node serving the stage, which takes it on
+    // when it connects there.
+    let (node_id, node_url) = match serve_stage(&state, &stage_id).await? {
+        StageHolder::Here => (state.runtimes.node_id.clone(), None),
+        StageHolder::Node { id, url } => (id, Some(url)),
+        StageHolder::Moving => return Err(stage_moving()),
+    };
 
     let now = now_millis();
     let user_id = caller.subject;
@@ -133,22 +141,24 @@ async fn create_client(
     .bind(&player_id)
     .bind(&user_id)
     .bind(&deployment_id)
-    .bind(&state.runtimes.node_id)
+    .bind(&node_id)
     .bind(now)
     .execute(&mut *transaction)
     .await?;
     transaction.commit().await?;
 
-    state.dispatcher.add_client(NewClient {
-        client_id: client_id.clone(),
-        user_id: user_id.clone(),
-        player_id: player_id.clone(),
-        deployment_id: deployment_id.clone(),
-        runtime_id: None,
-        group: None,
-        profile,
-        restored: false,
-    });
+    if node_url.is_none() {
+        state.dispatcher.add_client(NewClient {
+            client_id: client_id.clone(),
+            user_id: user_id.clone(),
+            player_id: player_id.clone(),
+            deployment_id: deployment_id.clone(),
+            runtime_id: None,
+            group: None,
+            profile,
+            restored: false,
+        });
+    }
     Ok((
         StatusCode::CREATED,
         Json(CreatedClient {
@@ -158,8 +168,20 @@ async fn create_client(
             player_id,
             deployment_id,
             version,
+            node_url,
         }),
     ))
+}
+
+/// The node serving a stage's players (`docs/nodes.md`).
+async fn serve_stage(state: &AppState, stage_id: &str) -> Result<StageHolder, ApiError> {
+    Ok(crate::leases::serve_stage(
+        &state.database,
+        &state.runtimes.node_id,
+        stage_id,
+        crate::leases::ttl(&state.config),
+    )
+    .await?)
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,13 +200,21 @@ async fn owned_client(
         return Ok(info);
     }
     let row = sqlx::query(
-        "SELECT deployment_id, reason FROM clients WHERE id = $1 AND user_id = $2 AND status = 'deleted'",
+        "SELECT deployment_id, reason, status FROM clients WHERE id = $1 AND user_id = $2",
     )
     .bind(client_id)
     .bind(user_id)
     .fetch_optional(state.database.reader())
     .await?
     .ok_or(ApiError::NotFound { what: "client" })?;
+    if row.get::<String, _>(2) == "active" {
+        // Recorded on another node: served there, or taken on here.
+        live_client(state, user_id, client_id).await?;
+        return state
+            .dispatcher
+            .client_info(client_id, user_id)
+            .ok_or(ApiError::NotFound { what: "client" });
+    }
     Ok(ClientInfo {
         client_id: client_id.to_owned(),
         user_id: user_id.to_owned(),
@@ -196,20 +226,66 @@ async fn owned_client(
     })
 }
 
-/// For connections to a client: live, or 410 `client_deleted` saying why, or 404.
+/// For connections to a client: live and served here (taken on from the database when it was
+/// created on, or left by, another node), or 421 `wrong_node` naming the node that serves it,
+/// or 410 `client_deleted` saying why, or 404.
 async fn live_client(state: &AppState, user_id: &str, client_id: &str) -> Result<(), ApiError> {
-    let info = owned_client(state, user_id, client_id).await?;
-    if info.status == "deleted" {
-        return Err(ApiError::Rejected {
-            status: StatusCode::GONE,
-            code: "client_deleted",
-            message: format!(
-                "this client was deleted ({}); create a new one",
-                info.reason.unwrap_or_default()
-            ),
-        });
+    if state.dispatcher.client_owner(client_id).as_deref() == Some(user_id) {
+        return Ok(());
     }
-    Ok(())
+    if let Some(info) = state.dispatcher.client_info(client_id, user_id) {
+        return Err(deleted(info.reason));
+    }
+    let row = sqlx::query(
+        "SELECT c.status, c.reason, d.stage_id FROM clients c \
+         JOIN deployments d ON d.id = c.deployment_id WHERE c.id = $1 AND c.user_id = $2",
+    )
+    .bind(client_id)
+    .bind(user_id)
+    .fetch_optional(state.database.reader())
+    .await?
+    .ok_or(ApiError::NotFound { what: "client" })?;
+    if row.get::<String, _>(0) == "deleted" {
+        return Err(deleted(row.get(1)));
+    }
+    match serve_stage(state, &row.get::<String, _>(2)).await? {
+        StageHolder::Node { url, .. } => Err(ApiError::WrongNode { node_url: url }),
+        StageHolder::Moving => Err(stage_moving()),
+        StageHolder::Here => {
+            let node_id = &state.runtimes.node_id;
+            if state
+                .dispatcher
+                .adopt(&state.database, node_id, client_id)
+                .await?
+            {
+                tracing::info!(%client_id, "took on a client recorded on another node");
+                Ok(())
+            } else {
+                Err(deleted(Some("deleted meanwhile".to_owned())))
+            }
+        }
+    }
+}
+
+fn stage_moving() -> ApiError {
+    ApiError::Rejected {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "stage_moving",
+        message: "the node serving this stage stopped answering; another one takes it over \
+                  within seconds: retry"
+            .to_owned(),
+    }
+}
+
+fn deleted(reason: Option<String>) -> ApiError {
+    ApiError::Rejected {
+        status: StatusCode::GONE,
+        code: "client_deleted",
+        message: format!(
+            "this client was deleted ({}); create a new one",
+            reason.unwrap_or_default()
+        ),
+    }
 }
 
 /// One of the caller's clients.

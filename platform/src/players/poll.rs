@@ -5,7 +5,7 @@
 
 use super::{handle_command, live_client, ClientPath, Players};
 use crate::auth::Caller;
-use crate::dispatcher::{AttachError, Inbox};
+use crate::dispatcher::{AttachError, Inbox, MOVED};
 use crate::error::{ApiError, Json, Path, Query};
 use crate::state::AppState;
 use axum::extract::State;
@@ -87,6 +87,12 @@ pub(super) async fn poll_events(
         () = tokio::time::sleep(wait) => Vec::new(),
     };
     dispatcher.detach(&path.client, &hold);
+    if let Some(ending) = line.ending().filter(|ending| ending.reason == MOVED) {
+        // Its stage moved: the node there serves it, numbering on from `after`.
+        return Err(ApiError::WrongNode {
+            node_url: ending.message.clone().unwrap_or_default(),
+        });
+    }
     let open = line.ending().is_none();
     Ok(Json(PolledEvents { events, open }))
 }
@@ -108,6 +114,8 @@ async fn collect(
         inbox.unacked.pop_front();
     }
     if inbox.next_seq == 1 {
+        // A client that polled another node before (its stage moved) numbers on from there.
+        inbox.next_seq = after + 1;
         push(inbox, greeting);
     }
     let deadline = tokio::time::Instant::now() + wait;

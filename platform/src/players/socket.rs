@@ -4,7 +4,7 @@
 
 use super::{frame_too_large, handle_command, live_client, parse_command, Players};
 use crate::auth::verify_for;
-use crate::dispatcher::{Attached, Dispatcher, Outgoing};
+use crate::dispatcher::{Attached, Dispatcher, Ending, Outgoing, MOVED};
 use crate::error::{ApiError, Path};
 use crate::state::AppState;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -14,7 +14,7 @@ use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::SinkExt;
-use rally_sdk::player::{SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX};
+use rally_sdk::player::{CLOSE_MOVED, SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX};
 use rally_sdk::runtime::Payload;
 use rally_sdk::wire::ErrorBody;
 use std::sync::Arc;
@@ -69,7 +69,13 @@ pub async fn player_socket(
     let token = socket_token(&headers, query.as_deref())
         .ok_or_else(|| ApiError::unauthorized("missing_token", "no access token was presented"))?;
     let claims = verify_for::<Players>(&state, &token)?;
-    live_client(&state, &claims.sub, &client_id).await?;
+    // A client served by another node is told where, in the close frame: a browser's socket
+    // cannot read the status of a refused upgrade.
+    let moved = match live_client(&state, &claims.sub, &client_id).await {
+        Ok(()) => None,
+        Err(ApiError::WrongNode { node_url }) => Some(node_url),
+        Err(refused) => return Err(refused),
+    };
     // Who is asking is checked first: a plain GET learns nothing about the client.
     let upgrade = upgrade.map_err(|rejection| {
         ApiError::bad_request(
@@ -77,6 +83,13 @@ pub async fn player_socket(
             format!("open this path as a WebSocket: {rejection}"),
         )
     })?;
+    if let Some(node_url) = moved {
+        return Ok(upgrade
+            .protocols([SUBPROTOCOL])
+            .on_upgrade(move |mut socket| async move {
+                let _ = socket.send(close(CLOSE_MOVED, &node_url)).await;
+            }));
+    }
     let dispatcher = state.dispatcher.clone();
     let limits = dispatcher.limits().clone();
     // Frames somewhat over the limit are read and refused with an error event; far over it, the
@@ -152,10 +165,7 @@ async fn serve(
         loop {
             tokio::select! {
                 biased;
-                () = line.cut.cancelled() => {
-                    let ending = line.ending().map(|ending| ending.reason.clone()).unwrap_or_default();
-                    break End::Close(4008, ending);
-                }
+                () = line.cut.cancelled() => break End::Cut,
                 () = replaced.cancelled() => break End::Close(4001, "connection_replaced".to_owned()),
                 () = dispatcher.shutdown.cancelled() => break End::Close(1012, "platform_restarting".to_owned()),
                 outgoing = inbox.receiver.recv() => {
@@ -205,13 +215,18 @@ async fn serve(
     dispatcher.detach(&client_id, &hold);
     let farewell = match end {
         End::Close(code, reason) => close(code, &reason),
-        End::Cut => close(
-            4008,
-            &line
-                .ending()
-                .map(|ending| ending.reason.clone())
-                .unwrap_or_default(),
-        ),
+        End::Cut => match line.ending() {
+            Some(Ending {
+                reason,
+                message: Some(node_url),
+            }) if reason == MOVED => close(CLOSE_MOVED, node_url),
+            ending => close(
+                4008,
+                &ending
+                    .map(|ending| ending.reason.clone())
+                    .unwrap_or_default(),
+            ),
+        },
         End::Lost => return,
     };
     // A peer that does not read does not get to hold the task either.

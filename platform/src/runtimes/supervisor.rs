@@ -157,9 +157,55 @@ async fn run_here(
         .into_iter()
         .partition(|deployment| assignment.stages.contains(&deployment.stage_id));
     leave_to_other_nodes(state, &elsewhere).await?;
+    take_on_clients(state, &here).await?;
     *state.runtimes.deployments.lock() = here.clone();
     Ok(here)
 }
+
+/// Clients this node serves that its dispatcher does not have yet (`docs/nodes.md`): on a
+/// stage it has just taken, those left by nodes that are gone; on every pass, those another
+/// node created for it and that have not connected yet. Each gets the grace period to connect.
+async fn take_on_clients(state: &AppState, here: &[DeploymentToRun]) -> Result<(), StorageError> {
+    if state.database.backend() == crate::storage::Backend::Sqlite {
+        return Ok(());
+    }
+    let node_id = &state.runtimes.node_id;
+    let before: std::collections::HashSet<String> = state
+        .runtimes
+        .deployments
+        .lock()
+        .iter()
+        .map(|deployment| deployment.stage_id.clone())
+        .collect();
+    let mut gained = false;
+    for stage_id in here
+        .iter()
+        .map(|deployment| &deployment.stage_id)
+        .filter(|stage_id| !before.contains(*stage_id))
+    {
+        gained = true;
+        let ttl = crate::leases::ttl(&state.config);
+        let orphans =
+            crate::leases::take_orphaned_clients(&state.database, node_id, stage_id, ttl).await?;
+        if orphans > 0 {
+            tracing::warn!(%stage_id, clients = orphans, "took on the clients of a node that is gone");
+        }
+    }
+    if gained {
+        state.dispatcher.restore(&state.database, node_id).await?;
+    } else {
+        let since = now_millis() - CREATED_ELSEWHERE_WINDOW_MS;
+        state
+            .dispatcher
+            .adopt_recent(&state.database, node_id, since)
+            .await?;
+    }
+    Ok(())
+}
+
+/// How far back a pass looks for clients another node created for this one. Passes run every
+/// second; the margin covers a slow pass and clocks a little apart.
+const CREATED_ELSEWHERE_WINDOW_MS: i64 = 10_000;
 
 /// Stops this node's runtimes of deployments whose stage another node runs: one that took
 /// the stage over while this node could not renew its lease (a database pause longer than
@@ -189,6 +235,22 @@ async fn leave_to_other_nodes(
         let runtime_id: String = row.get("id");
         tracing::warn!(%runtime_id, stage_id = %deployment.stage_id, "another node runs this stage now; stopping the runtime here");
         stop_runtime(state, &runtime_id, Some("its stage is run by another node")).await?;
+    }
+    // Clients of those stages still here go to the node that serves them.
+    let holders = crate::leases::held_elsewhere(&state.database, &state.runtimes.node_id).await?;
+    let moved: std::collections::HashMap<String, String> = elsewhere
+        .iter()
+        .filter_map(|deployment| {
+            let url = holders.get(&deployment.stage_id)?;
+            Some((deployment.id.clone(), url.clone()))
+        })
+        .collect();
+    let sent = state.dispatcher.send_away(&moved);
+    if sent > 0 {
+        tracing::warn!(
+            clients = sent,
+            "sent clients to the nodes that serve their stages now"
+        );
     }
     Ok(())
 }

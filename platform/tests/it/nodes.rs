@@ -6,11 +6,16 @@
 use crate::cli::{login, rally};
 use crate::helpers::{spawn_app_with, Backend, TestApp};
 use crate::on_both_backends;
-use crate::players::{app, connect, deploy, player};
-use crate::tictactoe::tictactoe_bundle;
+use crate::players::{app, connect, deploy, player, socket_request, Player, Received, Socket};
+use crate::tictactoe::{back_in_lobby, next_game_message, play, start_match, tictactoe_bundle};
+use rally_sdk::player::{PlayerEvent, CLOSE_MOVED};
+use rally_sdk::wire::RuntimeInfo;
+use rally_sdk::RallyClient;
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use std::time::Instant;
 
 const RALLY: &str = env!("CARGO_BIN_EXE_rally");
 
@@ -346,3 +351,371 @@ async fn a_second_node_on_one_sqlite_file_is_refused() {
 }
 
 on_both_backends!(this_node_is_listed_alive_with_its_url_and_what_runs_on_it);
+
+/// Deploys the tic-tac-toe example on `studio/game`'s stages `stages` (made when missing):
+/// their deployment ids, in order.
+async fn deploy_stages(app: &TestApp, stages: &[&str]) -> (RallyClient, Vec<String>) {
+    let (admin, first) = deploy(app, tictactoe_bundle(), serde_json::json!({})).await;
+    let mut deployments = vec![first];
+    for stage in &stages[1..] {
+        admin
+            .create_stage("studio", "game", stage, Some(stage))
+            .await
+            .unwrap();
+        let deployment = admin
+            .deploy("studio", "game", stage, "1", serde_json::json!({}))
+            .await
+            .unwrap();
+        deployments.push(deployment.id);
+    }
+    assert_eq!(stages[0], "default");
+    (admin, deployments)
+}
+
+/// Once each stage runs one lobby, on as many distinct nodes as there are stages: those
+/// lobbies, in the order of `stages`.
+async fn one_lobby_per_stage_each_on_its_node(
+    admin: &RallyClient,
+    stages: &[&str],
+    deployments: &[String],
+) -> Vec<RuntimeInfo> {
+    let mut placed = Vec::new();
+    for _ in 0..200 {
+        placed.clear();
+        for (stage, deployment) in stages.iter().zip(deployments) {
+            let running: Vec<_> = lobbies(admin, stage, deployment)
+                .await
+                .into_iter()
+                .filter(|lobby| lobby.status == "running")
+                .collect();
+            placed.push(running);
+        }
+        let nodes: std::collections::HashSet<_> = placed
+            .iter()
+            .filter_map(|running| running.first().map(|lobby| lobby.node_id.clone()))
+            .collect();
+        if placed.iter().all(|running| running.len() == 1) && nodes.len() == stages.len() {
+            return placed
+                .into_iter()
+                .map(|mut running| running.remove(0))
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("one lobby per stage, each on its own node: {placed:?}");
+}
+
+/// Each node's URL, by id.
+async fn node_urls(app: &TestApp) -> HashMap<String, String> {
+    let nodes = app.admin().await.list_nodes().await.unwrap();
+    nodes.into_iter().map(|node| (node.id, node.url)).collect()
+}
+
+/// A new player with a client on `studio/game/<stage>`, both made through the node at `entry`.
+async fn player_through(entry: &str, stage: &str) -> Player {
+    let anonymous = RallyClient::new(entry).unwrap();
+    let user = anonymous.create_user().await.unwrap();
+    let tokens = anonymous
+        .sign_in_user(&user.user_id, &user.secret)
+        .await
+        .unwrap();
+    let api = anonymous.authenticated(&tokens.access_token);
+    let client = api.create_client("studio", "game", stage).await.unwrap();
+    Player {
+        api,
+        user_id: user.user_id,
+        token: tokens.access_token,
+        client,
+    }
+}
+
+/// `player`'s socket, opened at `base` and following `moved` closes, until greeted; while the
+/// node it is sent to cannot be reached or its stage is moving, it starts over at `entry`, for
+/// up to 30 s. Returns the socket, its greeting and the URL of the node it is on.
+async fn socket_through(base: &str, entry: &str, player: &Player) -> (Socket, PlayerEvent, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut base = base.to_owned();
+    let mut tried = Vec::new();
+    while Instant::now() < deadline {
+        let url = rally_sdk::player::websocket_url(&base, &player.client.socket_path).unwrap();
+        match Socket::try_open(socket_request(&url, &player.token)).await {
+            Err(error) => {
+                tried.push(format!("{base}: {error}"));
+                base = entry.to_owned();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(mut socket) => match socket.receive().await {
+                Received::Event(greeted @ PlayerEvent::Greeted { .. }) => {
+                    return (socket, greeted, base)
+                }
+                Received::Closed(Some((CLOSE_MOVED, node_url))) => {
+                    tried.push(format!("{base}: moved to {node_url}"));
+                    base = node_url;
+                }
+                other => panic!("expected greeted or moved from {base}, got {other:?}"),
+            },
+        }
+    }
+    panic!("no node greeted the player within 30 s: {tried:?}");
+}
+
+/// Players are sent to the node serving their stage: `POST clients` on another node names
+/// it, a socket opened on another node is closed with `moved` and its URL, a long-poll there
+/// answers 421 `wrong_node` (which `rally-sdk` follows), and every player lands in a lobby
+/// of its stage on the right node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_are_sent_to_the_node_that_serves_their_stage() {
+    let app = app(Backend::Postgres, |config| {
+        config.node_heartbeat_secs = 1;
+        config.node_dead_after_secs = 3;
+    })
+    .await;
+    let directory = tempfile::tempdir().unwrap();
+    let (mut second, second_url) = second_node(&app, directory.path());
+    nodes_until(&app, |nodes| {
+        nodes.iter().filter(|node| node.status == "alive").count() == 2
+    })
+    .await;
+    let stages = ["default", "second"];
+    let (admin, deployments) = deploy_stages(&app, &stages).await;
+    let placed = one_lobby_per_stage_each_on_its_node(&admin, &stages, &deployments).await;
+    let urls = node_urls(&app).await;
+    let http = reqwest::Client::new();
+    for (stage, lobby) in stages.iter().zip(&placed) {
+        let holder = &urls[&lobby.node_id];
+        for entry in [&app.url, &second_url] {
+            let player = player_through(entry, stage).await;
+            let elsewhere = entry != holder;
+            assert_eq!(
+                player.client.node_url.as_ref(),
+                elsewhere.then_some(holder),
+                "{stage} through {entry}"
+            );
+            if elsewhere {
+                let url =
+                    rally_sdk::player::websocket_url(entry, &player.client.socket_path).unwrap();
+                let mut socket = Socket::try_open(socket_request(&url, &player.token))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    socket.closed().await,
+                    Some((CLOSE_MOVED, holder.clone())),
+                    "a socket on the wrong node is closed with moved and the right node's URL"
+                );
+            }
+            let (mut socket, greeted, on) = socket_through(entry, entry, &player).await;
+            assert_eq!(&on, holder);
+            let lobby_id = in_lobby(&mut socket, &greeted).await;
+            assert_eq!(lobby_id, lobby.id, "{stage}: in its lobby on its node");
+            if elsewhere {
+                let answer = http
+                    .get(format!(
+                        "{entry}/api/v1/clients/{}/events?wait_ms=0",
+                        player.client.client_id
+                    ))
+                    .bearer_auth(&player.token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(answer.status(), 421);
+                let body: serde_json::Value = answer.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "wrong_node");
+                assert_eq!(body["error"]["details"]["node_url"], holder.as_str());
+                // rally-sdk asks the right node instead: the poll takes the client over from
+                // its socket and starts with the greeting.
+                let polled = RallyClient::new(entry)
+                    .unwrap()
+                    .authenticated(&player.token)
+                    .poll_events(&player.client.client_id, 0, 0)
+                    .await
+                    .unwrap();
+                assert!(
+                    matches!(
+                        polled.events.first().map(|event| &event.event),
+                        Some(PlayerEvent::Greeted { .. })
+                    ),
+                    "{polled:?}"
+                );
+            }
+        }
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    kill_runtimes_of(
+        &admin,
+        &stages,
+        &deployments,
+        &[urls_node(&urls, &second_url)],
+    )
+    .await;
+    app.stop().await;
+}
+
+/// The id of the node at `url`.
+fn urls_node(urls: &HashMap<String, String>, url: &str) -> String {
+    urls.iter()
+        .find(|(_, node_url)| node_url.as_str() == url)
+        .map(|(id, _)| id.clone())
+        .unwrap_or_else(|| panic!("no node at {url}: {urls:?}"))
+}
+
+/// Kills the runtime processes the nodes `gone` left behind (a killed node's launcher leaves
+/// its runtimes running, trying to reach it).
+async fn kill_runtimes_of(
+    admin: &RallyClient,
+    stages: &[&str],
+    deployments: &[String],
+    gone: &[String],
+) {
+    for (stage, deployment) in stages.iter().zip(deployments) {
+        for runtime in admin
+            .list_runtimes("studio", "game", stage, deployment)
+            .await
+            .unwrap()
+        {
+            if let (true, Some(pid)) = (gone.contains(&runtime.node_id), runtime.pid) {
+                Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status()
+                    .ok();
+            }
+        }
+    }
+}
+
+/// The lobby a greeted client is in: from its greeting, or the assignment that follows.
+async fn in_lobby(socket: &mut Socket, greeted: &PlayerEvent) -> String {
+    if let PlayerEvent::Greeted {
+        runtime: Some(runtime),
+        ..
+    } = greeted
+    {
+        return runtime.runtime_id.clone();
+    }
+    socket
+        .assigned_to(rally_sdk::player::RuntimeKind::Lobby)
+        .await
+        .runtime_id
+}
+
+/// Three nodes, three stages, one on each. Two players of the stage on a node that gets
+/// killed with SIGKILL mid-match, both having come in through another node: the survivors
+/// take the stage over, the players reconnect through the node they came in by and are back in
+/// a lobby with their stored results (the win of their first match), and play a match there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_players_play_again_on_a_survivor() {
+    let app = app(Backend::Postgres, |config| {
+        config.node_heartbeat_secs = 1;
+        config.node_dead_after_secs = 3;
+    })
+    .await;
+    let directories = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut children: Vec<(Child, String)> = directories
+        .iter()
+        .map(|directory| second_node(&app, directory.path()))
+        .collect();
+    nodes_until(&app, |nodes| {
+        nodes.iter().filter(|node| node.status == "alive").count() == 3
+    })
+    .await;
+    let stages = ["default", "second", "third"];
+    let (admin, deployments) = deploy_stages(&app, &stages).await;
+    let placed = one_lobby_per_stage_each_on_its_node(&admin, &stages, &deployments).await;
+    let urls = node_urls(&app).await;
+    // The victim: a second node, with the stage it runs.
+    let (victim, victim_url) = children.remove(0);
+    let victim_id = urls_node(&urls, &victim_url);
+    let at = placed
+        .iter()
+        .position(|lobby| lobby.node_id == victim_id)
+        .expect("each node runs a stage");
+    let stage = stages[at];
+    let entry = app.url.clone();
+
+    let players = [
+        player_through(&entry, stage).await,
+        player_through(&entry, stage).await,
+    ];
+    let mut sockets = Vec::new();
+    for player in &players {
+        let base = player.client.node_url.clone().unwrap_or(entry.clone());
+        let (mut socket, greeted, on) = socket_through(&base, &entry, player).await;
+        assert_eq!(on, victim_url);
+        in_lobby(&mut socket, &greeted).await;
+        next_game_message(&mut socket, "welcome").await;
+        sockets.push(socket);
+    }
+    let (mut first, mut second) = {
+        let second = sockets.pop().unwrap();
+        (sockets.pop().unwrap(), second)
+    };
+    // x wins the first match: x 0, 1, 2 across the top.
+    {
+        let (x, o) = start_match(&mut first, &mut second).await;
+        play(x, o, &[0, 3, 1, 4, 2]).await;
+        for socket in [x, o] {
+            back_in_lobby(socket).await;
+        }
+    }
+    // A second match, stopped by the node's death after one move.
+    {
+        let (x, o) = start_match(&mut first, &mut second).await;
+        play(x, o, &[4]).await;
+    }
+    let mut victim = victim;
+    victim.kill().unwrap();
+    let killed = Instant::now();
+    victim.wait().unwrap();
+    drop((first, second));
+
+    let mut reseated = Vec::new();
+    let mut sockets = Vec::new();
+    for player in &players {
+        let (mut socket, greeted, on) = socket_through(&victim_url, &entry, player).await;
+        assert_ne!(on, victim_url);
+        assert!(
+            matches!(greeted, PlayerEvent::Greeted { resumed: true, .. }),
+            "the same client, resumed: {greeted:?}"
+        );
+        in_lobby(&mut socket, &greeted).await;
+        let welcome = next_game_message(&mut socket, "welcome").await;
+        reseated.push(killed.elapsed());
+        sockets.push((socket, welcome));
+    }
+    eprintln!("players back in a lobby {reseated:?} after the kill");
+    let mut results: Vec<(i64, i64)> = sockets
+        .iter()
+        .map(|(_, welcome)| {
+            (
+                welcome["wins"].as_i64().unwrap_or_default(),
+                welcome["losses"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    results.sort();
+    assert_eq!(
+        results,
+        [(0, 1), (1, 0)],
+        "the first match's result is kept (wins, losses)"
+    );
+    let (mut first, mut second) = {
+        let (second, _) = sockets.pop().unwrap();
+        (sockets.pop().unwrap().0, second)
+    };
+    let (x, o) = start_match(&mut first, &mut second).await;
+    play(x, o, &[0, 3, 1, 4, 2]).await;
+    for socket in [x, o] {
+        back_in_lobby(socket).await;
+    }
+    for (child, _) in &mut children {
+        child.kill().ok();
+        child.wait().ok();
+    }
+    kill_runtimes_of(&admin, &stages, &deployments, &[victim_id]).await;
+    let others: Vec<String> = children
+        .iter()
+        .map(|(_, url)| urls_node(&urls, url))
+        .collect();
+    kill_runtimes_of(&admin, &stages, &deployments, &others).await;
+    app.stop().await;
+}

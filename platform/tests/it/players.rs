@@ -202,19 +202,29 @@ async fn seated_players(app: &TestApp, count: usize) -> (Vec<Socket>, Vec<String
 
 /// Opens the client's socket with the token in the `Authorization` header.
 pub(crate) async fn connect(app: &TestApp, player: &Player) -> Socket {
-    let mut request = socket_url(app, &player.client)
-        .into_client_request()
-        .unwrap();
+    Socket::open(socket_request(
+        &socket_url(app, &player.client),
+        &player.token,
+    ))
+    .await
+}
+
+/// A request for the player socket at `url`, with `token` in the `Authorization` header.
+pub(crate) fn socket_request(
+    url: &str,
+    token: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut request = url.into_client_request().unwrap();
     let headers = request.headers_mut();
     headers.insert(
         "authorization",
-        HeaderValue::from_str(&format!("Bearer {}", player.token)).unwrap(),
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
     );
     headers.insert(
         "sec-websocket-protocol",
         HeaderValue::from_static(SUBPROTOCOL),
     );
-    Socket::open(request).await
+    request
 }
 
 pub(crate) struct Socket {
@@ -231,13 +241,20 @@ pub(crate) enum Received {
 
 impl Socket {
     async fn open(request: tokio_tungstenite::tungstenite::handshake::client::Request) -> Socket {
-        let (stream, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+        Self::try_open(request).await.unwrap()
+    }
+
+    /// Opens a socket, or says why the platform could not be reached.
+    pub(crate) async fn try_open(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+        let (stream, response) = tokio_tungstenite::connect_async(request).await?;
         assert_eq!(
             response.headers()["sec-websocket-protocol"],
             SUBPROTOCOL,
             "the platform answers with the player subprotocol"
         );
-        Socket { stream }
+        Ok(Socket { stream })
     }
 
     pub(crate) async fn receive(&mut self) -> Received {
