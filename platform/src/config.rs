@@ -84,6 +84,10 @@ pub struct Config {
     pub node_heartbeat_secs: u64,
     /// A node whose heartbeat is older than this is dead (`rally node list`).
     pub node_dead_after_secs: u64,
+    /// How stages are spread over nodes (`docs/nodes.md`): `count` moves idle stages from a
+    /// node with more than one stage above the least loaded one; `off` leaves them where they
+    /// are (operators move them).
+    pub stage_balance: StageBalance,
     /// How long a graceful shutdown waits for requests in flight.
     pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
@@ -107,6 +111,13 @@ pub struct Config {
 pub enum LogFormat {
     Human,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageBalance {
+    Count,
+    Off,
 }
 
 /// Where the commands find the platform unless told otherwise: the default `listen` address.
@@ -145,6 +156,7 @@ impl Default for Config {
             advertise_url: None,
             node_heartbeat_secs: 2,
             node_dead_after_secs: 10,
+            stage_balance: StageBalance::Count,
             shutdown_grace_secs: 10,
             log_format: LogFormat::Human,
             player_max_frame_bytes: 64 * 1024,
@@ -203,6 +215,7 @@ const SETTINGS: &[&str] = &[
     "advertise_url",
     "node_heartbeat_secs",
     "node_dead_after_secs",
+    "stage_balance",
     "shutdown_grace_secs",
     "log_format",
     "player_max_frame_bytes",
@@ -504,6 +517,7 @@ mod tests {
                 let value = match *key {
                     "listen" => "127.0.0.1:1",
                     "log_format" => "json",
+                    "stage_balance" => "off",
                     "data_dir" | "database_url" | "runtime_binary" => "sqlite://x.db",
                     "runtime_platform_url" | "advertise_url" => "http://127.0.0.1:1",
                     "node_heartbeat_secs" => "2",

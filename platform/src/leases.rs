@@ -61,7 +61,7 @@ pub enum StageHolder {
         url: String,
     },
     /// Its node stopped answering and no other has taken it over yet (within a supervision
-    /// pass once the lease has expired).
+    /// pass once the lease has expired), or it is being handed over to another node.
     Moving,
 }
 
@@ -82,13 +82,16 @@ pub async fn serve_stage(
     for _ in 0..3 {
         let now = now_millis();
         let holder = sqlx::query(
-            "SELECT l.holder, l.expires_at, n.url FROM leases l \
+            "SELECT l.holder, l.expires_at, l.moving_to, n.url FROM leases l \
              LEFT JOIN nodes n ON n.id = l.holder WHERE l.name = $1",
         )
         .bind(&name)
         .fetch_optional(database.reader())
         .await?;
         match holder {
+            Some(row) if row.get::<Option<String>, _>("moving_to").is_some() => {
+                return Ok(StageHolder::Moving)
+            }
             Some(row) if row.get::<String, _>("holder") == node_id => return Ok(StageHolder::Here),
             Some(row) if row.get::<i64, _>("expires_at") < now => return Ok(StageHolder::Moving),
             Some(row) => {
@@ -122,12 +125,24 @@ pub async fn serve_stage(
     ))))
 }
 
-/// What a stage assignment pass decided: the stages this node runs, and the nodes it took
-/// stages over from (whose runtimes there must be replaced).
+/// What a stage assignment pass decided: the stages this node runs, the nodes it took
+/// stages over from (whose runtimes there must be replaced), and the stages it is handing
+/// over to another node.
 #[derive(Debug, Default)]
 pub struct Assignment {
     pub stages: HashSet<String>,
     pub taken_from: Vec<(String, String)>,
+    pub handing_over: Vec<Handover>,
+    /// Stages of this node an operator moved here: balancing leaves them.
+    pub pinned: HashSet<String>,
+}
+
+/// A stage this node holds and hands over to another node (`moving_to`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    pub stage_id: String,
+    pub to_node: String,
+    pub to_url: String,
 }
 
 /// Renews this node's stage leases and takes free or expired ones for `stages` (the stages
@@ -142,7 +157,7 @@ pub async fn assign_stages(
     if database.backend() == Backend::Sqlite {
         return Ok(Assignment {
             stages: stages.clone(),
-            taken_from: Vec::new(),
+            ..Assignment::default()
         });
     }
     let now = now_millis();
@@ -152,9 +167,23 @@ pub async fn assign_stages(
         .bind(node_id)
         .execute(database.writer())
         .await?;
-    let rows = sqlx::query("SELECT name, holder, expires_at FROM leases WHERE name LIKE 'stage:%'")
-        .fetch_all(database.reader())
-        .await?;
+    // A move to a node that is gone (or to this one) is called off.
+    sqlx::query(
+        "UPDATE leases SET moving_to = NULL WHERE holder = $1 AND moving_to IS NOT NULL \
+           AND (moving_to = $1 OR moving_to NOT IN \
+             (SELECT id FROM nodes WHERE stopped_at IS NULL AND heartbeat_at > $2))",
+    )
+    .bind(node_id)
+    .bind(now - ttl.as_millis() as i64)
+    .execute(database.writer())
+    .await?;
+    let rows = sqlx::query(
+        "SELECT l.name, l.holder, l.expires_at, l.moving_to, l.pinned, n.url AS moving_url \
+         FROM leases l \
+         LEFT JOIN nodes n ON n.id = l.moving_to WHERE l.name LIKE 'stage:%'",
+    )
+    .fetch_all(database.reader())
+    .await?;
     let mut assignment = Assignment::default();
     let mut held_elsewhere = HashSet::new();
     let mut expired = std::collections::HashMap::new();
@@ -171,7 +200,21 @@ pub async fn assign_stages(
             continue;
         }
         if holder == node_id {
-            assignment.stages.insert(stage.to_owned());
+            if row.get::<i64, _>("pinned") != 0 {
+                assignment.pinned.insert(stage.to_owned());
+            }
+            match row.get::<Option<String>, _>("moving_to") {
+                Some(to_node) => assignment.handing_over.push(Handover {
+                    stage_id: stage.to_owned(),
+                    to_node,
+                    to_url: row
+                        .get::<Option<String>, _>("moving_url")
+                        .unwrap_or_default(),
+                }),
+                None => {
+                    assignment.stages.insert(stage.to_owned());
+                }
+            }
         } else if row.get::<i64, _>("expires_at") >= now {
             held_elsewhere.insert(stage.to_owned());
         } else {
@@ -191,7 +234,7 @@ pub async fn assign_stages(
         .collect();
     free.sort();
     for stage in free {
-        if assignment.stages.len() as i64 >= share {
+        if (assignment.stages.len() + assignment.handing_over.len()) as i64 >= share {
             break;
         }
         if take(database, node_id, &stage_lease(stage), ttl).await? {
@@ -260,13 +303,14 @@ pub async fn take_orphaned_clients(
         return Ok(0);
     }
     let result = sqlx::query(
-        "UPDATE clients SET node_id = $1 WHERE status = 'active' AND node_id <> $1 \
+        "UPDATE clients SET node_id = $1, moved_at = $4 WHERE status = 'active' AND node_id <> $1 \
            AND deployment_id IN (SELECT id FROM deployments WHERE stage_id = $2) \
            AND node_id NOT IN (SELECT id FROM nodes WHERE stopped_at IS NULL AND heartbeat_at > $3)",
     )
     .bind(node_id)
     .bind(stage_id)
     .bind(now_millis() - ttl.as_millis() as i64)
+    .bind(now_millis())
     .execute(database.writer())
     .await?;
     Ok(result.rows_affected())
@@ -296,4 +340,192 @@ pub async fn held_elsewhere(
             Some((stage, row.get("url")))
         })
         .collect())
+}
+
+/// Why a stage cannot be moved.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("the embedded SQLite default runs one node; stages move between nodes on PostgreSQL")]
+    OneNode,
+    #[error("no node runs this stage now (it has no running deployment)")]
+    NotRunning,
+    #[error("node {0} is not alive")]
+    NodeNotAlive(String),
+    #[error("the stage is already moving to node {0}")]
+    AlreadyMoving(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// What a move asked for: the stage's node now and the one it goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    pub from_node: String,
+    pub to_node: String,
+}
+
+/// Asks the node running `stage_id` to hand it over to `to_node` (a live node). Moving a
+/// stage to the node that runs it is a no-op.
+pub async fn request_move(
+    database: &Database,
+    stage_id: &str,
+    to_node: &str,
+    ttl: Duration,
+) -> Result<Move, MoveError> {
+    if database.backend() == Backend::Sqlite {
+        return Err(MoveError::OneNode);
+    }
+    let now = now_millis();
+    let alive: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM nodes WHERE id = $1 AND stopped_at IS NULL AND heartbeat_at > $2",
+    )
+    .bind(to_node)
+    .bind(now - ttl.as_millis() as i64)
+    .fetch_optional(database.reader())
+    .await
+    .map_err(StorageError::from)?;
+    if alive.is_none() {
+        return Err(MoveError::NodeNotAlive(to_node.to_owned()));
+    }
+    let lease =
+        sqlx::query("SELECT holder, moving_to FROM leases WHERE name = $1 AND expires_at >= $2")
+            .bind(stage_lease(stage_id))
+            .bind(now)
+            .fetch_optional(database.reader())
+            .await
+            .map_err(StorageError::from)?
+            .ok_or(MoveError::NotRunning)?;
+    let from_node: String = lease.get("holder");
+    if let Some(moving_to) = lease.get::<Option<String>, _>("moving_to") {
+        return Err(MoveError::AlreadyMoving(moving_to));
+    }
+    if from_node != to_node {
+        let asked = sqlx::query(
+            "UPDATE leases SET moving_to = $1, pinned = 1 \
+             WHERE name = $2 AND holder = $3 AND moving_to IS NULL",
+        )
+        .bind(to_node)
+        .bind(stage_lease(stage_id))
+        .bind(&from_node)
+        .execute(database.writer())
+        .await
+        .map_err(StorageError::from)?;
+        if asked.rows_affected() == 0 {
+            return Err(MoveError::NotRunning);
+        }
+    }
+    Ok(Move {
+        from_node,
+        to_node: to_node.to_owned(),
+    })
+}
+
+/// Balancing by count: when this node runs more than one stage more than the least loaded
+/// live node, it hands one stage over to that node, one at a time, picking among `movable`
+/// (stages without a match in progress here, so that balancing never ends a match) those no
+/// operator put here.
+pub async fn rebalance(
+    database: &Database,
+    node_id: &str,
+    assignment: &Assignment,
+    movable: &HashSet<String>,
+    ttl: Duration,
+) -> Result<Option<Handover>, StorageError> {
+    if database.backend() == Backend::Sqlite || !assignment.handing_over.is_empty() {
+        return Ok(None);
+    }
+    let rows = sqlx::query(
+        "SELECT n.id, n.url, \
+           (SELECT COUNT(*) FROM leases l WHERE l.holder = n.id AND l.name LIKE 'stage:%') AS held \
+         FROM nodes n WHERE n.stopped_at IS NULL AND n.heartbeat_at > $1 AND n.id <> $2 \
+         ORDER BY held, n.id LIMIT 1",
+    )
+    .bind(now_millis() - ttl.as_millis() as i64)
+    .bind(node_id)
+    .fetch_optional(database.reader())
+    .await?;
+    let Some(least) = rows else {
+        return Ok(None);
+    };
+    let held = assignment.stages.len() as i64;
+    if held <= least.get::<i64, _>("held") + 1 {
+        return Ok(None);
+    }
+    let mut candidates: Vec<&String> = assignment
+        .stages
+        .iter()
+        .filter(|stage| movable.contains(*stage) && !assignment.pinned.contains(*stage))
+        .collect();
+    candidates.sort();
+    let Some(stage_id) = candidates.first() else {
+        return Ok(None);
+    };
+    let to_node: String = least.get("id");
+    let asked = sqlx::query(
+        "UPDATE leases SET moving_to = $1, pinned = 0 \
+         WHERE name = $2 AND holder = $3 AND moving_to IS NULL",
+    )
+    .bind(&to_node)
+    .bind(stage_lease(stage_id))
+    .bind(node_id)
+    .execute(database.writer())
+    .await?;
+    Ok((asked.rows_affected() == 1).then(|| Handover {
+        stage_id: (*stage_id).clone(),
+        to_node,
+        to_url: least.get("url"),
+    }))
+}
+
+/// Completes a handover once this node's runtimes of the stage have ended and what they wrote
+/// is in the database: the stage's clients recorded here become the new node's (which greets
+/// them as resumed), and the lease is that node's. False when the move was called off meanwhile.
+pub async fn hand_over(
+    database: &Database,
+    node_id: &str,
+    handover: &Handover,
+    ttl: Duration,
+) -> Result<bool, StorageError> {
+    let mut transaction = database.writer().begin().await?;
+    let lease = sqlx::query(
+        "UPDATE leases SET holder = $1, moving_to = NULL, expires_at = $2 \
+         WHERE name = $3 AND holder = $4 AND moving_to = $1",
+    )
+    .bind(&handover.to_node)
+    .bind(now_millis() + ttl.as_millis() as i64)
+    .bind(stage_lease(&handover.stage_id))
+    .bind(node_id)
+    .execute(&mut *transaction)
+    .await?;
+    if lease.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE clients SET node_id = $1, moved_at = $4 WHERE node_id = $2 AND status = 'active' \
+           AND deployment_id IN (SELECT id FROM deployments WHERE stage_id = $3)",
+    )
+    .bind(&handover.to_node)
+    .bind(node_id)
+    .bind(&handover.stage_id)
+    .bind(now_millis())
+    .execute(&mut *transaction)
+    .await?;
+    transaction.commit().await?;
+    Ok(true)
+}
+
+/// The stages with a match runtime of this node in progress.
+pub async fn stages_in_play(
+    database: &Database,
+    node_id: &str,
+) -> Result<HashSet<String>, StorageError> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT d.stage_id FROM runtimes r JOIN deployments d ON d.id = r.deployment_id \
+         WHERE r.node_id = $1 AND r.qualifier = 'match' \
+           AND r.status IN ('starting', 'running', 'stopping')",
+    )
+    .bind(node_id)
+    .fetch_all(database.reader())
+    .await?;
+    Ok(rows.into_iter().collect())
 }

@@ -3,12 +3,15 @@
 //! from for `node_dead_after_secs` is dead. The embedded SQLite default runs one node: a
 //! second node on the same database file is refused at start while the first is alive.
 
+use crate::audit::{self, Change};
 use crate::config::Config;
 use crate::error::{ApiError, Json};
-use crate::permissions::{AsStaff, Principal};
+use crate::leases::MoveError;
+use crate::permissions::{AsStaff, Principal, StagePath, StageScope};
 use crate::state::AppState;
 use crate::storage::{now_millis, Backend, Database, StorageError};
-use rally_sdk::wire::{ErrorBody, Node, NodeList};
+use axum::http::StatusCode;
+use rally_sdk::wire::{ErrorBody, Node, NodeList, NodeStage, SetStageNode, StageMove};
 use sqlx::Row;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +19,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_nodes))
+    OpenApiRouter::new()
+        .routes(routes!(list_nodes))
+        .routes(routes!(move_stage))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +146,7 @@ pub async fn list(database: &Database, dead_after: Duration) -> Result<Vec<Node>
     .fetch_all(database.reader())
     .await?;
     let now = now_millis();
+    let mut stages = held_stages(database).await?;
     Ok(rows
         .iter()
         .map(|row| {
@@ -153,8 +159,16 @@ pub async fn list(database: &Database, dead_after: Duration) -> Result<Vec<Node>
             } else {
                 "alive"
             };
+            let id: String = row.get("id");
+            // (On SQLite, the one live node runs every stage.)
+            let stages = match stages.remove(&id) {
+                Some(held) => held,
+                None if status == "alive" => stages.remove("").unwrap_or_default(),
+                None => Vec::new(),
+            };
             Node {
-                id: row.get("id"),
+                id,
+                stages,
                 url: row.get("url"),
                 status: status.to_owned(),
                 started_at: row.get("started_at"),
@@ -165,6 +179,91 @@ pub async fn list(database: &Database, dead_after: Duration) -> Result<Vec<Node>
             }
         })
         .collect())
+}
+
+/// The stages each node runs, by node id: the stage leases, or on SQLite (no leases) every
+/// stage with a running deployment, under the key `""`.
+async fn held_stages(
+    database: &Database,
+) -> Result<std::collections::HashMap<String, Vec<NodeStage>>, StorageError> {
+    const PATH: &str = "COALESCE(t.alias, t.id) || '/' || COALESCE(p.alias, p.id) || '/' || \
+                        COALESCE(s.alias, s.id)";
+    let rows = if database.backend() == Backend::Sqlite {
+        sqlx::query(&format!(
+            "SELECT DISTINCT '' AS holder, NULL AS moving_to, s.id, {PATH} AS path \
+             FROM deployments d JOIN stages s ON s.id = d.stage_id \
+             JOIN projects p ON p.id = s.project_id JOIN tenants t ON t.id = p.tenant_id \
+             WHERE d.status IN ('active', 'draining') ORDER BY path"
+        ))
+        .fetch_all(database.reader())
+        .await?
+    } else {
+        sqlx::query(&format!(
+            "SELECT l.holder, l.moving_to, s.id, {PATH} AS path \
+             FROM leases l JOIN stages s ON l.name = 'stage:' || s.id \
+             JOIN projects p ON p.id = s.project_id JOIN tenants t ON t.id = p.tenant_id \
+             ORDER BY path"
+        ))
+        .fetch_all(database.reader())
+        .await?
+    };
+    let mut held: std::collections::HashMap<String, Vec<NodeStage>> = Default::default();
+    for row in rows {
+        held.entry(row.get("holder")).or_default().push(NodeStage {
+            stage_id: row.get("id"),
+            path: row.get("path"),
+            moving_to: row.get("moving_to"),
+        });
+    }
+    Ok(held)
+}
+
+/// Moves a stage to another node (admin, support): the node running it stops its runtimes
+/// there, then hands the stage and its clients over; players reconnect to the new node
+/// (`docs/nodes.md`). Several nodes need PostgreSQL.
+#[utoipa::path(put, path = "/api/v1/tenants/{tenant}/projects/{project}/stages/{stage}/node",
+    tag = "nodes", request_body = SetStageNode, params(StagePath),
+    security(("bearer" = [])),
+    responses((status = 202, body = StageMove), (status = "4XX", body = ErrorBody)))]
+async fn move_stage(
+    AsStaff(scope): AsStaff<StageScope>,
+    axum::extract::State(state): axum::extract::State<AppState>,
+    Json(request): Json<SetStageNode>,
+) -> Result<(StatusCode, Json<StageMove>), ApiError> {
+    let stage = &scope.stage;
+    let ttl = crate::leases::ttl(&state.config);
+    let moved = crate::leases::request_move(&state.database, &stage.id, &request.node, ttl)
+        .await
+        .map_err(|error| match error {
+            MoveError::OneNode => ApiError::conflict("one_node", error.to_string()),
+            MoveError::NotRunning => ApiError::conflict("stage_not_running", error.to_string()),
+            MoveError::NodeNotAlive(_) => ApiError::conflict("node_not_alive", error.to_string()),
+            MoveError::AlreadyMoving(_) => ApiError::conflict("stage_moving", error.to_string()),
+            MoveError::Storage(error) => error.into(),
+        })?;
+    let mut transaction = state.database.writer().begin().await?;
+    audit::record(
+        &mut *transaction,
+        &scope.access.principal,
+        Change {
+            action: "stage.move",
+            target_kind: "stage",
+            target_id: &stage.id,
+            tenant_id: Some(&scope.tenant.id),
+            project_id: Some(&stage.project_id),
+            details: serde_json::json!({"from": moved.from_node, "to": moved.to_node}),
+        },
+    )
+    .await?;
+    transaction.commit().await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(StageMove {
+            stage_id: stage.id.clone(),
+            from_node: moved.from_node,
+            to_node: moved.to_node,
+        }),
+    ))
 }
 
 /// The platform's nodes: alive, dead or stopped, with their runtimes and clients (admin,

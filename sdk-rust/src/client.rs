@@ -436,6 +436,22 @@ impl RallyClient {
         Ok(list.nodes)
     }
 
+    /// Moves a stage to a live node (admin, support): its node hands it over once its
+    /// runtimes there have stopped (`docs/nodes.md`).
+    pub async fn move_stage(
+        &self,
+        tenant: &str,
+        project: &str,
+        stage: &str,
+        node: &str,
+    ) -> Result<crate::wire::StageMove, ClientError> {
+        let path = format!("{}/node", stage_path(tenant, project, stage));
+        let body = crate::wire::SetStageNode {
+            node: node.to_owned(),
+        };
+        self.call(Method::PUT, &path, Some(&body)).await
+    }
+
     pub async fn list_servers(&self, pool: Option<&str>) -> Result<Vec<Server>, ClientError> {
         let path = match pool {
             Some(pool) => format!("/api/v1/pools/{}/servers", segment(pool)),

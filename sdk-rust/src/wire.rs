@@ -935,10 +935,43 @@ pub struct Node {
     pub runtimes: i64,
     /// Its active clients.
     pub clients: i64,
+    /// The stages it runs (holds the lease of), by name.
+    #[serde(default)]
+    pub stages: Vec<NodeStage>,
+}
+
+/// A stage a node runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodeStage {
+    pub stage_id: String,
+    /// `tenant/project/stage`, by aliases where they are set, else ids.
+    pub path: String,
+    /// The node it is being handed over to, during a move.
+    pub moving_to: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeList {
     pub nodes: Vec<Node>,
+}
+
+/// `PUT /api/v1/tenants/{tenant}/projects/{project}/stages/{stage}/node`: move the stage to a
+/// node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SetStageNode {
+    /// The id of a live node.
+    pub node: String,
+}
+
+/// A move asked for: the stage's node hands it over once its runtimes there have stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StageMove {
+    pub stage_id: String,
+    pub from_node: String,
+    pub to_node: String,
 }

@@ -30,6 +30,7 @@ pub async fn run(command: NodeCommand) -> Result<(), CliError> {
                 "STATUS",
                 "RUNTIMES",
                 "CLIENTS",
+                "STAGES",
                 "STARTED",
                 "LAST HEARD",
                 "STOPPED",
@@ -41,6 +42,7 @@ pub async fn run(command: NodeCommand) -> Result<(), CliError> {
                     node.status.clone(),
                     node.runtimes.to_string(),
                     node.clients.to_string(),
+                    stages(node),
                     time(node.started_at),
                     time(node.heartbeat_at),
                     or_dash(node.stopped_at.map(time).as_deref()),
@@ -50,4 +52,21 @@ pub async fn run(command: NodeCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// A node's stages, comma-separated; one being moved says where to.
+fn stages(node: &rally_sdk::wire::Node) -> String {
+    let names: Vec<String> = node
+        .stages
+        .iter()
+        .map(|stage| match &stage.moving_to {
+            Some(to) => format!("{} (moving to {to})", stage.path),
+            None => stage.path.clone(),
+        })
+        .collect();
+    if names.is_empty() {
+        "-".to_owned()
+    } else {
+        names.join(", ")
+    }
 }

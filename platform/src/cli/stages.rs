@@ -52,6 +52,20 @@ pub enum StageCommand {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Move a stage to another node (admin or support, several nodes on PostgreSQL): its
+    /// node stops its runtimes there and hands it over; players reconnect to the new node.
+    /// `rally node list` shows the nodes and their stages.
+    Move {
+        /// Stage id or alias.
+        stage: String,
+        /// The id of a live node.
+        #[arg(long = "to")]
+        node: String,
+        #[command(flatten)]
+        project: ProjectArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
     /// Delete a stage; refused while it has live deployments.
     Delete {
         /// Stage id or alias.
@@ -140,6 +154,30 @@ pub async fn run(command: StageCommand) -> Result<(), CliError> {
                 print_json(&stage)?;
             } else {
                 print_stage(&stage);
+            }
+        }
+        StageCommand::Move {
+            stage,
+            node,
+            project,
+            target,
+        } => {
+            let moved = connect(&target)
+                .await?
+                .move_stage(&project.tenant, &project.project, &stage, &node)
+                .await?;
+            if target.output.json {
+                print_json(&moved)?;
+            } else if moved.from_node == moved.to_node {
+                println!(
+                    "stage {} already runs on node {}",
+                    moved.stage_id, moved.to_node
+                );
+            } else {
+                println!(
+                    "stage {} moves from node {} to node {}: its runtimes stop there, then its players reconnect to the new node",
+                    moved.stage_id, moved.from_node, moved.to_node
+                );
             }
         }
         StageCommand::Delete {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 /// The columns [`Dispatcher::take_on`] reads, for `WHERE` clauses on `c` (clients).
 const CLIENTS: &str = "SELECT c.id, c.user_id, c.player_id, c.deployment_id, c.runtime_id, \
-     c.group_name, p.profile, r.status, r.node_id FROM clients c \
+     c.group_name, p.profile, r.status, r.node_id, c.moved_at FROM clients c \
      JOIN players p ON p.id = c.player_id LEFT JOIN runtimes r ON r.id = c.runtime_id";
 
 impl Dispatcher {
@@ -75,8 +75,8 @@ impl Dispatcher {
     }
 
     /// Adds the clients of `rows` ([`CLIENTS`]) that this dispatcher does not have. Their
-    /// greeting says `resumed` when they were held before (`held`: by this node's previous run)
-    /// or were on a runtime (a client from another node that had connected there).
+    /// greeting says `resumed` when they were held before: by this node's previous run
+    /// (`held`), or by another node (on a runtime, or moved here from there).
     async fn take_on(
         &self,
         database: &Database,
@@ -94,7 +94,7 @@ impl Dispatcher {
             let runtime_status: Option<String> = row.get(7);
             let runtime_node: Option<String> = row.get(8);
             let mut runtime_id: Option<String> = row.get(4);
-            let resumed = held || runtime_id.is_some();
+            let resumed = held || runtime_id.is_some() || row.get::<Option<i64>, _>(9).is_some();
             let live = matches!(
                 runtime_status.as_deref(),
                 Some("starting" | "running" | "stopping")

@@ -271,8 +271,8 @@ fn stage_moving() -> ApiError {
     ApiError::Rejected {
         status: StatusCode::SERVICE_UNAVAILABLE,
         code: "stage_moving",
-        message: "the node serving this stage stopped answering; another one takes it over \
-                  within seconds: retry"
+        message: "this stage is moving to another node (a move, or its node stopped \
+                  answering); retry in a moment"
             .to_owned(),
     }
 }

@@ -141,13 +141,21 @@ async fn run_here(
         .iter()
         .map(|deployment| deployment.stage_id.clone())
         .collect();
-    let assignment = crate::leases::assign_stages(
-        &state.database,
-        &state.runtimes.node_id,
-        &stages,
-        crate::leases::ttl(&state.config),
-    )
-    .await?;
+    let node_id = &state.runtimes.node_id;
+    let ttl = crate::leases::ttl(&state.config);
+    let mut assignment =
+        crate::leases::assign_stages(&state.database, node_id, &stages, ttl).await?;
+    if state.config.stage_balance == crate::config::StageBalance::Count {
+        let in_play = crate::leases::stages_in_play(&state.database, node_id).await?;
+        let movable = assignment.stages.difference(&in_play).cloned().collect();
+        if let Some(handover) =
+            crate::leases::rebalance(&state.database, node_id, &assignment, &movable, ttl).await?
+        {
+            tracing::info!(stage_id = %handover.stage_id, to_node = %handover.to_node, "balancing: handing a stage over");
+            assignment.stages.remove(&handover.stage_id);
+            assignment.handing_over.push(handover);
+        }
+    }
     for (stage_id, previous) in &assignment.taken_from {
         let failed =
             crate::leases::fail_runtimes_left_by(&state.database, stage_id, previous).await?;
@@ -156,10 +164,61 @@ async fn run_here(
     let (here, elsewhere): (Vec<DeploymentToRun>, Vec<DeploymentToRun>) = deployments
         .into_iter()
         .partition(|deployment| assignment.stages.contains(&deployment.stage_id));
+    let (handing, elsewhere): (Vec<DeploymentToRun>, Vec<DeploymentToRun>) =
+        elsewhere.into_iter().partition(|deployment| {
+            assignment
+                .handing_over
+                .iter()
+                .any(|handover| handover.stage_id == deployment.stage_id)
+        });
     leave_to_other_nodes(state, &elsewhere).await?;
+    for handover in &assignment.handing_over {
+        hand_over(state, handover, &handing).await?;
+    }
     take_on_clients(state, &here).await?;
     *state.runtimes.deployments.lock() = here.clone();
     Ok(here)
+}
+
+/// One step of handing a stage over to another node (an operator's move, or balancing): its
+/// runtimes here are asked to stop; once they have all ended, its clients are sent to the
+/// new node, what the runtimes wrote (profiles among it) is flushed to the database, and the
+/// lease and the clients' records pass to the new node in one transaction.
+async fn hand_over(
+    state: &AppState,
+    handover: &crate::leases::Handover,
+    deployments: &[DeploymentToRun],
+) -> anyhow::Result<()> {
+    let live = sqlx::query(
+        "SELECT r.id, r.status FROM runtimes r JOIN deployments d ON d.id = r.deployment_id \
+         WHERE r.node_id = $1 AND d.stage_id = $2 AND r.status IN ('starting', 'running', 'stopping')",
+    )
+    .bind(&state.runtimes.node_id)
+    .bind(&handover.stage_id)
+    .fetch_all(state.database.reader())
+    .await?;
+    if !live.is_empty() {
+        for row in &live {
+            if row.get::<String, _>("status") != "stopping" {
+                let runtime_id: String = row.get("id");
+                tracing::info!(%runtime_id, stage_id = %handover.stage_id, "stopping a runtime: its stage moves to another node");
+                stop_runtime(state, &runtime_id, None).await?;
+            }
+        }
+        return Ok(());
+    }
+    let moved = deployments
+        .iter()
+        .filter(|deployment| deployment.stage_id == handover.stage_id)
+        .map(|deployment| (deployment.id.clone(), handover.to_url.clone()))
+        .collect();
+    let sent = state.dispatcher.send_away(&moved);
+    state.dispatcher.flush().await;
+    let ttl = crate::leases::ttl(&state.config);
+    if crate::leases::hand_over(&state.database, &state.runtimes.node_id, handover, ttl).await? {
+        tracing::info!(stage_id = %handover.stage_id, to_node = %handover.to_node, clients = sent, "handed a stage over");
+    }
+    Ok(())
 }
 
 /// Clients this node serves that its dispatcher does not have yet (`docs/nodes.md`): on a

@@ -91,12 +91,46 @@ async fn this_node_is_listed_alive_with_its_url_and_what_runs_on_it(backend: Bac
     assert!(output.status.success());
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(
-        table.contains(&node.id) && table.contains("alive"),
+        table.contains(&node.id)
+            && table.contains("alive")
+            && table.contains("studio/game/default"),
         "{table}"
     );
     let output = rally(config_dir.path(), &["node", "list", "--json"], &[]).await;
     let listed: rally_sdk::wire::NodeList = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(listed.nodes[0].url, app.url);
+    assert_eq!(
+        listed.nodes[0]
+            .stages
+            .iter()
+            .map(|stage| stage.path.as_str())
+            .collect::<Vec<_>>(),
+        ["studio/game/default"]
+    );
+    // One node has nowhere to move a stage to; on SQLite there is only ever one.
+    let output = rally(
+        config_dir.path(),
+        &[
+            "stage",
+            "move",
+            "default",
+            "--to",
+            "elsewhere",
+            "--tenant",
+            "studio",
+            "--project",
+            "game",
+        ],
+        &[],
+    )
+    .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = match backend {
+        Backend::Sqlite => "one_node",
+        Backend::Postgres => "node_not_alive",
+    };
+    assert!(stderr.contains(expected), "{stderr}");
 
     // A restart of the same data directory is the same node, alive again.
     let app = app.restart().await;
@@ -717,5 +751,165 @@ async fn a_dead_nodes_players_play_again_on_a_survivor() {
         .map(|(_, url)| urls_node(&urls, url))
         .collect();
     kill_runtimes_of(&admin, &stages, &deployments, &others).await;
+    app.stop().await;
+}
+
+/// Two seated players of `stage` who came in through `entry`: their sockets, each welcomed in
+/// a lobby, and the URL of the node they are on.
+async fn two_seated(entry: &str, stage: &str) -> ([Player; 2], Vec<Socket>, String) {
+    let players = [
+        player_through(entry, stage).await,
+        player_through(entry, stage).await,
+    ];
+    let mut sockets = Vec::new();
+    let mut node = String::new();
+    for player in &players {
+        let base = player.client.node_url.clone().unwrap_or(entry.to_owned());
+        let (mut socket, greeted, on) = socket_through(&base, entry, player).await;
+        in_lobby(&mut socket, &greeted).await;
+        next_game_message(&mut socket, "welcome").await;
+        sockets.push(socket);
+        node = on;
+    }
+    (players, sockets, node)
+}
+
+/// Reads `socket` until the platform closes it with `moved`: the URL it names.
+async fn moved_to(socket: &mut Socket) -> String {
+    loop {
+        match socket.receive().await {
+            Received::Closed(Some((CLOSE_MOVED, url))) => return url,
+            Received::Closed(other) => panic!("closed without moved: {other:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// An operator moves a stage to another node right after a match of it ended: its node stops
+/// its runtimes, hands the stage and its clients over, and the players, sent to the new node,
+/// are back in a lobby there with the match's result stored; `rally node list` shows where
+/// the stage is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_moved_by_an_operator_keeps_what_its_players_won() {
+    let app = app(Backend::Postgres, |config| {
+        config.node_heartbeat_secs = 1;
+        config.node_dead_after_secs = 3;
+    })
+    .await;
+    let directory = tempfile::tempdir().unwrap();
+    let (mut second, second_url) = second_node(&app, directory.path());
+    nodes_until(&app, |nodes| {
+        nodes.iter().filter(|node| node.status == "alive").count() == 2
+    })
+    .await;
+    let stages = ["default", "second"];
+    let (admin, deployments) = deploy_stages(&app, &stages).await;
+    one_lobby_per_stage_each_on_its_node(&admin, &stages, &deployments).await;
+    let urls = node_urls(&app).await;
+    let (players, mut sockets, from) = two_seated(&app.url, "second").await;
+    let to = if from == app.url {
+        second_url.clone()
+    } else {
+        app.url.clone()
+    };
+    let to_id = urls_node(&urls, &to);
+    {
+        let (first, rest) = sockets.split_at_mut(1);
+        let (x, o) = start_match(&mut first[0], &mut rest[0]).await;
+        play(x, o, &[0, 3, 1, 4, 2]).await;
+    }
+    let moved = admin
+        .move_stage("studio", "game", "second", &to_id)
+        .await
+        .unwrap();
+    assert_eq!(moved.to_node, to_id);
+    assert_eq!(moved.from_node, urls_node(&urls, &from));
+    let mut results = Vec::new();
+    for (player, socket) in players.iter().zip(&mut sockets) {
+        assert_eq!(moved_to(socket).await, to);
+        let (mut socket, greeted, on) = socket_through(&to, &app.url, player).await;
+        assert_eq!(on, to);
+        assert!(
+            matches!(greeted, PlayerEvent::Greeted { resumed: true, .. }),
+            "{greeted:?}"
+        );
+        in_lobby(&mut socket, &greeted).await;
+        let welcome = next_game_message(&mut socket, "welcome").await;
+        results.push((
+            welcome["wins"].as_i64().unwrap_or_default(),
+            welcome["losses"].as_i64().unwrap_or_default(),
+        ));
+        let stored = player
+            .api
+            .my_player("studio", "game", "second")
+            .await
+            .unwrap();
+        assert_eq!(stored.profile["wins"], welcome["wins"]);
+    }
+    results.sort();
+    assert_eq!(results, [(0, 1), (1, 0)], "(wins, losses) after the move");
+    let nodes = app.admin().await.list_nodes().await.unwrap();
+    let holder = nodes.iter().find(|node| node.id == to_id).unwrap();
+    assert!(
+        holder
+            .stages
+            .iter()
+            .any(|stage| stage.path == "studio/game/second"),
+        "{nodes:?}"
+    );
+    // A move to a node that is not alive is refused.
+    let refused = admin
+        .move_stage("studio", "game", "second", "no-such-node")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("node_not_alive"));
+    second.kill().unwrap();
+    second.wait().unwrap();
+    kill_runtimes_of(
+        &admin,
+        &stages,
+        &deployments,
+        &[urls_node(&urls, &second_url)],
+    )
+    .await;
+    app.stop().await;
+}
+
+/// One node runs two stages with players in their lobbies; a second node joins and, by
+/// balancing, gets one stage: that stage's players are sent there and seated again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_gets_its_share_of_the_stages() {
+    let app = app(Backend::Postgres, |config| {
+        config.node_heartbeat_secs = 1;
+        config.node_dead_after_secs = 3;
+    })
+    .await;
+    let stages = ["default", "second"];
+    let (admin, deployments) = deploy_stages(&app, &stages).await;
+    let mut seated = Vec::new();
+    for stage in stages {
+        let (players, sockets, on) = two_seated(&app.url, stage).await;
+        assert_eq!(on, app.url, "one node runs everything");
+        seated.push((players, sockets));
+    }
+    let directory = tempfile::tempdir().unwrap();
+    let (mut second, second_url) = second_node(&app, directory.path());
+    let placed = one_lobby_per_stage_each_on_its_node(&admin, &stages, &deployments).await;
+    let urls = node_urls(&app).await;
+    let second_id = urls_node(&urls, &second_url);
+    let at = placed
+        .iter()
+        .position(|lobby| lobby.node_id == second_id)
+        .unwrap();
+    let (players, sockets) = &mut seated[at];
+    for (player, socket) in players.iter().zip(sockets.iter_mut()) {
+        assert_eq!(moved_to(socket).await, second_url);
+        let (mut socket, greeted, on) = socket_through(&second_url, &app.url, player).await;
+        assert_eq!(on, second_url);
+        assert_eq!(in_lobby(&mut socket, &greeted).await, placed[at].id);
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    kill_runtimes_of(&admin, &stages, &deployments, &[second_id]).await;
     app.stop().await;
 }

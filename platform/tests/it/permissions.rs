@@ -138,6 +138,7 @@ fn matrix() -> Vec<(&'static str, String, Rule)> {
             Staff,
         ),
         ("PUT", format!("{S}/pool"), Staff),
+        ("PUT", format!("{S}/node"), Staff),
         (
             "DELETE",
             "/api/v1/pools/{pool}/servers/{server}".into(),
@@ -348,6 +349,9 @@ impl Fixture {
             }
             if template.ends_with("/pool") {
                 return json(serde_json::json!({"pool": "walk"}));
+            }
+            if template.ends_with("/node") {
+                return json(serde_json::json!({"node": "no-such-node"}));
             }
         }
         if method != "POST" {
