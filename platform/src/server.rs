@@ -88,7 +88,11 @@ impl Platform {
         )
         .await
         .context("cannot join the platform's nodes")?;
-        let dispatcher = Dispatcher::new(PlayerLimits::from_config(&config), database.clone());
+        let dispatcher = Dispatcher::new(
+            PlayerLimits::from_config(&config),
+            database.clone(),
+            runtimes.node_id.clone(),
+        );
         let restored = dispatcher
             .restore(&database, &runtimes.node_id)
             .await

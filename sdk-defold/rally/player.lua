@@ -27,6 +27,8 @@ local RECONNECT_CODES = { [1001] = true, [1005] = true, [1006] = true, [1009] = 
     [1011] = true, [1012] = true, [1013] = true, [4002] = true }
 -- Close codes that end the client: 1000 carries the reason, 4004 and 4008 mean it was deleted.
 local ENDED_CODES = { [1000] = true, [4004] = true, [4008] = true }
+-- Another node serves the client; the close reason is its base URL (docs/nodes.md).
+local MOVED_CODE = 4010
 
 local EVENT_TYPES = { greeted = true, runtime_assigned = true, message = true, error = true,
     matchmaking_failed = true, client_deleted = true }
@@ -445,6 +447,8 @@ function Client:create_client()
         end
         self.client_id = created.client_id
         self.deployment_id = created.deployment_id
+        -- Several nodes: the one serving the client, when it is not the one asked.
+        self.node = type(created.node_url) == "string" and created.node_url or nil
         self.poll_after = 0
         self:save_session()
         self:open_transport()
@@ -469,7 +473,7 @@ end
 function Client:open_socket()
     local generation = (self.generation or 0) + 1
     self.generation = generation
-    local url = util.socket_url(self.base, "/api/v1/clients/" .. util.escape(self.client_id) .. "/ws")
+    local url = util.socket_url(self:client_base(), "/api/v1/clients/" .. util.escape(self.client_id) .. "/ws")
     local ok, socket = util.protect(self.engine.websocket, url, {
         -- The token as a subprotocol: HTML5 builds cannot set headers.
         protocols = { "rally.player.v1", "rally.token." .. self:access_token() },
@@ -500,6 +504,20 @@ function Client:open_socket()
         return self:socket_refused(socket, nil)
     end
     self.transport = socket
+end
+
+-- Where the client's socket, polls and commands go: the node serving it, else the platform's
+-- URL from the config (which sends them on to that node).
+function Client:client_base()
+    return self.node or self.base
+end
+
+-- Another node serves the client (its stage moved, or the client was sent on): go there now.
+function Client:go_to_node(url)
+    self.node = url
+    self.dropped_at = self.dropped_at or self.engine.now()
+    self.state = "reconnecting"
+    self:reconnect_now()
 end
 
 -- One frame from the platform: a JSON event (text) or a binary message.
@@ -616,6 +634,10 @@ function Client:socket_closed(code, reason)
         local why = reason ~= "" and reason or (code == 4008 and "slow_reader" or "deleted")
         return self:ended(why)
     end
+    if code == MOVED_CODE and type(reason) == "string" and reason:match("^https?://") then
+        self:emit({ type = "disconnected", code = code, reason = reason, reconnecting = true })
+        return self:go_to_node(reason)
+    end
     if code == 4001 then
         -- A newer connection of this client took over: this one has nothing more to do.
         self.state = "closed"
@@ -646,6 +668,15 @@ function Client:refused(err)
         return
     end
     local status = err.status
+    if status == 421 and err.code == "wrong_node" and type(err.details) == "table"
+        and type(err.details.node_url) == "string" then
+        return self:go_to_node(err.details.node_url)
+    end
+    if not status then
+        -- The node did not answer (it may have died): start over from the configured URL,
+        -- which knows where the client is served now.
+        self.node = nil
+    end
     if self.resuming and (status == 404 or status == 410) then
         -- The saved client is gone (its grace period passed): start a new one.
         self.client_id = nil
@@ -724,7 +755,7 @@ function Client:poll()
     self.generation = generation
     local path = "/api/v1/clients/" .. util.escape(self.client_id) .. "/events?after=" .. self.poll_after
         .. "&wait_ms=" .. POLL_WAIT_MS
-    http.call(self.engine, "GET", self.base .. path, nil, self:access_token(), function(err, answer)
+    http.call(self.engine, "GET", self:client_base() .. path, nil, self:access_token(), function(err, answer)
         if self.generation ~= generation or self.state == "closed" or self.state == "ended" then
             return
         end
@@ -791,7 +822,13 @@ function Client:post_commands()
     end
     self.posting = true
     local path = "/api/v1/clients/" .. util.escape(self.client_id) .. "/commands"
-    self:post(path, { commands = batch }, self:access_token(), function(err)
+    http.call(self.engine, "POST", self:client_base() .. path, { commands = batch }, self:access_token(), function(err)
+        if err and err.code == "wrong_node" and type(err.details) == "table"
+            and type(err.details.node_url) == "string" then
+            -- The client moved: the batch goes to its node, in order, before anything after it.
+            self.node = err.details.node_url
+            err = util.error("moved", "sent on to " .. self.node, 503)
+        end
         self.posting = false
         if err and is_transient(err) and self.state ~= "ended" and self.state ~= "closed" then
             for index = #batch, 1, -1 do
@@ -907,7 +944,7 @@ function Client:request_matchmaking(mode, message, callback)
 end
 
 function Client:delete_client(client_id)
-    http.call(self.engine, "DELETE", self.base .. "/api/v1/clients/" .. util.escape(client_id), nil,
+    http.call(self.engine, "DELETE", self:client_base() .. "/api/v1/clients/" .. util.escape(client_id), nil,
         self:access_token(), function(err)
             if err and err.status ~= 410 and err.status ~= 404 then
                 self:fail(err)

@@ -88,10 +88,12 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// A journal with its writer task, which writes to `database`.
-    pub fn start(database: Database) -> Arc<Self> {
+    /// A journal with its writer task, which writes to `database` for node `node_id`: the
+    /// changes to a client apply only while its record is this node's (a client another node
+    /// took on, after a move or a database pause, is that node's to change).
+    pub fn start(database: Database, node_id: String) -> Arc<Self> {
         let journal = Arc::new(Self::new());
-        tokio::spawn(write_changes(database, journal.clone()));
+        tokio::spawn(write_changes(database, node_id, journal.clone()));
         journal
     }
 
@@ -181,7 +183,7 @@ impl Journal {
 }
 
 /// Writes changes as they come, until the journal is closed and nothing waits.
-async fn write_changes(database: Database, journal: Arc<Journal>) {
+async fn write_changes(database: Database, node_id: String, journal: Arc<Journal>) {
     loop {
         let batch = journal.take();
         if batch.is_empty() {
@@ -195,7 +197,7 @@ async fn write_changes(database: Database, journal: Arc<Journal>) {
             }
             continue;
         }
-        write_until_done(&database, &batch).await;
+        write_until_done(&database, &node_id, &batch).await;
         journal.committed();
     }
 }
@@ -205,11 +207,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MOST_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Writes `batch`, again and again with backoff until the database takes it.
-async fn write_until_done(database: &Database, batch: &[Change]) {
+async fn write_until_done(database: &Database, node_id: &str, batch: &[Change]) {
     let mut backoff = FIRST_BACKOFF;
     let mut failures = 0u32;
     loop {
-        match write_batch(database, batch).await {
+        match write_batch(database, node_id, batch).await {
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!(
@@ -230,7 +232,11 @@ async fn write_until_done(database: &Database, batch: &[Change]) {
     }
 }
 
-async fn write_batch(database: &Database, batch: &[Change]) -> Result<(), StorageError> {
+async fn write_batch(
+    database: &Database,
+    node_id: &str,
+    batch: &[Change],
+) -> Result<(), StorageError> {
     let now = now_millis();
     let mut transaction = database.writer().begin().await?;
     for change in batch {
@@ -243,23 +249,25 @@ async fn write_batch(database: &Database, batch: &[Change]) -> Result<(), Storag
             } => {
                 sqlx::query(
                     "UPDATE clients SET runtime_id = $2, group_name = $3, deployment_id = $4 \
-                     WHERE id = $1 AND status = 'active'",
+                     WHERE id = $1 AND status = 'active' AND node_id = $5",
                 )
                 .bind(client_id)
                 .bind(runtime_id)
                 .bind(group)
                 .bind(deployment_id)
+                .bind(node_id)
                 .execute(&mut *transaction)
                 .await?;
             }
             Change::Deleted { client_id, reason } => {
                 sqlx::query(
                     "UPDATE clients SET status = 'deleted', reason = $2, deleted_at = $3, \
-                     runtime_id = NULL WHERE id = $1 AND status = 'active'",
+                     runtime_id = NULL WHERE id = $1 AND status = 'active' AND node_id = $4",
                 )
                 .bind(client_id)
                 .bind(reason)
                 .bind(now)
+                .bind(node_id)
                 .execute(&mut *transaction)
                 .await?;
             }

@@ -244,11 +244,11 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// A dispatcher journalling to `database` (the writer task starts here).
-    pub fn new(limits: PlayerLimits, database: Database) -> Self {
+    /// A dispatcher of node `node_id` journalling to `database` (the writer task starts here).
+    pub fn new(limits: PlayerLimits, database: Database, node_id: String) -> Self {
         Self {
             state: Mutex::default(),
-            journal: Journal::start(database),
+            journal: Journal::start(database, node_id),
             limits,
             lobby_wanted: Notify::new(),
             match_wanted: Notify::new(),

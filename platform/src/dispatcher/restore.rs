@@ -53,7 +53,9 @@ impl Dispatcher {
         .bind(node_id)
         .fetch_all(database.reader())
         .await?;
-        Ok(self.take_on(database, node_id, rows, false).await? == 1)
+        self.take_on(database, node_id, rows, false).await?;
+        // (Present either way when a supervision pass took it on meanwhile.)
+        Ok(self.state().clients.contains_key(client_id))
     }
 
     /// Clients recorded for this node since `since` (milliseconds) that it does not have yet:

@@ -22,7 +22,10 @@ async fn dispatcher() -> (Dispatcher, tempfile::TempDir) {
     let directory = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/rally.db", directory.path().display());
     let database = Database::open(&url, 2).await.unwrap();
-    (Dispatcher::new(limits(), database), directory)
+    (
+        Dispatcher::new(limits(), database, "node-1".to_owned()),
+        directory,
+    )
 }
 
 fn lobby(max_clients: usize) -> RuntimeDescription {

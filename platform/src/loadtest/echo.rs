@@ -2,7 +2,7 @@
 //! send, then sends messages at its pace and times their echoes until told to stop. One task
 //! per player owns its socket.
 
-use super::session::{self, client_deleted, error_event, event_in, Game, Socket};
+use super::session::{self, client_deleted, error_event, event_in, Game, Moved, Rejoin, Socket};
 use super::stats::Stats;
 use anyhow::{bail, Context as _};
 use futures_util::{SinkExt, StreamExt};
@@ -51,13 +51,14 @@ pub(super) struct Plan {
 
 /// The whole life of one player; what happens to it is counted in `stats`.
 pub(super) async fn run_player(plan: Arc<Plan>, stats: Arc<Stats>, phase: watch::Receiver<Phase>) {
-    let socket = match session::set_up(&plan.game).await {
-        Ok(socket) => socket,
+    let (socket, rejoin) = match session::set_up_again(&plan.game).await {
+        Ok(seated) => seated,
         Err(error) => return stats.failed_to_join(&error),
     };
     stats.joined();
     let mut player = Player {
         socket,
+        rejoin,
         plan: &plan,
         stats: &stats,
         probes: Probes::new(plan.payload_bytes),
@@ -72,6 +73,8 @@ pub(super) async fn run_player(plan: Arc<Plan>, stats: Arc<Stats>, phase: watch:
 /// A connected player.
 struct Player<'a> {
     socket: Socket,
+    /// To get the client back when the socket is lost.
+    rejoin: Rejoin,
     plan: &'a Plan,
     stats: &'a Stats,
     probes: Probes,
@@ -93,8 +96,12 @@ impl Player<'_> {
                     if let Some(Ok(Message::Binary(bytes))) = &frame {
                         let echoed = String::from_utf8_lossy(bytes).into_owned();
                         self.on_echo(&echoed).await?;
-                    } else if let Some(event) = event_in(frame)? {
-                        self.on_event(event).await?;
+                    } else {
+                        match event_in(frame) {
+                            Ok(Some(event)) => self.on_event(event).await?,
+                            Ok(None) => {}
+                            Err(ended) => self.rejoin_after(ended).await?,
+                        }
                     }
                 }
                 () = tick(&mut self.send_clock) => self.send_probe().await?,
@@ -116,6 +123,20 @@ impl Player<'_> {
                 }
             }
         }
+    }
+
+    /// The socket ended (its node died, or it was sent to another node): the client again,
+    /// through the node the player came in by or the one named, counted as a reseat. Messages
+    /// waiting for an echo meanwhile are counted lost when their time is up.
+    async fn rejoin_after(&mut self, ended: anyhow::Error) -> anyhow::Result<()> {
+        let lost_at = Instant::now();
+        let moved_to = match ended.downcast::<Moved>() {
+            Ok(Moved(node_url)) => Some(node_url),
+            Err(_) => None,
+        };
+        self.socket = session::rejoin(&self.rejoin, moved_to).await?;
+        self.stats.reseated(lost_at.elapsed());
+        Ok(())
     }
 
     async fn on_event(&mut self, event: PlayerEvent) -> anyhow::Result<()> {

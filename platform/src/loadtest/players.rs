@@ -93,6 +93,10 @@ struct Report {
     latency_ms: Latency,
     /// How long setting up every player took.
     connect_secs: f64,
+    /// Players that lost their socket (their node died, or their stage moved) and were in a
+    /// lobby again, and how long that took from the loss, milliseconds (null when none did).
+    reseated: u64,
+    reseat_ms: Option<Latency>,
     /// The platform's memory growth from no players to all connected, per connected player.
     /// Meaningful on a freshly started platform: one that served more players before reuses
     /// the memory it already holds.
@@ -143,6 +147,7 @@ pub(super) async fn run(run: RunArgs, game: GameArgs, args: PlayersArgs) -> anyh
     phase.send_replace(Phase::Stopping);
     session::stop(players, &stats).await;
 
+    let reseats = stats.reseats();
     let elapsed_secs = measured.elapsed.as_secs_f64();
     let round_trips = measured.latency.len();
     let report = Report {
@@ -166,6 +171,8 @@ pub(super) async fn run(run: RunArgs, game: GameArgs, args: PlayersArgs) -> anyh
         round_trips_per_sec: per_sec(round_trips, elapsed_secs),
         latency_ms: Latency::of(&measured.latency),
         connect_secs: connect_time.as_secs_f64(),
+        reseated: reseats.len(),
+        reseat_ms: (!reseats.is_empty()).then(|| Latency::of(&reseats)),
         memory_per_player_kib,
         rss_before_mib: rss_before.map(mib),
         rss_connected_mib: rss_connected.map(mib),

@@ -9,6 +9,7 @@ use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use rally_sdk::player::{PlayerCommand, PlayerEvent, SUBPROTOCOL};
 use rally_sdk::RallyClient;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -47,9 +48,15 @@ pub(super) struct GameArgs {
     /// Project id or alias of the deployed game.
     #[arg(long, env = "RALLY_PROJECT")]
     project: Option<String>,
-    /// Stage id or alias of the deployed game.
-    #[arg(long, env = "RALLY_STAGE", default_value = "default")]
-    stage: String,
+    /// Stage id or alias of the deployed game; several, comma-separated, spread the players
+    /// over them in turn (e.g. stages run by different nodes).
+    #[arg(
+        long,
+        env = "RALLY_STAGE",
+        default_value = "default",
+        value_delimiter = ','
+    )]
+    stage: Vec<String>,
 }
 
 impl GameArgs {
@@ -76,7 +83,8 @@ impl GameArgs {
             client,
             tenant,
             project,
-            stage: self.stage.clone(),
+            stages: self.stage.clone(),
+            next_stage: AtomicUsize::new(0),
             set_up_slots: Semaphore::new(self.connect_concurrency),
         })
     }
@@ -109,21 +117,78 @@ pub(super) struct Game {
     pub client: RallyClient,
     pub tenant: String,
     pub project: String,
-    pub stage: String,
+    /// Players join these in turn.
+    pub stages: Vec<String>,
+    next_stage: AtomicUsize,
     /// Bounds how many players are being set up at once.
     pub set_up_slots: Semaphore,
 }
 
+/// What a player needs to get its client back after losing its socket: the platform URL it
+/// came in by (any node), the client's socket path and the player's token.
+pub(super) struct Rejoin {
+    entry: String,
+    socket_path: String,
+    access_token: String,
+}
+
 /// Waits for a set-up slot, then joins within [`SET_UP_TIMEOUT`].
 pub(super) async fn set_up(game: &Game) -> anyhow::Result<Socket> {
+    set_up_again(game).await.map(|(socket, _)| socket)
+}
+
+/// The same, with what it takes to rejoin.
+pub(super) async fn set_up_again(game: &Game) -> anyhow::Result<(Socket, Rejoin)> {
     let _slot = game.set_up_slots.acquire().await?;
     tokio::time::timeout(SET_UP_TIMEOUT, join(game))
         .await
         .map_err(|_| anyhow!("took longer than {} s", SET_UP_TIMEOUT.as_secs()))?
 }
 
+/// The player's client again, after its socket was lost (its node died) or closed with `moved`
+/// (its stage moved; `moved_to` is the node to go to): connected and in a lobby, within
+/// [`SET_UP_TIMEOUT`]. Until then, a node that cannot be reached or a stage being moved means
+/// starting over at the entry URL a moment later.
+pub(super) async fn rejoin(rejoin: &Rejoin, moved_to: Option<String>) -> anyhow::Result<Socket> {
+    let deadline = Instant::now() + SET_UP_TIMEOUT;
+    let mut base = moved_to.unwrap_or_else(|| rejoin.entry.clone());
+    let mut last_error = anyhow!("no attempt");
+    while Instant::now() < deadline {
+        match seat(&base, &rejoin.socket_path, &rejoin.access_token).await {
+            Ok(socket) => return Ok(socket),
+            Err(error) => match error.downcast::<Moved>() {
+                Ok(Moved(node_url)) => base = node_url,
+                Err(error) => {
+                    last_error = error;
+                    base = rejoin.entry.clone();
+                    tokio::time::sleep(REJOIN_PAUSE).await;
+                }
+            },
+        }
+    }
+    Err(last_error.context(format!(
+        "could not rejoin within {} s",
+        SET_UP_TIMEOUT.as_secs()
+    )))
+}
+
+/// Between attempts to rejoin.
+const REJOIN_PAUSE: Duration = Duration::from_millis(100);
+
+/// The client's socket at the node at `base`, greeted and in a lobby.
+async fn seat(base: &str, socket_path: &str, access_token: &str) -> anyhow::Result<Socket> {
+    let url = rally_sdk::player::websocket_url(base, socket_path)
+        .ok_or_else(|| anyhow!("not an http(s) URL: {base}"))?;
+    let mut socket = open_socket(&url, access_token)
+        .await
+        .with_context(|| format!("open {url}"))?;
+    wait_for_lobby(&mut socket).await?;
+    Ok(socket)
+}
+
 /// A new anonymous user's client, connected and assigned to a lobby.
-async fn join(game: &Game) -> anyhow::Result<Socket> {
+async fn join(game: &Game) -> anyhow::Result<(Socket, Rejoin)> {
+    let stage = &game.stages[game.next_stage.fetch_add(1, Ordering::Relaxed) % game.stages.len()];
     let user = game.client.create_user().await.context("sign-up")?;
     let tokens = game
         .client
@@ -133,26 +198,23 @@ async fn join(game: &Game) -> anyhow::Result<Socket> {
     let created = game
         .client
         .authenticated(&tokens.access_token)
-        .create_client(&game.tenant, &game.project, &game.stage)
+        .create_client(&game.tenant, &game.project, stage)
         .await
         .context("create client")?;
-    let mut base = created
-        .node_url
-        .clone()
-        .unwrap_or_else(|| game.client.base_url().to_owned());
+    let rejoin = Rejoin {
+        entry: game.client.base_url().to_owned(),
+        socket_path: created.socket_path.clone(),
+        access_token: tokens.access_token.clone(),
+    };
+    let mut base = created.node_url.clone().unwrap_or(rejoin.entry.clone());
     // Sent on at most twice (`moved`): the stage's node changed meanwhile.
     for _ in 0..3 {
-        let url = rally_sdk::player::websocket_url(&base, &created.socket_path)
-            .ok_or_else(|| anyhow!("not an http(s) URL: {base}"))?;
-        let mut socket = open_socket(&url, &tokens.access_token)
-            .await
-            .with_context(|| format!("open {url}"))?;
-        match wait_for_lobby(&mut socket).await {
+        match seat(&base, &rejoin.socket_path, &rejoin.access_token).await {
             Err(error) => match error.downcast::<Moved>() {
                 Ok(Moved(node_url)) => base = node_url,
                 Err(error) => return Err(error),
             },
-            Ok(()) => return Ok(socket),
+            Ok(socket) => return Ok((socket, rejoin)),
         }
     }
     bail!("sent from node to node; the stage keeps moving")
@@ -160,7 +222,7 @@ async fn join(game: &Game) -> anyhow::Result<Socket> {
 
 /// The socket was closed with `moved`: the client is served by the node at this URL.
 #[derive(Debug)]
-struct Moved(String);
+pub(super) struct Moved(pub String);
 
 impl std::fmt::Display for Moved {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -28,6 +28,10 @@ pub(super) struct Stats {
     /// Round-trip latencies of the current window, microseconds. One histogram for all players:
     /// one each would cost about 200 KiB per player.
     latency: Mutex<Histogram<u64>>,
+    /// For players that lost their socket (their node died, or their stage moved) and got
+    /// their client back: from the loss to being in a lobby again, microseconds; for the whole
+    /// run.
+    reseats: Mutex<Histogram<u64>>,
 }
 
 /// One window's figures, taken by [`Stats::take_window`].
@@ -49,7 +53,25 @@ impl Stats {
             sent: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             latency: Mutex::new(latency_histogram()),
+            reseats: Mutex::new(latency_histogram()),
         }
+    }
+
+    /// A player that lost its socket is in a lobby again, `after` the loss.
+    pub fn reseated(&self, after: Duration) {
+        let micros = u64::try_from(after.as_micros()).unwrap_or(u64::MAX);
+        self.reseats
+            .lock()
+            .expect("recording does not panic")
+            .saturating_record(micros);
+    }
+
+    /// The reseats of the whole run.
+    pub fn reseats(&self) -> Histogram<u64> {
+        self.reseats
+            .lock()
+            .expect("recording does not panic")
+            .clone()
     }
 
     /// A player is connected and in a lobby.

@@ -6,7 +6,9 @@
 use crate::cli::{login, rally};
 use crate::helpers::{spawn_app_with, Backend, TestApp};
 use crate::on_both_backends;
-use crate::players::{app, connect, deploy, player, socket_request, Player, Received, Socket};
+use crate::players::{
+    app, connect, deploy, player, player_on, socket_request, Player, Received, Socket,
+};
 use crate::tictactoe::{back_in_lobby, next_game_message, play, start_match, tictactoe_bundle};
 use rally_sdk::player::{PlayerEvent, CLOSE_MOVED};
 use rally_sdk::wire::RuntimeInfo;
@@ -386,6 +388,47 @@ async fn a_second_node_on_one_sqlite_file_is_refused() {
 
 on_both_backends!(this_node_is_listed_alive_with_its_url_and_what_runs_on_it);
 
+/// A node on PostgreSQL with the tests' timing (a 1 s heartbeat, dead after 3 s), and `more`
+/// nodes beside it (`second_node`), once all of them are alive: the app, the other nodes with
+/// their URLs, and their data directories.
+async fn cluster(more: usize) -> (TestApp, Vec<(Child, String)>, Vec<tempfile::TempDir>) {
+    let app = app(Backend::Postgres, |config| {
+        config.node_heartbeat_secs = 1;
+        config.node_dead_after_secs = 3;
+    })
+    .await;
+    let directories: Vec<_> = (0..more).map(|_| tempfile::tempdir().unwrap()).collect();
+    let others = directories
+        .iter()
+        .map(|directory| second_node(&app, directory.path()))
+        .collect();
+    nodes_until(&app, |nodes| {
+        nodes.iter().filter(|node| node.status == "alive").count() == more + 1
+    })
+    .await;
+    (app, others, directories)
+}
+
+/// Ends a cluster: the other nodes killed, the runtime processes they left behind too (a killed
+/// node's launcher leaves its runtimes running), then the app stopped.
+async fn stop_cluster(
+    app: TestApp,
+    others: Vec<(Child, String)>,
+    admin: &RallyClient,
+    stages: &[&str],
+    deployments: &[String],
+) {
+    let urls = node_urls(&app).await;
+    let mut gone = Vec::new();
+    for (mut child, url) in others {
+        child.kill().ok();
+        child.wait().ok();
+        gone.push(urls_node(&urls, &url));
+    }
+    kill_runtimes_of(admin, stages, deployments, &gone).await;
+    app.stop().await;
+}
+
 /// Deploys the tic-tac-toe example on `studio/game`'s stages `stages` (made when missing):
 /// their deployment ids, in order.
 async fn deploy_stages(app: &TestApp, stages: &[&str]) -> (RallyClient, Vec<String>) {
@@ -445,24 +488,6 @@ async fn node_urls(app: &TestApp) -> HashMap<String, String> {
     nodes.into_iter().map(|node| (node.id, node.url)).collect()
 }
 
-/// A new player with a client on `studio/game/<stage>`, both made through the node at `entry`.
-async fn player_through(entry: &str, stage: &str) -> Player {
-    let anonymous = RallyClient::new(entry).unwrap();
-    let user = anonymous.create_user().await.unwrap();
-    let tokens = anonymous
-        .sign_in_user(&user.user_id, &user.secret)
-        .await
-        .unwrap();
-    let api = anonymous.authenticated(&tokens.access_token);
-    let client = api.create_client("studio", "game", stage).await.unwrap();
-    Player {
-        api,
-        user_id: user.user_id,
-        token: tokens.access_token,
-        client,
-    }
-}
-
 /// `player`'s socket, opened at `base` and following `moved` closes, until greeted; while the
 /// node it is sent to cannot be reached or its stage is moving, it starts over at `entry`, for
 /// up to 30 s. Returns the socket, its greeting and the URL of the node it is on.
@@ -499,17 +524,8 @@ async fn socket_through(base: &str, entry: &str, player: &Player) -> (Socket, Pl
 /// of its stage on the right node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn players_are_sent_to_the_node_that_serves_their_stage() {
-    let app = app(Backend::Postgres, |config| {
-        config.node_heartbeat_secs = 1;
-        config.node_dead_after_secs = 3;
-    })
-    .await;
-    let directory = tempfile::tempdir().unwrap();
-    let (mut second, second_url) = second_node(&app, directory.path());
-    nodes_until(&app, |nodes| {
-        nodes.iter().filter(|node| node.status == "alive").count() == 2
-    })
-    .await;
+    let (app, others, _directories) = cluster(1).await;
+    let second_url = others[0].1.clone();
     let stages = ["default", "second"];
     let (admin, deployments) = deploy_stages(&app, &stages).await;
     let placed = one_lobby_per_stage_each_on_its_node(&admin, &stages, &deployments).await;
@@ -518,7 +534,7 @@ async fn players_are_sent_to_the_node_that_serves_their_stage() {
     for (stage, lobby) in stages.iter().zip(&placed) {
         let holder = &urls[&lobby.node_id];
         for entry in [&app.url, &second_url] {
-            let player = player_through(entry, stage).await;
+            let player = player_on(entry, stage).await;
             let elsewhere = entry != holder;
             assert_eq!(
                 player.client.node_url.as_ref(),
@@ -573,16 +589,7 @@ async fn players_are_sent_to_the_node_that_serves_their_stage() {
             }
         }
     }
-    second.kill().unwrap();
-    second.wait().unwrap();
-    kill_runtimes_of(
-        &admin,
-        &stages,
-        &deployments,
-        &[urls_node(&urls, &second_url)],
-    )
-    .await;
-    app.stop().await;
+    stop_cluster(app, others, &admin, &stages, &deployments).await;
 }
 
 /// The id of the node at `url`.
@@ -632,26 +639,14 @@ async fn in_lobby(socket: &mut Socket, greeted: &PlayerEvent) -> String {
         .runtime_id
 }
 
-/// Three nodes, three stages, one on each. Two players of the stage on a node that gets
-/// killed with SIGKILL mid-match, both having come in through another node: the survivors
-/// take the stage over, the players reconnect through the node they came in by and are back in
-/// a lobby with their stored results (the win of their first match), and play a match there.
+/// Three nodes, three stages, one on each; two players of each stage, all coming in through
+/// one node, are seated where their stage runs and play a match. The node of one stage is
+/// killed with SIGKILL mid-match: the survivors take the stage over, its players reconnect
+/// through the node they came in by and are back in a lobby with their stored results (the
+/// win of their first match), and play a match there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_players_play_again_on_a_survivor() {
-    let app = app(Backend::Postgres, |config| {
-        config.node_heartbeat_secs = 1;
-        config.node_dead_after_secs = 3;
-    })
-    .await;
-    let directories = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let mut children: Vec<(Child, String)> = directories
-        .iter()
-        .map(|directory| second_node(&app, directory.path()))
-        .collect();
-    nodes_until(&app, |nodes| {
-        nodes.iter().filter(|node| node.status == "alive").count() == 3
-    })
-    .await;
+    let (app, mut children, _directories) = cluster(2).await;
     let stages = ["default", "second", "third"];
     let (admin, deployments) = deploy_stages(&app, &stages).await;
     let placed = one_lobby_per_stage_each_on_its_node(&admin, &stages, &deployments).await;
@@ -666,19 +661,27 @@ async fn a_dead_nodes_players_play_again_on_a_survivor() {
     let stage = stages[at];
     let entry = app.url.clone();
 
-    let players = [
-        player_through(&entry, stage).await,
-        player_through(&entry, stage).await,
-    ];
-    let mut sockets = Vec::new();
-    for player in &players {
-        let base = player.client.node_url.clone().unwrap_or(entry.clone());
-        let (mut socket, greeted, on) = socket_through(&base, &entry, player).await;
-        assert_eq!(on, victim_url);
-        in_lobby(&mut socket, &greeted).await;
-        next_game_message(&mut socket, "welcome").await;
-        sockets.push(socket);
+    // Every stage's players, all coming in through the first node, are seated on the node
+    // running their stage and play a match there.
+    let mut bystanders = Vec::new();
+    for (other, lobby) in stages
+        .iter()
+        .zip(&placed)
+        .filter(|(other, _)| **other != stage)
+    {
+        let (players, mut sockets, on) = two_seated(&entry, other).await;
+        assert_eq!(on, urls[&lobby.node_id], "{other}");
+        let (first, rest) = sockets.split_at_mut(1);
+        let (x, o) = start_match(&mut first[0], &mut rest[0]).await;
+        play(x, o, &[0, 3, 1, 4, 2]).await;
+        for socket in [x, o] {
+            back_in_lobby(socket).await;
+        }
+        bystanders.push((players, sockets));
     }
+
+    let (players, mut sockets, on) = two_seated(&entry, stage).await;
+    assert_eq!(on, victim_url);
     let (mut first, mut second) = {
         let second = sockets.pop().unwrap();
         (sockets.pop().unwrap(), second)
@@ -741,26 +744,14 @@ async fn a_dead_nodes_players_play_again_on_a_survivor() {
     for socket in [x, o] {
         back_in_lobby(socket).await;
     }
-    for (child, _) in &mut children {
-        child.kill().ok();
-        child.wait().ok();
-    }
     kill_runtimes_of(&admin, &stages, &deployments, &[victim_id]).await;
-    let others: Vec<String> = children
-        .iter()
-        .map(|(_, url)| urls_node(&urls, url))
-        .collect();
-    kill_runtimes_of(&admin, &stages, &deployments, &others).await;
-    app.stop().await;
+    stop_cluster(app, children, &admin, &stages, &deployments).await;
 }
 
 /// Two seated players of `stage` who came in through `entry`: their sockets, each welcomed in
 /// a lobby, and the URL of the node they are on.
 async fn two_seated(entry: &str, stage: &str) -> ([Player; 2], Vec<Socket>, String) {
-    let players = [
-        player_through(entry, stage).await,
-        player_through(entry, stage).await,
-    ];
+    let players = [player_on(entry, stage).await, player_on(entry, stage).await];
     let mut sockets = Vec::new();
     let mut node = String::new();
     for player in &players {
@@ -791,17 +782,8 @@ async fn moved_to(socket: &mut Socket) -> String {
 /// the stage is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_moved_by_an_operator_keeps_what_its_players_won() {
-    let app = app(Backend::Postgres, |config| {
-        config.node_heartbeat_secs = 1;
-        config.node_dead_after_secs = 3;
-    })
-    .await;
-    let directory = tempfile::tempdir().unwrap();
-    let (mut second, second_url) = second_node(&app, directory.path());
-    nodes_until(&app, |nodes| {
-        nodes.iter().filter(|node| node.status == "alive").count() == 2
-    })
-    .await;
+    let (app, others, _directories) = cluster(1).await;
+    let second_url = others[0].1.clone();
     let stages = ["default", "second"];
     let (admin, deployments) = deploy_stages(&app, &stages).await;
     one_lobby_per_stage_each_on_its_node(&admin, &stages, &deployments).await;
@@ -863,27 +845,14 @@ async fn a_stage_moved_by_an_operator_keeps_what_its_players_won() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Some("node_not_alive"));
-    second.kill().unwrap();
-    second.wait().unwrap();
-    kill_runtimes_of(
-        &admin,
-        &stages,
-        &deployments,
-        &[urls_node(&urls, &second_url)],
-    )
-    .await;
-    app.stop().await;
+    stop_cluster(app, others, &admin, &stages, &deployments).await;
 }
 
 /// One node runs two stages with players in their lobbies; a second node joins and, by
 /// balancing, gets one stage: that stage's players are sent there and seated again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_gets_its_share_of_the_stages() {
-    let app = app(Backend::Postgres, |config| {
-        config.node_heartbeat_secs = 1;
-        config.node_dead_after_secs = 3;
-    })
-    .await;
+    let (app, _, _) = cluster(0).await;
     let stages = ["default", "second"];
     let (admin, deployments) = deploy_stages(&app, &stages).await;
     let mut seated = Vec::new();
@@ -893,10 +862,9 @@ async fn a_joining_node_gets_its_share_of_the_stages() {
         seated.push((players, sockets));
     }
     let directory = tempfile::tempdir().unwrap();
-    let (mut second, second_url) = second_node(&app, directory.path());
+    let (second, second_url) = second_node(&app, directory.path());
     let placed = one_lobby_per_stage_each_on_its_node(&admin, &stages, &deployments).await;
-    let urls = node_urls(&app).await;
-    let second_id = urls_node(&urls, &second_url);
+    let second_id = urls_node(&node_urls(&app).await, &second_url);
     let at = placed
         .iter()
         .position(|lobby| lobby.node_id == second_id)
@@ -908,8 +876,12 @@ async fn a_joining_node_gets_its_share_of_the_stages() {
         assert_eq!(on, second_url);
         assert_eq!(in_lobby(&mut socket, &greeted).await, placed[at].id);
     }
-    second.kill().unwrap();
-    second.wait().unwrap();
-    kill_runtimes_of(&admin, &stages, &deployments, &[second_id]).await;
-    app.stop().await;
+    stop_cluster(
+        app,
+        vec![(second, second_url)],
+        &admin,
+        &stages,
+        &deployments,
+    )
+    .await;
 }

@@ -159,17 +159,20 @@ pub(crate) struct Player {
 }
 
 pub(crate) async fn player(app: &TestApp) -> Player {
-    let anonymous = app.client();
+    player_on(&app.url, "default").await
+}
+
+/// A new player with a client on `studio/game/<stage>`, both made through the platform (node)
+/// at `url`.
+pub(crate) async fn player_on(url: &str, stage: &str) -> Player {
+    let anonymous = RallyClient::new(url).unwrap();
     let user = anonymous.create_user().await.unwrap();
     let tokens = anonymous
         .sign_in_user(&user.user_id, &user.secret)
         .await
         .unwrap();
     let api = anonymous.authenticated(&tokens.access_token);
-    let client = api
-        .create_client("studio", "game", "default")
-        .await
-        .unwrap();
+    let client = api.create_client("studio", "game", stage).await.unwrap();
     Player {
         api,
         user_id: user.user_id,

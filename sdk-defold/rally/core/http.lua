@@ -27,7 +27,11 @@ function http.refusal(engine, status, body)
     end
     local decoded = http.decode(engine, body)
     if type(decoded) == "table" and type(decoded.error) == "table" and type(decoded.error.code) == "string" then
-        return util.error(decoded.error.code, tostring(decoded.error.message or decoded.error.code), status)
+        local err = util.error(decoded.error.code, tostring(decoded.error.message or decoded.error.code), status)
+        if type(decoded.error.details) == "table" then
+            err.details = decoded.error.details
+        end
+        return err
     end
     return util.error("http_" .. tostring(status), "the platform answered HTTP " .. tostring(status), status)
 end

@@ -393,6 +393,35 @@ describe("reconnecting", function()
         assert.is_true(of_type(events, "greeted")[2].resumed)
     end)
 
+    it("follows the client to the node that serves it, and back through the configured URL", function()
+        local client, engine, events = new_client()
+        signed_in(client, engine)
+        client:connect()
+        engine.request("/stages/default/clients"):answer(201, { client_id = "client-1", user_id = "user-1",
+            player_id = "p1", deployment_id = "d1", version = 1, socket_path = "/api/v1/clients/client-1/ws",
+            node_url = "http://127.0.0.1:7351" })
+        local socket = engine.socket()
+        assert.are.equal("ws://127.0.0.1:7351/api/v1/clients/client-1/ws", socket.url)
+        socket:open()
+        socket:receive(GREETED, "text")
+        -- The stage moves: the platform names the next node in the close reason.
+        socket:drop(4010, "http://127.0.0.1:7352")
+        local moved = engine.socket()
+        assert.are_not.equal(socket, moved)
+        assert.are.equal("ws://127.0.0.1:7352/api/v1/clients/client-1/ws", moved.url)
+        assert.is_true(of_type(events, "disconnected")[1].reconnecting)
+        moved:open()
+        moved:receive(GREETED, "text")
+        assert.is_true(client:is_connected())
+        -- That node dies: the attempt there finds nobody, the next one goes through the
+        -- configured URL, which knows where the client is now.
+        moved:drop(1006, "")
+        engine.advance(0.2)
+        engine.socket():refuse(nil)
+        engine.advance(5)
+        assert.are.equal("ws://127.0.0.1:7350/api/v1/clients/client-1/ws", engine.socket().url)
+    end)
+
     it("backs off, and gives up after the grace period with client_deleted", function()
         local client, engine, events, socket = connected()
         socket:drop(1012, "platform_restarting")
@@ -601,6 +630,19 @@ describe("the long-poll fallback", function()
         engine.request("/events?after=1"):answer(200, { open = true, events = { { seq = 2, type = "message", text = "x" } } })
         assert.is_true(client:is_connected())
         assert.are.same({ commands = { { type = "message", text = "later" } } }, engine.request("/commands").body)
+    end)
+
+    it("polls and posts commands at the node named by wrong_node", function()
+        local client, engine, events = polling()
+        engine.request("GET " .. BASE .. "/api/v1/clients/client-1/events?after=0"):answer(421,
+            { error = { code = "wrong_node", message = "served elsewhere", details = { node_url = "http://127.0.0.1:7351" } } })
+        engine.request("GET http://127.0.0.1:7351/api/v1/clients/client-1/events?after=0"):answer(200,
+            { open = true, events = { { seq = 1, type = "greeted", limits = {} } } })
+        assert.is_true(client:is_connected())
+        client:send_text("here")
+        assert.are.same({ commands = { { type = "message", text = "here" } } },
+            engine.request("POST http://127.0.0.1:7351/api/v1/clients/client-1/commands").body)
+        assert.are.equal(0, #of_type(events, "error"))
     end)
 
     it("sends commands one POST at a time, in order, and again after a failure", function()
