@@ -41,11 +41,17 @@ impl Dispatcher {
         if self.state().clients.contains_key(client_id) {
             return Ok(true);
         }
-        sqlx::query("UPDATE clients SET node_id = $1 WHERE id = $2 AND status = 'active'")
-            .bind(node_id)
-            .bind(client_id)
-            .execute(database.writer())
-            .await?;
+        // Taken from another node: greeted as resumed.
+        sqlx::query(
+            "UPDATE clients SET node_id = $1, \
+               moved_at = CASE WHEN node_id = $1 THEN moved_at ELSE $3 END \
+             WHERE id = $2 AND status = 'active'",
+        )
+        .bind(node_id)
+        .bind(client_id)
+        .bind(crate::storage::now_millis())
+        .execute(database.writer())
+        .await?;
         let rows = sqlx::query(&format!(
             "{CLIENTS} WHERE c.id = $1 AND c.node_id = $2 AND c.status = 'active'"
         ))

@@ -24,7 +24,7 @@ const RALLY: &str = env!("CARGO_BIN_EXE_rally");
 /// A second node: `rally server` on `app`'s database with a data directory of its own and a
 /// 1 s heartbeat. Its output is drained (stdout) or kept in a file (stderr) so that it never
 /// blocks on a full pipe. Returns the child and its URL.
-fn second_node(app: &TestApp, directory: &std::path::Path) -> (Child, String) {
+fn second_node(app: &TestApp, directory: &std::path::Path) -> (NodeProcess, String) {
     let log = std::fs::File::create(directory.join("stderr.log")).unwrap();
     let mut child = Command::new(RALLY)
         .arg("server")
@@ -49,7 +49,30 @@ fn second_node(app: &TestApp, directory: &std::path::Path) -> (Child, String) {
         panic!("the second node did not start: {first:?}\n{stderr}");
     };
     std::thread::spawn(move || for _ in lines {});
-    (child, url.to_owned())
+    (NodeProcess(child), url.to_owned())
+}
+
+/// A second node's process, killed when dropped: a test that fails leaves no node behind.
+struct NodeProcess(Child);
+
+impl std::ops::Deref for NodeProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for NodeProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The nodes as the admin sees them, once `ready` holds for them (or after 15 s).
@@ -391,7 +414,7 @@ on_both_backends!(this_node_is_listed_alive_with_its_url_and_what_runs_on_it);
 /// A node on PostgreSQL with the tests' timing (a 1 s heartbeat, dead after 3 s), and `more`
 /// nodes beside it (`second_node`), once all of them are alive: the app, the other nodes with
 /// their URLs, and their data directories.
-async fn cluster(more: usize) -> (TestApp, Vec<(Child, String)>, Vec<tempfile::TempDir>) {
+async fn cluster(more: usize) -> (TestApp, Vec<(NodeProcess, String)>, Vec<tempfile::TempDir>) {
     let app = app(Backend::Postgres, |config| {
         config.node_heartbeat_secs = 1;
         config.node_dead_after_secs = 3;
@@ -413,7 +436,7 @@ async fn cluster(more: usize) -> (TestApp, Vec<(Child, String)>, Vec<tempfile::T
 /// node's launcher leaves its runtimes running), then the app stopped.
 async fn stop_cluster(
     app: TestApp,
-    others: Vec<(Child, String)>,
+    others: Vec<(NodeProcess, String)>,
     admin: &RallyClient,
     stages: &[&str],
     deployments: &[String],
@@ -884,4 +907,54 @@ async fn a_joining_node_gets_its_share_of_the_stages() {
         &deployments,
     )
     .await;
+}
+
+/// A node stopped with SIGTERM hands its stage over without waiting to count as dead: it gives
+/// its lease back and closes its players' sockets (1012); the other node takes the stage and
+/// its clients at its next pass, and the players, reconnecting through it, are resumed in a
+/// lobby there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_nodes_players_are_seated_on_the_other_node_at_once() {
+    let (app, mut others, _directories) = cluster(1).await;
+    let stages = ["default", "second"];
+    let (admin, deployments) = deploy_stages(&app, &stages).await;
+    let placed = one_lobby_per_stage_each_on_its_node(&admin, &stages, &deployments).await;
+    let second_id = urls_node(&node_urls(&app).await, &others[0].1);
+    let at = placed
+        .iter()
+        .position(|lobby| lobby.node_id == second_id)
+        .unwrap();
+    let (players, mut sockets, on) = two_seated(&app.url, stages[at]).await;
+    assert_eq!(on, others[0].1);
+    let (mut stopped, stopped_url) = others.remove(0);
+    let term = Command::new("kill")
+        .args(["-TERM", &stopped.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let asked = Instant::now();
+    for socket in &mut sockets {
+        assert_eq!(
+            socket.closed().await.map(|(code, _)| code),
+            Some(1012),
+            "platform_restarting"
+        );
+    }
+    for player in &players {
+        let (mut socket, greeted, on) = socket_through(&stopped_url, &app.url, player).await;
+        assert_eq!(on, app.url);
+        assert!(
+            matches!(greeted, PlayerEvent::Greeted { resumed: true, .. }),
+            "{greeted:?}"
+        );
+        in_lobby(&mut socket, &greeted).await;
+    }
+    // Well before the 3 s a silent node takes to count as dead.
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(crate::server::wait_with_timeout(&mut stopped, Duration::from_secs(20)).success());
+    stop_cluster(app, others, &admin, &stages, &deployments).await;
 }
