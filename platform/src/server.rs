@@ -216,6 +216,9 @@ pub async fn serve(
     ));
     tokio::spawn(clean_expired_tokens(state.clone(), shutdown.clone()));
     let supervisor = tokio::spawn(runtimes::supervise(state.clone(), shutdown.clone()));
+    if let Err(error) = crate::builds::requeue_interrupted(&state).await {
+        tracing::warn!(%error, "cannot requeue interrupted builds");
+    }
     let builder = tokio::spawn(crate::builds::run(state.clone(), shutdown.clone()));
     // Small request/response exchanges must not wait for Nagle's algorithm.
     let listener = listener.tap_io(|stream| {

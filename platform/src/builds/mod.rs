@@ -27,7 +27,7 @@ use sqlx::Row;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use worker::run;
+pub use worker::{requeue_interrupted, run};
 
 /// A build interrupted this many times fails rather than starting again.
 pub const MAX_ATTEMPTS: i64 = 3;

@@ -73,9 +73,6 @@ struct Job {
 
 /// Claims and runs builds until `shutdown`; builds under way are then put back in the queue.
 pub async fn run(state: AppState, shutdown: CancellationToken) {
-    if let Err(error) = requeue_interrupted(&state).await {
-        tracing::warn!(%error, "cannot requeue interrupted builds");
-    }
     let at_once = state.config.builds_at_once.max(1) as usize;
     let permits = Arc::new(Semaphore::new(at_once));
     let programs = ProgramLayers::default();
@@ -114,8 +111,9 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
 }
 
 /// Builds this node was running when it stopped without putting them back (a crash) go back
-/// to the queue, or fail after [`MAX_ATTEMPTS`].
-async fn requeue_interrupted(state: &AppState) -> Result<(), StorageError> {
+/// to the queue, or fail after [`MAX_ATTEMPTS`]. Done before the node serves, so that nobody
+/// sees such a build as still running.
+pub async fn requeue_interrupted(state: &AppState) -> Result<(), StorageError> {
     let node = &state.runtimes.node_id;
     let rows = sqlx::query(
         "SELECT id, attempts FROM builds WHERE node_id = $1 AND status IN ('building', 'pushing')",
