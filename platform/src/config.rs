@@ -426,23 +426,36 @@ impl Config {
 }
 
 /// Figment's messages name the key but not the environment variable; say both.
+/// Every problem figment found, each naming where the value came from: the file (`in FILE:`)
+/// or the variable (`in RALLY_KEY:`).
 fn describe_figment_error(error: figment::Error) -> ConfigError {
-    let messages: Vec<String> = error
-        .into_iter()
-        .map(|error| {
-            let key = error.path.join(".");
-            if key.is_empty() {
-                error.to_string()
-            } else {
-                format!(
-                    "`{key}` (env {ENV_PREFIX}{}): {}",
-                    key.to_ascii_uppercase(),
-                    error.kind
-                )
-            }
-        })
-        .collect();
+    let messages: Vec<String> = error.into_iter().map(describe_one).collect();
     ConfigError::Parse(messages.join("; "))
+}
+
+fn describe_one(error: figment::Error) -> String {
+    let key = error.path.join(".");
+    let what = match &error.kind {
+        // (The path ends with the unknown key.)
+        figment::error::Kind::UnknownField(field, _) => {
+            let key = if key.is_empty() { field } else { &key };
+            format!("unknown key `{key}` (README, \"Configuration\", lists the settings)")
+        }
+        kind if key.is_empty() => kind.to_string(),
+        kind => format!("`{key}`: {kind}"),
+    };
+    let metadata = error.metadata.as_ref();
+    let file = metadata
+        .and_then(|metadata| metadata.source.as_ref())
+        .and_then(|source| source.file_path());
+    let from_environment = metadata.is_some_and(|metadata| metadata.name.contains("environment"));
+    match file {
+        Some(file) => format!("in {}: {what}", file.display()),
+        None if from_environment && !key.is_empty() => {
+            format!("in {ENV_PREFIX}{}: {what}", key.to_ascii_uppercase())
+        }
+        None => what,
+    }
 }
 
 #[cfg(test)]
@@ -544,7 +557,21 @@ mod tests {
             let error = Config::load(Some(Path::new("rally.toml")))
                 .unwrap_err()
                 .to_string();
-            assert!(error.contains("lisen"), "{error}");
+            assert!(error.contains("rally.toml: unknown key `lisen`"), "{error}");
+            assert!(!error.contains("RALLY_"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_value_in_the_file_names_the_file_and_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("rally.toml", "listen = \"not-an-address\"\n")?;
+            let error = Config::load(Some(Path::new("rally.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("rally.toml: `listen`:"), "{error}");
+            assert!(!error.contains("RALLY_LISTEN"), "{error}");
             Ok(())
         });
     }
