@@ -161,6 +161,16 @@ async fn create_deployment(
     )
     .await?;
     transaction.commit().await?;
+    // New matches form on it from now on, not from the supervisor's next pass. (With several
+    // nodes, the node running the stage learns it at its next pass.)
+    state
+        .dispatcher
+        .deployed(crate::dispatcher::DeploymentFacts {
+            id: id.clone(),
+            stage_id: scope.stage.id.clone(),
+            active: true,
+            modes: manifest.modes.clone(),
+        });
     // A version bound for a Docker pool without its image yet gets it built.
     let built_here = manifest.runtime.image == rally_sdk::manifest::ImageSource::Build;
     if built_here

@@ -274,6 +274,19 @@ impl Dispatcher {
         }
     }
 
+    /// A deployment just made active on its stage, before the supervisor's next pass: new
+    /// matches of the stage's players form on it at once.
+    pub fn deployed(&self, fact: DeploymentFacts) {
+        let mut state = self.state();
+        let id: Arc<str> = Arc::from(fact.id.as_str());
+        let stage: Arc<str> = Arc::from(fact.stage_id.as_str());
+        state.current.insert(stage.clone(), id.clone());
+        state.deployments.insert(id, (stage, Arc::new(fact.modes)));
+        drop(state);
+        // Its lobbies and match runtimes start at once too.
+        self.lobby_wanted.notify_one();
+    }
+
     /// `stop_match`: the match is over; its clients go back to a lobby and the runtime is
     /// stopped by the supervisor.
     pub(super) fn stop_match(&self, state: &mut State, runtime_id: &Arc<str>, reason: &str) {

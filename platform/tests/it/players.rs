@@ -1223,6 +1223,29 @@ fn lab_bundle_with_a_broken_match() -> Vec<u8> {
     lab_bundle_with_match("broken.lua", Some("error(\"this match cannot start\")"))
 }
 
+/// A deploy takes effect for matchmaking when it answers: two players in a lobby of version 1
+/// who ask for a match right after version 2 is deployed are matched on version 2, not on
+/// version 1 until the supervisor's next pass.
+async fn a_deploy_takes_effect_for_matchmaking_at_once(backend: Backend) {
+    let app = app(backend, |_| {}).await;
+    deploy(&app, lab_bundle(), serde_json::json!({"min_lobbies": 1})).await;
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let mut socket = connect(&app, &player(&app).await).await;
+        socket.greeted_and_assigned().await;
+        sockets.push(socket);
+    }
+    deploy(&app, lab_bundle(), serde_json::json!({"min_lobbies": 1})).await;
+    for socket in &mut sockets {
+        socket.say("match:duo").await;
+    }
+    for socket in &mut sockets {
+        let assignment = socket.assigned_to(RuntimeKind::Match).await;
+        assert_eq!(assignment.version, 2, "{assignment:?}");
+    }
+    app.stop().await;
+}
+
 async fn matches_outlive_a_new_deployment_and_broken_ones_strand_nobody(backend: Backend) {
     let app = app(backend, |config| config.matchmaking_timeout_secs = 3).await;
     let (admin, first) = deploy(&app, lab_bundle(), serde_json::json!({"min_lobbies": 1})).await;
@@ -1422,6 +1445,7 @@ on_both_backends!(
     idle_lobbies_above_the_minimum_close,
     matchmaking_moves_players_into_a_match_and_back,
     matches_outlive_a_new_deployment_and_broken_ones_strand_nobody,
+    a_deploy_takes_effect_for_matchmaking_at_once,
     a_burst_of_matches_starts_in_turn_and_strands_nobody,
     profiles_survive_a_database_that_refuses_writes,
 );
