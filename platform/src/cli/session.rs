@@ -11,7 +11,7 @@ use clap::Args;
 use rally_sdk::wire::{Role, TokenPair};
 use rally_sdk::RallyClient;
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
@@ -166,6 +166,24 @@ pub async fn connect(target: &TargetArgs) -> Result<RallyClient, CliError> {
     Ok(client.authenticated(&credentials.access_token))
 }
 
+/// Reads a password from the terminal without echoing it.
+fn ask_password(prompt: &str) -> Result<String, CliError> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let stdin = std::io::stdin();
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    let before = tcgetattr(&stdin).context("cannot read the terminal's settings")?;
+    let mut silent = before.clone();
+    silent.local_flags.remove(LocalFlags::ECHO);
+    tcsetattr(&stdin, SetArg::TCSANOW, &silent).context("cannot turn the terminal's echo off")?;
+    let mut password = String::new();
+    let read = stdin.read_line(&mut password);
+    let _ = tcsetattr(&stdin, SetArg::TCSANOW, &before);
+    eprintln!();
+    read.context("cannot read the password")?;
+    Ok(password.trim_end_matches(['\r', '\n']).to_owned())
+}
+
 pub async fn login(args: LoginArgs) -> Result<(), CliError> {
     let password = match (args.password, args.password_stdin) {
         (Some(password), _) => password,
@@ -176,10 +194,16 @@ pub async fn login(args: LoginArgs) -> Result<(), CliError> {
                 .context("cannot read the password from standard input")?;
             password.trim_end_matches(['\r', '\n']).to_owned()
         }
+        (None, false) if std::io::stdin().is_terminal() => {
+            ask_password(&format!("password for {} at {}: ", args.username, args.url))?
+        }
         (None, false) => {
-            return Err(CliError::Other(anyhow::anyhow!(
-                "no password given: use --password, RALLY_PASSWORD or --password-stdin"
-            )))
+            return Err(CliError::Usage(
+                "no password given, and no terminal to ask for one: pipe it in with \
+                 --password-stdin (e.g. `rally login --username admin --password-stdin < file`), \
+                 or set RALLY_PASSWORD"
+                    .to_owned(),
+            ))
         }
     };
     let client = RallyClient::new(&args.url)?;

@@ -129,6 +129,51 @@ async fn admin_logs_in_and_creates_a_developer() {
     assert!(stderr(&output).contains("rally login"));
 }
 
+/// Without a password and without a terminal to ask on (a script, CI), `rally login` stops at
+/// once with exit code 2 and says how to pass it; `--password-stdin` then works.
+#[tokio::test]
+async fn login_without_a_password_or_a_terminal_says_how() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let config_dir = tempfile::tempdir().unwrap();
+    let output = rally(
+        config_dir.path(),
+        &["login", "--url", &app.url, "--username", "admin"],
+        &[],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--password-stdin"), "{}", stderr(&output));
+    assert!(!config_dir.path().join("credentials.json").exists());
+
+    let mut command = tokio::process::Command::new(RALLY);
+    command
+        .args([
+            "login",
+            "--url",
+            &app.url,
+            "--username",
+            "admin",
+            "--password-stdin",
+        ])
+        .env("RALLY_CONFIG_DIR", config_dir.path())
+        .env_remove("RALLY_PASSWORD")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("{ADMIN_PASSWORD}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    let output = child.wait_with_output().await.unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(config_dir.path().join("credentials.json").exists());
+}
+
 #[tokio::test]
 async fn a_token_from_the_environment_needs_no_stored_login() {
     let app = spawn_app(Backend::Sqlite).await;
