@@ -120,6 +120,10 @@ pub struct RefreshRequest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Me {
     pub subject: String,
+    /// The account's username, for people (admin, support, developers); absent for players
+    /// and runtimes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
     pub role: Role,
     /// Unix seconds.
     pub expires_at: u64,

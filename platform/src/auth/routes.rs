@@ -6,7 +6,7 @@ use crate::error::{ApiError, Json};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
-use rally_sdk::wire::{ErrorBody, LoginRequest, Me, RefreshRequest, TokenPair};
+use rally_sdk::wire::{ErrorBody, LoginRequest, Me, RefreshRequest, Role, TokenPair};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -71,10 +71,23 @@ async fn logout(
 /// Who the presented access token belongs to.
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = Me), (status = "4XX", body = ErrorBody)))]
-async fn me(caller: Caller<AnyRole>) -> Json<Me> {
-    Json(Me {
+async fn me(
+    caller: Caller<AnyRole>,
+    State(state): State<AppState>,
+) -> Result<Json<Me>, ApiError> {
+    let username = match caller.role {
+        Role::Admin | Role::Support | Role::Developer => {
+            sqlx::query_scalar("SELECT username FROM accounts WHERE id = $1")
+                .bind(&caller.subject)
+                .fetch_optional(state.database.reader())
+                .await?
+        }
+        Role::Player | Role::Runtime => None,
+    };
+    Ok(Json(Me {
         subject: caller.subject,
+        username,
         role: caller.role,
         expires_at: caller.expires_at,
-    })
+    }))
 }

@@ -270,7 +270,15 @@ pub async fn whoami(args: TargetArgs) -> Result<(), CliError> {
             serde_json::to_string(&me).map_err(anyhow::Error::from)?
         );
     } else {
-        println!("{} ({}) on {}", me.subject, me.role, client.base_url());
+        match &me.username {
+            Some(username) => println!(
+                "{username} ({}, account {}) on {}",
+                me.role,
+                me.subject,
+                client.base_url()
+            ),
+            None => println!("{} ({}) on {}", me.subject, me.role, client.base_url()),
+        }
     }
     Ok(())
 }

@@ -82,6 +82,13 @@ async fn admin_logs_in_and_creates_a_developer() {
     assert!(output.status.success(), "{}", stderr(&output));
     let me: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(me["role"], "admin");
+    assert_eq!(me["username"], "admin");
+    let output = rally(config_dir.path(), &["whoami"], &[]).await;
+    assert!(
+        stdout(&output).starts_with("admin (admin, account "),
+        "{}",
+        stdout(&output)
+    );
 
     let output = rally(
         config_dir.path(),
