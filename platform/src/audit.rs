@@ -68,23 +68,42 @@ pub struct Page {
     before: Option<String>,
 }
 
-const COLUMNS: &str =
-    "id, at, actor_id, actor_role, action, target_kind, target_id, tenant_id, project_id, details";
+/// An entry, with the actor's username and the target's alias (or name) while they exist.
+const COLUMNS: &str = "id, at, actor_id, actor_role, action, target_kind, target_id, tenant_id, \
+     project_id, details, \
+     (SELECT username FROM accounts WHERE accounts.id = audit_log.actor_id) AS actor_username, \
+     CASE target_kind \
+       WHEN 'tenant' THEN (SELECT COALESCE(alias, name) FROM tenants WHERE tenants.id = target_id) \
+       WHEN 'project' THEN (SELECT COALESCE(alias, name) FROM projects WHERE projects.id = target_id) \
+       WHEN 'stage' THEN (SELECT COALESCE(alias, name) FROM stages WHERE stages.id = target_id) \
+       WHEN 'version' THEN (SELECT 'v' || CAST(number AS TEXT) FROM versions WHERE versions.id = target_id) \
+       WHEN 'account' THEN (SELECT username FROM accounts WHERE accounts.id = target_id) \
+     END AS target_name";
 
 fn entry(row: &AnyRow) -> Result<AuditEntry, ApiError> {
     let role: String = row.get("actor_role");
-    let details: String = row.get("details");
+    let details: serde_json::Value =
+        serde_json::from_str(&row.get::<String, _>("details")).unwrap_or(serde_json::Value::Null);
+    // A target that is gone keeps the alias or name its entry recorded, if any.
+    let target_name = row.get::<Option<String>, _>("target_name").or_else(|| {
+        ["alias", "username", "name"]
+            .iter()
+            .find_map(|key| details.get(key).and_then(|value| value.as_str()))
+            .map(str::to_owned)
+    });
     Ok(AuditEntry {
         id: row.get("id"),
         at: row.get("at"),
         actor_id: row.get("actor_id"),
+        actor_username: row.get("actor_username"),
         actor_role: role.parse().map_err(ApiError::internal)?,
         action: row.get("action"),
         target_kind: row.get("target_kind"),
         target_id: row.get("target_id"),
+        target_name,
         tenant_id: row.get("tenant_id"),
         project_id: row.get("project_id"),
-        details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
+        details,
     })
 }
 

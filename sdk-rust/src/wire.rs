@@ -479,11 +479,18 @@ pub struct AuditEntry {
     pub id: String,
     pub at: i64,
     pub actor_id: String,
+    /// The actor's username, while the account exists.
+    #[serde(default)]
+    pub actor_username: Option<String>,
     pub actor_role: Role,
     /// e.g. `tenant.create`, `version.upload`, `deployment.create`, `grant.revoke`.
     pub action: String,
     pub target_kind: String,
     pub target_id: String,
+    /// The target's alias or name (a version's `v<number>`, an account's username), while it
+    /// exists.
+    #[serde(default)]
+    pub target_name: Option<String>,
     pub tenant_id: Option<String>,
     pub project_id: Option<String>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]

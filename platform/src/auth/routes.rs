@@ -71,10 +71,7 @@ async fn logout(
 /// Who the presented access token belongs to.
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = Me), (status = "4XX", body = ErrorBody)))]
-async fn me(
-    caller: Caller<AnyRole>,
-    State(state): State<AppState>,
-) -> Result<Json<Me>, ApiError> {
+async fn me(caller: Caller<AnyRole>, State(state): State<AppState>) -> Result<Json<Me>, ApiError> {
     let username = match caller.role {
         Role::Admin | Role::Support | Role::Developer => {
             sqlx::query_scalar("SELECT username FROM accounts WHERE id = $1")

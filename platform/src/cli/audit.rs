@@ -32,10 +32,17 @@ pub async fn run(args: AuditArgs) -> Result<(), CliError> {
     for entry in &entries {
         table.row(vec![
             time(entry.at),
-            entry.actor_id.clone(),
+            entry
+                .actor_username
+                .clone()
+                .unwrap_or_else(|| entry.actor_id.clone()),
             entry.actor_role.as_str().to_owned(),
             entry.action.clone(),
-            format!("{} {}", entry.target_kind, entry.target_id),
+            format!(
+                "{} {}",
+                entry.target_kind,
+                entry.target_name.as_deref().unwrap_or(&entry.target_id)
+            ),
         ]);
     }
     table.print_or("no changes recorded");

@@ -149,7 +149,11 @@ async fn login_without_a_password_or_a_terminal_says_how() {
     )
     .await;
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
-    assert!(stderr(&output).contains("--password-stdin"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--password-stdin"),
+        "{}",
+        stderr(&output)
+    );
     assert!(!config_dir.path().join("credentials.json").exists());
 
     let mut command = tokio::process::Command::new(RALLY);
@@ -793,6 +797,21 @@ async fn every_command_prints_json_for_scripts() {
         .as_array()
         .unwrap()
         .is_empty());
+    // People and things by name: the developer's deployment, the stage by its alias.
+    let audit = rally_ok(admin, &["audit"], &[]).await;
+    let deployed = audit
+        .lines()
+        .find(|line| line.contains("deployment.create"))
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert!(deployed.contains(" ada "), "{deployed}");
+    let staged = audit
+        .lines()
+        .find(|line| line.contains("stage.create"))
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert!(
+        staged.contains("stage staging"),
+        "a deleted stage by the alias it had: {staged}"
+    );
 
     // People get aligned tables instead.
     let table = rally_ok(developer, &["version", "list"], scope).await;
