@@ -11,9 +11,9 @@ use rally_sdk::wire::RuntimeList;
 pub enum RuntimeCommand {
     /// List the runtimes of a deployment, newest first.
     List {
-        /// Deployment id.
+        /// Deployment id [default: the stage's active deployment].
         #[arg(long)]
-        deployment: String,
+        deployment: Option<String>,
         #[command(flatten)]
         stage: StageArgs,
         #[command(flatten)]
@@ -23,9 +23,9 @@ pub enum RuntimeCommand {
     Logs {
         /// Runtime id.
         runtime: String,
-        /// Deployment id.
+        /// Deployment id [default: the stage's active deployment].
         #[arg(long)]
-        deployment: String,
+        deployment: Option<String>,
         #[command(flatten)]
         stage: StageArgs,
         #[command(flatten)]
@@ -40,8 +40,9 @@ pub async fn run(command: RuntimeCommand) -> Result<(), CliError> {
             stage,
             target,
         } => {
-            let runtimes = connect(&target)
-                .await?
+            let client = connect(&target).await?;
+            let deployment = deployment_or_active(&client, &stage, deployment).await?;
+            let runtimes = client
                 .list_runtimes(stage.tenant(), stage.project(), &stage.stage, &deployment)
                 .await?;
             if target.output.json {
@@ -68,8 +69,9 @@ pub async fn run(command: RuntimeCommand) -> Result<(), CliError> {
             stage,
             target,
         } => {
-            let logs = connect(&target)
-                .await?
+            let client = connect(&target).await?;
+            let deployment = deployment_or_active(&client, &stage, deployment).await?;
+            let logs = client
                 .runtime_logs(
                     stage.tenant(),
                     stage.project(),
@@ -82,4 +84,26 @@ pub async fn run(command: RuntimeCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// `deployment`, or the stage's active one when none is given.
+async fn deployment_or_active(
+    client: &rally_sdk::RallyClient,
+    stage: &StageArgs,
+    deployment: Option<String>,
+) -> Result<String, CliError> {
+    if let Some(deployment) = deployment {
+        return Ok(deployment);
+    }
+    client
+        .get_stage(stage.tenant(), stage.project(), &stage.stage)
+        .await?
+        .current_deployment_id
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "stage {} has no active deployment: name one with --deployment \
+                 (rally deployment list)",
+                stage.stage
+            ))
+        })
 }

@@ -168,14 +168,7 @@ async fn lobbies_run_as_processes_and_a_killed_one_is_replaced(backend: Backend)
     let cli = |args: &[&str]| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_rally"))
             .args(args)
-            .args([
-                "--tenant",
-                "studio",
-                "--project",
-                "game",
-                "--deployment",
-                &deployment,
-            ])
+            .args(["--tenant", "studio", "--project", "game"])
             .env("RALLY_URL", &app.url)
             .env("RALLY_TOKEN", admin.access_token().unwrap())
             .env(
@@ -191,9 +184,27 @@ async fn lobbies_run_as_processes_and_a_killed_one_is_replaced(backend: Backend)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
-    let listed: serde_json::Value =
-        serde_json::from_str(&cli(&["runtime", "list", "--json"])).unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&cli(&[
+        "runtime",
+        "list",
+        "--json",
+        "--deployment",
+        &deployment,
+    ]))
+    .unwrap();
     assert_eq!(listed["runtimes"].as_array().unwrap().len(), 3);
+    // Without --deployment: the stage's active one.
+    let active: serde_json::Value =
+        serde_json::from_str(&cli(&["runtime", "list", "--json"])).unwrap();
+    let ids = |list: &serde_json::Value| -> Vec<String> {
+        list["runtimes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|runtime| runtime["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&active), ids(&listed));
     assert!(cli(&["runtime", "logs", &survivor]).contains("starting"));
 
     // Stopping the platform stops its runtimes.
