@@ -10,6 +10,7 @@ use super::table::print_fields;
 use super::versions::{follow_build, pack_and_check, upload};
 use super::{print_json, CliError};
 use clap::Args;
+use sha2::Digest as _;
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]
@@ -23,6 +24,9 @@ pub struct DeployArgs {
     note: Option<String>,
     #[command(flatten)]
     config: ConfigArgs,
+    /// Upload the bundle as a new version even when it is the version the stage runs already.
+    #[arg(long)]
+    force: bool,
     // One key covers both requests: each gets a key derived from it, so that a retried deploy
     // makes neither the version nor the deployment twice.
     #[command(flatten)]
@@ -38,17 +42,55 @@ pub async fn run(args: DeployArgs) -> Result<(), CliError> {
     let client = connect(&args.target).await?;
     // A mistyped tenant, project or stage, or a missing grant, is found before the upload
     // rather than after it, when a version would already exist.
-    client
+    let stage = client
         .get_stage(args.stage.tenant(), args.stage.project(), &args.stage.stage)
         .await?;
-
-    let version = upload(
-        &args.idempotency.apply_to_step(&client, "upload"),
-        &args.stage.project,
-        checked,
-        args.note.as_deref(),
-    )
-    .await?;
+    // The same bytes as the version the stage runs: nothing to upload. Without --config there
+    // is nothing to do either; with it, that version is deployed again with the new settings.
+    let running = match (&stage.current_deployment_id, args.force) {
+        (Some(current), false) => running_version(&client, &args.stage, current).await?,
+        _ => None,
+    };
+    let sha256 = crate::images::hex(&sha2::Sha256::digest(&checked.archive));
+    let version = match running.filter(|version| version.bundle_sha256 == sha256) {
+        Some(version) if overrides.is_null() => {
+            if args.target.output.json {
+                print_json(&serde_json::json!({
+                    "tenant": args.stage.tenant(),
+                    "project": args.stage.project(),
+                    "stage": args.stage.stage,
+                    "unchanged": true,
+                    "version": version,
+                    "deployment": stage.current_deployment_id,
+                }))?;
+            } else {
+                println!(
+                    "unchanged: {} already runs version {} of this bundle (sha256 {}); nothing \
+                     was uploaded or deployed (--force makes a new version anyway)",
+                    args.stage.path(),
+                    version.number,
+                    &sha256[..12]
+                );
+            }
+            return Ok(());
+        }
+        Some(version) => {
+            eprintln!(
+                "rally: the bundle is version {} already; deploying it again with the new settings",
+                version.number
+            );
+            version
+        }
+        None => {
+            upload(
+                &args.idempotency.apply_to_step(&client, "upload"),
+                &args.stage.project,
+                checked,
+                args.note.as_deref(),
+            )
+            .await?
+        }
+    };
 
     // A stage on a Docker pool gets the version's image built on upload: wait for it.
     let builds = client
@@ -126,4 +168,23 @@ pub async fn run(args: DeployArgs) -> Result<(), CliError> {
         ]);
     }
     Ok(())
+}
+
+/// The version the stage's deployment `deployment` runs.
+async fn running_version(
+    client: &rally_sdk::RallyClient,
+    stage: &StageArgs,
+    deployment: &str,
+) -> Result<Option<rally_sdk::wire::Version>, CliError> {
+    let deployment = client
+        .get_deployment(stage.tenant(), stage.project(), &stage.stage, deployment)
+        .await?;
+    let version = client
+        .get_version(
+            stage.tenant(),
+            stage.project(),
+            &deployment.version_number.to_string(),
+        )
+        .await?;
+    Ok(Some(version))
 }

@@ -282,9 +282,6 @@ impl Dispatcher {
         let stage: Arc<str> = Arc::from(fact.stage_id.as_str());
         state.current.insert(stage.clone(), id.clone());
         state.deployments.insert(id, (stage, Arc::new(fact.modes)));
-        drop(state);
-        // Its lobbies and match runtimes start at once too.
-        self.lobby_wanted.notify_one();
     }
 
     /// `stop_match`: the match is over; its clients go back to a lobby and the runtime is

@@ -465,6 +465,20 @@ async fn a_new_developer_deploys_hello_with_the_cli_alone() {
             "{expected:?} missing from: {printed}"
         );
     }
+    // The same bundle again: nothing is uploaded or deployed, unless asked (--force).
+    let again = rally_ok(
+        developer.path(),
+        &["deploy", HELLO, "--tenant", "acme", "--project", "hello"],
+        &[],
+    )
+    .await;
+    assert!(again.starts_with("unchanged:"), "{again}");
+    assert_eq!(api.list_versions("acme", "hello").await.unwrap().len(), 1);
+    let stage = api.get_stage("acme", "hello", "default").await.unwrap();
+    assert_eq!(
+        stage.current_deployment_id.as_deref(),
+        Some(current.as_str())
+    );
 
     // Scripts read the same through --json, with the scope from the environment.
     let listed = rally_json(
@@ -478,6 +492,23 @@ async fn a_new_developer_deploys_hello_with_the_cli_alone() {
     assert_eq!(deployments[0]["id"], current.as_str());
     assert_eq!(deployments[0]["version_number"], 1);
     assert_eq!(deployments[0]["status"], "active");
+    let forced = rally_ok(
+        developer.path(),
+        &[
+            "deploy",
+            HELLO,
+            "--tenant",
+            "acme",
+            "--project",
+            "hello",
+            "--force",
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    let forced: serde_json::Value = serde_json::from_str(&forced).unwrap();
+    assert_eq!(forced["version"]["number"], 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
