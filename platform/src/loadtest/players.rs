@@ -179,6 +179,12 @@ pub(super) async fn run(run: RunArgs, game: GameArgs, args: PlayersArgs) -> anyh
         rss_end_mib: rss_end.map(mib),
     };
     println!("{}", serde_json::to_string(&report)?);
+    anyhow::ensure!(
+        round_trips > 0 || measured.sent == 0,
+        "no echo came back for the {} messages sent: the stage's lobby does not echo text \
+         messages (this scenario needs one that does, e.g. examples/hello)",
+        measured.sent
+    );
     Ok(())
 }
 

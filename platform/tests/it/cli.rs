@@ -1079,3 +1079,66 @@ async fn grant_scope_follows_the_flags_given() {
     .await;
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
 }
+
+/// `rally loadtest players` measures echoes: against a lobby that echoes (`examples/hello`) it
+/// reports round trips and exits 0; against one that does not (tic-tac-toe's), it still prints
+/// its report, then says so and exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_players_says_when_nothing_echoes() {
+    let app = crate::players::app(Backend::Sqlite, |_| {}).await;
+    let run = |app_url: String| async move {
+        let config_dir = tempfile::tempdir().unwrap();
+        rally(
+            config_dir.path(),
+            &[
+                "loadtest",
+                "players",
+                "--url",
+                &app_url,
+                "--tenant",
+                "studio",
+                "--project",
+                "game",
+                "--players",
+                "2",
+                "--rate",
+                "5",
+                "--warmup-secs",
+                "0",
+                "--duration-secs",
+                "1",
+            ],
+            &[],
+        )
+        .await
+    };
+    crate::players::deploy(
+        &app,
+        crate::permissions::hello_bundle(),
+        serde_json::json!({}),
+    )
+    .await;
+    let output = run(app.url.clone()).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value =
+        serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap();
+    assert!(report["round_trips"].as_u64().unwrap() > 0, "{report}");
+
+    crate::players::deploy(
+        &app,
+        crate::tictactoe::tictactoe_bundle(),
+        serde_json::json!({}),
+    )
+    .await;
+    let output = run(app.url.clone()).await;
+    assert!(!output.status.success(), "{}", stdout(&output));
+    assert!(
+        stderr(&output).contains("no echo came back"),
+        "{}",
+        stderr(&output)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap();
+    assert_eq!(report["round_trips"], 0);
+    app.stop().await;
+}
