@@ -255,29 +255,18 @@ impl Dispatcher {
         message: Option<String>,
         cut: bool,
     ) {
-        let Some((key, client)) = state.clients.remove_entry(client_id) else {
+        let Some((key, client)) = self.unlink(state, client_id) else {
             return;
         };
-        self.leave_matchmaking(state, &key);
-        if let Some(slot) = client
-            .runtime
-            .as_ref()
-            .and_then(|runtime_id| state.runtimes.get_mut(runtime_id))
-        {
-            slot.remove_client(&key);
-            let _ = slot.outbox.try_send(PlatformMessage::ClientRemoved {
-                client_id: client_id.to_owned(),
-                reason: reason.to_owned(),
-            });
-        }
         if let Some(runtime_id) = &client.runtime {
+            if let Some(slot) = state.runtimes.get(runtime_id) {
+                let _ = slot.outbox.try_send(PlatformMessage::ClientRemoved {
+                    client_id: client_id.to_owned(),
+                    reason: reason.to_owned(),
+                });
+            }
             // Room was made: a client waiting for a lobby may take it.
             self.admit_waiting(state, runtime_id);
-        }
-        if client.waiting {
-            if let Some(queue) = state.waiting.get_mut(&client.deployment_id) {
-                queue.retain(|waiting| *waiting != key);
-            }
         }
         let _ = client.line.ending.set(Ending {
             reason: reason.to_owned(),
@@ -311,6 +300,26 @@ impl Dispatcher {
         // then sees the end.
     }
 
+    /// Takes a client out of everything that refers to it: the clients, matchmaking, its
+    /// runtime's members and the queue for a lobby. Returns its entry.
+    fn unlink(&self, state: &mut State, client_id: &str) -> Option<(Arc<str>, Client)> {
+        let (key, client) = state.clients.remove_entry(client_id)?;
+        self.leave_matchmaking(state, &key);
+        if let Some(slot) = client
+            .runtime
+            .as_ref()
+            .and_then(|runtime_id| state.runtimes.get_mut(runtime_id))
+        {
+            slot.remove_client(&key);
+        }
+        if client.waiting {
+            if let Some(queue) = state.waiting.get_mut(&client.deployment_id) {
+                queue.retain(|waiting| *waiting != key);
+            }
+        }
+        Some((key, client))
+    }
+
     /// Lets go of the clients of the deployments in `moved` (deployment id to the base URL of
     /// the node that serves its stage now): their connections close with `moved` and that
     /// URL, and the node there takes them on. Nothing is recorded: their records are the other
@@ -327,22 +336,9 @@ impl Dispatcher {
             })
             .collect();
         for (id, url) in &leaving {
-            let Some(client) = state.clients.remove(id) else {
+            let Some((_, client)) = self.unlink(&mut state, id) else {
                 continue;
             };
-            self.leave_matchmaking(&mut state, id);
-            if let Some(slot) = client
-                .runtime
-                .as_ref()
-                .and_then(|runtime_id| state.runtimes.get_mut(runtime_id))
-            {
-                slot.remove_client(id);
-            }
-            if client.waiting {
-                if let Some(queue) = state.waiting.get_mut(&client.deployment_id) {
-                    queue.retain(|waiting| waiting != id);
-                }
-            }
             let _ = client.line.ending.set(Ending {
                 reason: MOVED.to_owned(),
                 message: Some(url.clone()),
