@@ -10,7 +10,6 @@ use super::table::print_fields;
 use super::versions::{follow_build, pack_and_check, upload};
 use super::{print_json, CliError};
 use clap::Args;
-use sha2::Digest as _;
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]
@@ -48,10 +47,10 @@ pub async fn run(args: DeployArgs) -> Result<(), CliError> {
     // The same bytes as the version the stage runs: nothing to upload. Without --config there
     // is nothing to do either; with it, that version is deployed again with the new settings.
     let running = match (&stage.current_deployment_id, args.force) {
-        (Some(current), false) => running_version(&client, &args.stage, current).await?,
+        (Some(current), false) => Some(running_version(&client, &args.stage, current).await?),
         _ => None,
     };
-    let sha256 = crate::images::hex(&sha2::Sha256::digest(&checked.archive));
+    let sha256 = checked.bundle.sha256.clone();
     let version = match running.filter(|version| version.bundle_sha256 == sha256) {
         Some(version) if overrides.is_null() => {
             if args.target.output.json {
@@ -175,16 +174,15 @@ async fn running_version(
     client: &rally_sdk::RallyClient,
     stage: &StageArgs,
     deployment: &str,
-) -> Result<Option<rally_sdk::wire::Version>, CliError> {
+) -> Result<rally_sdk::wire::Version, CliError> {
     let deployment = client
         .get_deployment(stage.tenant(), stage.project(), &stage.stage, deployment)
         .await?;
-    let version = client
+    Ok(client
         .get_version(
             stage.tenant(),
             stage.project(),
             &deployment.version_number.to_string(),
         )
-        .await?;
-    Ok(Some(version))
+        .await?)
 }
