@@ -20,6 +20,11 @@ pub fn ttl(config: &Config) -> Duration {
     Duration::from_secs(config.node_dead_after_secs)
 }
 
+/// Nodes heard from after this instant (ms) are alive: a lease's lifetime is a node's.
+fn alive_since(ttl: Duration) -> i64 {
+    now_millis() - ttl.as_millis() as i64
+}
+
 fn stage_lease(stage_id: &str) -> String {
     format!("stage:{stage_id}")
 }
@@ -174,7 +179,7 @@ pub async fn assign_stages(
              (SELECT id FROM nodes WHERE stopped_at IS NULL AND heartbeat_at > $2))",
     )
     .bind(node_id)
-    .bind(now - ttl.as_millis() as i64)
+    .bind(alive_since(ttl))
     .execute(database.writer())
     .await?;
     let rows = sqlx::query(
@@ -224,7 +229,7 @@ pub async fn assign_stages(
     let live_nodes: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM nodes WHERE stopped_at IS NULL AND heartbeat_at > $1",
     )
-    .bind(now - ttl.as_millis() as i64)
+    .bind(alive_since(ttl))
     .fetch_one(database.reader())
     .await?;
     let share = (stages.len() as i64 + live_nodes.max(1) - 1) / live_nodes.max(1);
@@ -309,7 +314,7 @@ pub async fn take_orphaned_clients(
     )
     .bind(node_id)
     .bind(stage_id)
-    .bind(now_millis() - ttl.as_millis() as i64)
+    .bind(alive_since(ttl))
     .bind(now_millis())
     .execute(database.writer())
     .await?;
@@ -380,7 +385,7 @@ pub async fn request_move(
         "SELECT id FROM nodes WHERE id = $1 AND stopped_at IS NULL AND heartbeat_at > $2",
     )
     .bind(to_node)
-    .bind(now - ttl.as_millis() as i64)
+    .bind(alive_since(ttl))
     .fetch_optional(database.reader())
     .await
     .map_err(StorageError::from)?;
@@ -421,17 +426,19 @@ pub async fn request_move(
 }
 
 /// Balancing by count: when this node runs more than one stage more than the least loaded
-/// live node, it hands one stage over to that node, one at a time, picking among `movable`
-/// (stages without a match in progress here, so that balancing never ends a match) those no
-/// operator put here.
+/// live node, it hands one stage over to that node, one at a time, picking a stage without a
+/// match in progress here (so that balancing never ends a match) that no operator put here.
 pub async fn rebalance(
     database: &Database,
     node_id: &str,
     assignment: &Assignment,
-    movable: &HashSet<String>,
     ttl: Duration,
 ) -> Result<Option<Handover>, StorageError> {
-    if database.backend() == Backend::Sqlite || !assignment.handing_over.is_empty() {
+    // With fewer than two stages here there is nothing to even out.
+    if database.backend() == Backend::Sqlite
+        || !assignment.handing_over.is_empty()
+        || assignment.stages.len() < 2
+    {
         return Ok(None);
     }
     let rows = sqlx::query(
@@ -440,7 +447,7 @@ pub async fn rebalance(
          FROM nodes n WHERE n.stopped_at IS NULL AND n.heartbeat_at > $1 AND n.id <> $2 \
          ORDER BY held, n.id LIMIT 1",
     )
-    .bind(now_millis() - ttl.as_millis() as i64)
+    .bind(alive_since(ttl))
     .bind(node_id)
     .fetch_optional(database.reader())
     .await?;
@@ -451,10 +458,11 @@ pub async fn rebalance(
     if held <= least.get::<i64, _>("held") + 1 {
         return Ok(None);
     }
+    let in_play = stages_in_play(database, node_id).await?;
     let mut candidates: Vec<&String> = assignment
         .stages
         .iter()
-        .filter(|stage| movable.contains(*stage) && !assignment.pinned.contains(*stage))
+        .filter(|stage| !in_play.contains(*stage) && !assignment.pinned.contains(*stage))
         .collect();
     candidates.sort();
     let Some(stage_id) = candidates.first() else {
@@ -515,7 +523,7 @@ pub async fn hand_over(
 }
 
 /// The stages with a match runtime of this node in progress.
-pub async fn stages_in_play(
+async fn stages_in_play(
     database: &Database,
     node_id: &str,
 ) -> Result<HashSet<String>, StorageError> {

@@ -241,9 +241,8 @@ async fn move_stage(
             MoveError::AlreadyMoving(_) => ApiError::conflict("stage_moving", error.to_string()),
             MoveError::Storage(error) => error.into(),
         })?;
-    let mut transaction = state.database.writer().begin().await?;
     audit::record(
-        &mut *transaction,
+        state.database.writer(),
         &scope.access.principal,
         Change {
             action: "stage.move",
@@ -255,7 +254,6 @@ async fn move_stage(
         },
     )
     .await?;
-    transaction.commit().await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(StageMove {

@@ -146,10 +146,8 @@ async fn run_here(
     let mut assignment =
         crate::leases::assign_stages(&state.database, node_id, &stages, ttl).await?;
     if state.config.stage_balance == crate::config::StageBalance::Count {
-        let in_play = crate::leases::stages_in_play(&state.database, node_id).await?;
-        let movable = assignment.stages.difference(&in_play).cloned().collect();
         if let Some(handover) =
-            crate::leases::rebalance(&state.database, node_id, &assignment, &movable, ttl).await?
+            crate::leases::rebalance(&state.database, node_id, &assignment, ttl).await?
         {
             tracing::info!(stage_id = %handover.stage_id, to_node = %handover.to_node, "balancing: handing a stage over");
             assignment.stages.remove(&handover.stage_id);
@@ -236,6 +234,7 @@ async fn take_on_clients(state: &AppState, here: &[DeploymentToRun]) -> Result<(
         .iter()
         .map(|deployment| deployment.stage_id.clone())
         .collect();
+    let ttl = crate::leases::ttl(&state.config);
     let mut gained = false;
     for stage_id in here
         .iter()
@@ -243,7 +242,6 @@ async fn take_on_clients(state: &AppState, here: &[DeploymentToRun]) -> Result<(
         .filter(|stage_id| !before.contains(*stage_id))
     {
         gained = true;
-        let ttl = crate::leases::ttl(&state.config);
         let orphans =
             crate::leases::take_orphaned_clients(&state.database, node_id, stage_id, ttl).await?;
         if orphans > 0 {
