@@ -9,7 +9,7 @@ use super::{
 };
 use rally_sdk::player::{ClientInfo, PlayerEvent};
 use rally_sdk::runtime::{Payload, PlatformMessage};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -318,6 +318,14 @@ impl Dispatcher {
             }
         }
         Some((key, client))
+    }
+
+    /// Whether any client here belongs to one of `deployments`.
+    pub fn holds_clients_of(&self, deployments: &HashSet<&str>) -> bool {
+        self.state()
+            .clients
+            .values()
+            .any(|client| deployments.contains(&*client.deployment_id))
     }
 
     /// Lets go of the clients of the deployments in `moved` (deployment id to the base URL of

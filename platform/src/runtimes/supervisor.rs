@@ -293,7 +293,15 @@ async fn leave_to_other_nodes(
         tracing::warn!(%runtime_id, stage_id = %deployment.stage_id, "another node runs this stage now; stopping the runtime here");
         stop_runtime(state, &runtime_id, Some("its stage is run by another node")).await?;
     }
-    // Clients of those stages still here go to the node that serves them.
+    // Clients of those stages still here go to the node that serves them (rarely any: the
+    // holders are read only then).
+    let deployments = elsewhere
+        .iter()
+        .map(|deployment| deployment.id.as_str())
+        .collect();
+    if !state.dispatcher.holds_clients_of(&deployments) {
+        return Ok(());
+    }
     let holders = crate::leases::held_elsewhere(&state.database, &state.runtimes.node_id).await?;
     let moved: std::collections::HashMap<String, String> = elsewhere
         .iter()
