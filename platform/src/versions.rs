@@ -166,9 +166,13 @@ async fn check_logic(state: &AppState, archive: &Bytes) -> Result<(), ApiError> 
     }
     let said = String::from_utf8_lossy(&output.stderr);
     if output.status.code() == Some(i32::from(Exit::BadBundle.code())) {
+        // One line for each entry that does not load.
         let problem = said
-            .trim()
-            .trim_start_matches("rally-runtime: ")
+            .lines()
+            .map(|line| line.trim().trim_start_matches("rally-runtime: "))
+            .filter(|line| !line.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n")
             .chars()
             .take(4000)
             .collect::<String>();

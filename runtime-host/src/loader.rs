@@ -3,8 +3,8 @@
 //! engine its manifest names.
 
 use crate::engine::{Engine, Limits};
-use rally_sdk::bundle::{pack, unpack, BundleLimits};
-use rally_sdk::manifest::{Manifest, RuntimeKind};
+use rally_sdk::bundle::{pack, unpack, unpack_for_check, BundleLimits};
+use rally_sdk::manifest::{Manifest, Problem, RuntimeKind};
 use rally_sdk::runtime::Qualifier;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,15 +28,28 @@ pub type ReadBundle = (Manifest, BTreeMap<String, Vec<u8>>);
 
 /// The bundle's files by path, and its manifest.
 pub fn read_bundle(path: &Path) -> Result<ReadBundle, String> {
-    let limits = BundleLimits::default();
-    let archive = if path.is_dir() {
-        pack(path, &limits).map_err(|error| format!("{}: {error}", path.display()))?
-    } else {
-        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?
-    };
-    let (bundle, files) =
-        unpack(&archive, &limits).map_err(|error| format!("{}: {error}", path.display()))?;
+    let archive = archive_of(path)?;
+    let (bundle, files) = unpack(&archive, &BundleLimits::default())
+        .map_err(|error| format!("{}: {error}", path.display()))?;
     Ok((bundle.manifest, files))
+}
+
+/// [`read_bundle`] for `rally-runtime check`: a manifest that breaks its rules is read anyway,
+/// its problems returned beside it, so that the logic can be loaded and reported on too.
+pub fn read_bundle_for_check(path: &Path) -> Result<(ReadBundle, Vec<Problem>), String> {
+    let archive = archive_of(path)?;
+    let (bundle, files, problems) = unpack_for_check(&archive, &BundleLimits::default())
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    Ok(((bundle.manifest, files), problems))
+}
+
+/// A directory packed as the CLI packs it, or a tar.gz read as it is.
+fn archive_of(path: &Path) -> Result<Vec<u8>, String> {
+    if path.is_dir() {
+        pack(path, &BundleLimits::default()).map_err(|error| format!("{}: {error}", path.display()))
+    } else {
+        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))
+    }
 }
 
 /// Loads the entry of `qualifier` into the engine the manifest names.

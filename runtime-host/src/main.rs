@@ -74,21 +74,49 @@ fn check_command(args: &[String]) -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(Exit::Usage as u8);
     };
-    for qualifier in [
-        rally_sdk::runtime::Qualifier::Lobby,
-        rally_sdk::runtime::Qualifier::Match,
-    ] {
-        if let Err(problem) = loader::load(Path::new(bundle), qualifier, Limits::default()) {
-            eprintln!(
-                "rally-runtime: the {} logic does not load: {problem}",
-                qualifier.as_str()
-            );
-            return ExitCode::from(Exit::BadBundle as u8);
+    // Every problem at once: the manifest's broken rules, then each entry that does not load.
+    let ((manifest, files), manifest_problems) =
+        match loader::read_bundle_for_check(Path::new(bundle)) {
+            Ok(read) => read,
+            Err(problem) => {
+                eprintln!("rally-runtime: {problem}");
+                return ExitCode::from(Exit::BadBundle as u8);
+            }
+        };
+    let mut problems: Vec<String> = manifest_problems
+        .iter()
+        .map(|problem| format!("{MANIFEST_PROBLEM}{problem}"))
+        .collect();
+    if manifest.runtime.kind != rally_sdk::manifest::RuntimeKind::Program || problems.is_empty() {
+        for qualifier in [
+            rally_sdk::runtime::Qualifier::Lobby,
+            rally_sdk::runtime::Qualifier::Match,
+        ] {
+            if let Err(problem) = loader::load_files(
+                manifest.clone(),
+                files.clone(),
+                qualifier,
+                Limits::default(),
+            ) {
+                problems.push(format!(
+                    "the {} logic does not load: {problem}",
+                    qualifier.as_str()
+                ));
+            }
         }
     }
-    println!("{bundle}: lobby and match logic load");
-    ExitCode::SUCCESS
+    if problems.is_empty() {
+        println!("{bundle}: lobby and match logic load");
+        return ExitCode::SUCCESS;
+    }
+    for problem in problems {
+        eprintln!("rally-runtime: {problem}");
+    }
+    ExitCode::from(Exit::BadBundle as u8)
 }
+
+/// How `check` starts a line about a broken rule of `rally.toml`.
+const MANIFEST_PROBLEM: &str = "rally.toml: ";
 
 fn simulate_command(args: &[String]) -> ExitCode {
     let (Some(bundle), Some(script)) = (args.first(), args.get(1)) else {

@@ -170,7 +170,7 @@ fn describe_problems(problems: &[Problem]) -> String {
 /// stops one byte past `max_unpacked_bytes`, so a small archive that inflates to gigabytes
 /// costs no more than the limit.
 pub fn inspect(archive: &[u8], limits: &BundleLimits) -> Result<Bundle, BundleError> {
-    read_bundle(archive, limits, Keep::Sizes).map(|(bundle, _)| bundle)
+    read_bundle(archive, limits, Keep::Sizes, Rules::Enforced).map(|(bundle, _, _)| bundle)
 }
 
 /// [`inspect`], also returning every file's bytes by path: what a runtime loads its logic from.
@@ -178,7 +178,30 @@ pub fn unpack(
     archive: &[u8],
     limits: &BundleLimits,
 ) -> Result<(Bundle, BTreeMap<String, Vec<u8>>), BundleError> {
-    read_bundle(archive, limits, Keep::Contents)
+    read_bundle(archive, limits, Keep::Contents, Rules::Enforced)
+        .map(|(bundle, files, _)| (bundle, files))
+}
+
+/// [`unpack`] for a check that reports everything wrong at once: a manifest that parses but
+/// breaks its rules is read anyway, and the broken rules come back beside the files, so that
+/// a script that does not load can be reported with them. Every other refusal is as
+/// [`unpack`]'s.
+pub fn unpack_for_check(
+    archive: &[u8],
+    limits: &BundleLimits,
+) -> Result<CheckedBundle, BundleError> {
+    read_bundle(archive, limits, Keep::Contents, Rules::Reported)
+}
+
+/// A bundle read for a check: its description, its files' bytes by path, and the manifest's
+/// broken rules.
+pub type CheckedBundle = (Bundle, BTreeMap<String, Vec<u8>>, Vec<Problem>);
+
+/// Whether a manifest's broken rules refuse the bundle or are only reported.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rules {
+    Enforced,
+    Reported,
 }
 
 /// Whether reading a bundle keeps the files' bytes or only their sizes.
@@ -192,7 +215,8 @@ fn read_bundle(
     archive: &[u8],
     limits: &BundleLimits,
     keep: Keep,
-) -> Result<(Bundle, BTreeMap<String, Vec<u8>>), BundleError> {
+    rules: Rules,
+) -> Result<CheckedBundle, BundleError> {
     let archive_bytes = archive.len() as u64;
     if archive_bytes > limits.max_archive_bytes {
         return Err(BundleError::ArchiveTooLarge {
@@ -229,7 +253,11 @@ fn read_bundle(
 
     let manifest_text = contents.manifest_text.ok_or(BundleError::ManifestMissing)?;
     let manifest = Manifest::from_toml(&manifest_text).map_err(BundleError::ManifestSyntax)?;
-    manifest.validate().map_err(BundleError::ManifestProblems)?;
+    let problems = match manifest.validate() {
+        Ok(()) => Vec::new(),
+        Err(problems) if rules == Rules::Reported => problems,
+        Err(problems) => return Err(BundleError::ManifestProblems(problems)),
+    };
     for (field, path) in manifest.entry_files() {
         if !contents.files.contains_key(path) {
             return Err(BundleError::EntryMissing {
@@ -261,7 +289,7 @@ fn read_bundle(
             .map(|(path, size)| BundleFile { path, size })
             .collect(),
     };
-    Ok((bundle, data))
+    Ok((bundle, data, problems))
 }
 
 /// What the tar stream holds, once every entry has been checked.

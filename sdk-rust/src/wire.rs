@@ -125,8 +125,9 @@ pub struct Me {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     pub role: Role,
-    /// Unix seconds.
-    pub expires_at: u64,
+    /// When the access token presented expires, Unix milliseconds like every timestamp of
+    /// the API.
+    pub expires_at: i64,
 }
 
 /// `POST /api/v1/users`: a new anonymous player account. The secret is shown once; the

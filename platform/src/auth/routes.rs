@@ -85,6 +85,9 @@ async fn me(caller: Caller<AnyRole>, State(state): State<AppState>) -> Result<Js
         subject: caller.subject,
         username,
         role: caller.role,
-        expires_at: caller.expires_at,
+        // The token's `exp` is in seconds, as JWTs have it.
+        expires_at: i64::try_from(caller.expires_at)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000),
     }))
 }

@@ -10,7 +10,10 @@ use super::table::print_fields;
 use super::versions::{follow_build, pack_and_check, upload};
 use super::{print_json, CliError};
 use clap::Args;
+use rally_sdk::runtime::Qualifier;
+use rally_sdk::wire::Deployment;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
@@ -26,6 +29,9 @@ pub struct DeployArgs {
     /// Upload the bundle as a new version even when it is the version the stage runs already.
     #[arg(long)]
     force: bool,
+    /// Return once the deployment is made, without waiting for its first lobby to run.
+    #[arg(long)]
+    no_wait: bool,
     // One key covers both requests: each gets a key derived from it, so that a retried deploy
     // makes neither the version nor the deployment twice.
     #[command(flatten)]
@@ -146,6 +152,9 @@ pub async fn run(args: DeployArgs) -> Result<(), CliError> {
         version.number,
         args.stage.path()
     ));
+    if !args.no_wait {
+        lobby_ready(&client, &args.stage, &deployment).await?;
+    }
 
     if args.target.output.json {
         print_json(&serde_json::json!({
@@ -167,6 +176,80 @@ pub async fn run(args: DeployArgs) -> Result<(), CliError> {
         ]);
     }
     Ok(())
+}
+
+/// How long `rally deploy` waits for the new deployment's first lobby.
+const LOBBY_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until a lobby of `deployment` runs: the deployment then takes players. A lobby that
+/// fails, or none within [`LOBBY_WAIT`], is an error (the deployment stays made).
+async fn lobby_ready(
+    client: &rally_sdk::RallyClient,
+    stage: &StageArgs,
+    deployment: &Deployment,
+) -> Result<(), CliError> {
+    if deployment.config.min_lobbies == 0 {
+        eprintln!("no lobby starts before the first player (min_lobbies = 0)");
+        return Ok(());
+    }
+    let step = Step::start(format!(
+        "starting a lobby of version {}",
+        deployment.version_number
+    ));
+    let started = Instant::now();
+    let logs_hint = |runtime: &str| {
+        format!(
+            "`rally runtime logs {runtime} --tenant {} --project {} --stage {}` shows its log",
+            stage.tenant(),
+            stage.project(),
+            stage.stage
+        )
+    };
+    loop {
+        let runtimes = client
+            .list_runtimes(
+                stage.tenant(),
+                stage.project(),
+                &stage.stage,
+                &deployment.id,
+            )
+            .await?;
+        let mut lobbies = runtimes
+            .iter()
+            .filter(|runtime| runtime.qualifier == Qualifier::Lobby);
+        if let Some(lobby) = lobbies.clone().find(|runtime| runtime.status == "running") {
+            step.finish(format!(
+                "lobby ready in {:.1}s (runtime {})",
+                started.elapsed().as_secs_f64(),
+                lobby.id
+            ));
+            return Ok(());
+        }
+        if let Some(failed) = lobbies.find(|runtime| runtime.status == "failed") {
+            drop(step);
+            return Err(CliError::Other(anyhow::anyhow!(
+                "version {} is deployed to {}, but its lobby failed: {}; {}",
+                deployment.version_number,
+                stage.path(),
+                failed.failure.as_deref().unwrap_or("no reason given"),
+                logs_hint(&failed.id)
+            )));
+        }
+        if started.elapsed() > LOBBY_WAIT {
+            drop(step);
+            let hint = runtimes
+                .first()
+                .map(|runtime| logs_hint(&runtime.id))
+                .unwrap_or_else(|| "`rally runtime list` shows its runtimes".to_owned());
+            return Err(CliError::Other(anyhow::anyhow!(
+                "version {} is deployed to {}, but no lobby of it runs after {}s; {hint}",
+                deployment.version_number,
+                stage.path(),
+                LOBBY_WAIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The version the stage's deployment `deployment` runs.

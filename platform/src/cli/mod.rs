@@ -124,6 +124,9 @@ pub enum CliError {
     /// The bundle's logic does not load (`rally-runtime check`); nothing was sent.
     #[error("{0}")]
     Logic(String),
+    /// Both: the manifest breaks its rules and the logic does not load (each problem listed).
+    #[error("the bundle has {} problems; nothing was uploaded:", .problems.len())]
+    BundleAndLogic { problems: Vec<String> },
     #[error("{}", client_headline(.0))]
     Client(#[from] ClientError),
     #[error("{0:#}")]
@@ -178,7 +181,7 @@ impl CliError {
         match self {
             CliError::NotSignedIn(_) => 3,
             CliError::Usage(_) => 2,
-            CliError::Bundle(_) | CliError::Logic(_) => 1,
+            CliError::Bundle(_) | CliError::Logic(_) | CliError::BundleAndLogic { .. } => 1,
             CliError::Client(ClientError::Api { status: 401, .. }) => 3,
             CliError::Client(ClientError::Api { .. } | ClientError::Unexpected { .. }) => 4,
             CliError::Client(ClientError::Transport(_)) => 5,
@@ -191,6 +194,7 @@ impl CliError {
     fn problems(&self) -> Vec<String> {
         match self {
             CliError::Bundle(error) => error.problems().iter().map(ToString::to_string).collect(),
+            CliError::BundleAndLogic { problems } => problems.clone(),
             CliError::Client(ClientError::Api { details, .. }) => api_problems(details.as_ref()),
             _ => Vec::new(),
         }
@@ -205,6 +209,10 @@ impl CliError {
             CliError::Bundle(error) if !error.problems().is_empty() => {
                 Some("fix rally.toml and run the command again")
             }
+            CliError::BundleAndLogic { .. } => Some(
+                "fix rally.toml and the scripts at the files and lines above, then run the \
+                 command again",
+            ),
             CliError::Logic(_) => Some("fix the script at the file and line above; `rally-runtime simulate` runs it without a platform"),
             CliError::Client(error) => match error.code() {
                 Some(

@@ -1,6 +1,7 @@
 //! Progress on stderr for the steps of an upload or a deploy that take a while, so that stdout
-//! stays the result alone. Nothing is drawn when stderr is not a terminal (scripts, CI logs).
-//! An upload shows a bar of the bytes sent.
+//! stays the result alone. Spinners and bars are drawn only when stderr is a terminal; the line
+//! each finished step leaves is printed either way, so that a CI log shows the steps too. An
+//! upload shows a bar of the bytes sent.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::time::Duration;
@@ -25,9 +26,7 @@ impl Step {
     /// Replaces the spinner with a line that stays, e.g. `uploaded 3.1 KiB in 0.2s`.
     pub fn finish(self, message: impl AsRef<str>) {
         self.spinner.finish_and_clear();
-        if !self.spinner.is_hidden() {
-            eprintln!("{}", message.as_ref());
-        }
+        eprintln!("{}", message.as_ref());
     }
 }
 

@@ -192,21 +192,47 @@ pub async fn pack_and_check(directory: &Path) -> Result<CheckedBundle, CliError>
     let step = Step::start(format!("packing {}", directory.display()));
     let source = directory.to_owned();
     // Reading files and compressing are blocking work.
-    let checked = tokio::task::spawn_blocking(move || {
+    let packed = tokio::task::spawn_blocking(move || {
         let limits = BundleLimits::default();
         let archive = pack(&source, &limits)?;
         let bundle = inspect(&archive, &limits)?;
         Ok::<_, BundleError>(CheckedBundle { archive, bundle })
     })
     .await
-    .context("packing the bundle failed")?
-    .map_err(CliError::Bundle)?;
+    .context("packing the bundle failed")?;
+    let checked = match packed {
+        Ok(checked) => checked,
+        // Broken rules in rally.toml: the scripts are checked too, so that one run reports
+        // everything there is to fix.
+        Err(BundleError::ManifestProblems(problems)) => {
+            drop(step);
+            let logic = logic_problems(directory).await;
+            return Err(if logic.is_empty() {
+                CliError::Bundle(BundleError::ManifestProblems(problems))
+            } else {
+                CliError::BundleAndLogic {
+                    problems: problems
+                        .iter()
+                        .map(ToString::to_string)
+                        .chain(logic)
+                        .collect(),
+                }
+            });
+        }
+        Err(error) => return Err(CliError::Bundle(error)),
+    };
     // A program runtime's logic is its program's: `rally-runtime check` cannot load it.
     if checked.bundle.manifest.runtime.kind != rally_sdk::manifest::RuntimeKind::Program {
-        check_logic(directory).await?;
+        let problems = logic_problems(directory).await;
+        if !problems.is_empty() {
+            return Err(CliError::Logic(format!(
+                "{}; nothing was uploaded",
+                problems.join("\n")
+            )));
+        }
     }
     step.finish(format!(
-        "packed {} files from {} into {} (sha256 {})",
+        "packed and checked {} files from {} into {} (sha256 {})",
         checked.bundle.files.len(),
         directory.display(),
         HumanBytes(checked.bundle.archive_bytes),
@@ -217,9 +243,10 @@ pub async fn pack_and_check(directory: &Path) -> Result<CheckedBundle, CliError>
 
 /// Loads the bundle's logic with `rally-runtime check` when that binary is at hand (next to
 /// `rally`, or on `PATH`), so that a Lua syntax error is reported with file and line before the
-/// upload rather than when the first runtime starts. Without the binary the platform's own
-/// checks still run.
-async fn check_logic(directory: &Path) -> Result<(), CliError> {
+/// upload rather than when the first runtime starts: what does not load, one line each. Without
+/// the binary the platform's own checks still run. The manifest's broken rules, which the check
+/// also reports, are left out: the CLI has them already.
+async fn logic_problems(directory: &Path) -> Vec<String> {
     let binary = crate::pools::process::default_runtime_binary();
     let output = match tokio::process::Command::new(&binary)
         .arg("check")
@@ -227,17 +254,15 @@ async fn check_logic(directory: &Path) -> Result<(), CliError> {
         .output()
         .await
     {
-        Ok(output) => output,
-        Err(_) => return Ok(()),
+        Ok(output) if !output.status.success() => output,
+        _ => return Vec::new(),
     };
-    if output.status.success() {
-        return Ok(());
-    }
-    let problem = String::from_utf8_lossy(&output.stderr);
-    Err(CliError::Logic(format!(
-        "{}; nothing was uploaded",
-        problem.trim().trim_start_matches("rally-runtime: ")
-    )))
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(|line| line.trim_start_matches("rally-runtime: "))
+        .filter(|line| !line.trim().is_empty() && !line.starts_with("rally.toml: "))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Uploads a checked bundle as the project's next version.
@@ -257,9 +282,7 @@ pub async fn upload(
         .await;
     bar.finish_and_clear();
     let version = uploaded?;
-    if !bar.is_hidden() {
-        eprintln!("uploaded {size} as version {}", version.number);
-    }
+    eprintln!("uploaded {size} as version {}", version.number);
     Ok(version)
 }
 

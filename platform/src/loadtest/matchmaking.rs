@@ -20,7 +20,7 @@
 
 use super::session::{self, client_deleted, error_event, event_in, Game, GameArgs, Socket};
 use super::stats::Stats;
-use super::{latency_histogram, Errors, Latency, RunArgs, Scenario};
+use super::{latency_histogram, Errors, Latency, Scenario};
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use futures_util::StreamExt;
@@ -272,10 +272,10 @@ struct Report {
     per_wave: Vec<WaveReport>,
 }
 
-pub(super) async fn run(run: RunArgs, game: GameArgs, args: MatchmakingArgs) -> anyhow::Result<()> {
+pub(super) async fn run(url: String, game: GameArgs, args: MatchmakingArgs) -> anyhow::Result<()> {
     let players = players_per_wave(&game)?;
     anyhow::ensure!(args.waves > 0, "--waves must be at least 1");
-    let (_http, client) = game.platform(&run.url, players * args.waves).await?;
+    let (_http, client) = game.platform(&url, players * args.waves).await?;
     let game = Arc::new(game.game(client)?);
 
     let mut earlier_matches = HashSet::new();
@@ -302,7 +302,7 @@ pub(super) async fn run(run: RunArgs, game: GameArgs, args: MatchmakingArgs) -> 
     }
     let report = Report {
         scenario: Scenario::Matchmaking,
-        url: run.url,
+        url,
         players_per_wave: players,
         waves: args.waves,
         counts,

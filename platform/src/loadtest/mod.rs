@@ -21,7 +21,7 @@ mod session;
 mod signup;
 mod stats;
 
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::fmt::Display;
@@ -29,56 +29,75 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Args)]
 pub struct LoadtestArgs {
-    /// What to drive.
-    #[arg(value_enum, default_value = "signup")]
-    scenario: Scenario,
-    #[command(flatten)]
-    run: RunArgs,
-    #[command(flatten, next_help_heading = "Scenario signup")]
-    signup: signup::SignupArgs,
-    #[command(flatten, next_help_heading = "Scenarios players and matchmaking")]
-    game: session::GameArgs,
-    #[command(flatten, next_help_heading = "Scenario players")]
-    players: players::PlayersArgs,
-    #[command(flatten, next_help_heading = "Scenario matchmaking")]
-    matchmaking: matchmaking::MatchmakingArgs,
+    /// What to drive; `rally loadtest SCENARIO --help` lists that scenario's options.
+    #[command(subcommand)]
+    scenario: ScenarioArgs,
 }
 
-/// What every scenario takes: where the platform is and how long to measure (scenario
-/// matchmaking measures its waves instead).
+/// Each scenario with its own options only.
+#[derive(Debug, Subcommand)]
+enum ScenarioArgs {
+    /// Anonymous sign-up followed by sign-in, in concurrent loops.
+    Signup {
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        signup: signup::SignupArgs,
+    },
+    /// Players on WebSockets exchanging echoed messages with a lobby.
+    Players {
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten, next_help_heading = "Players")]
+        game: session::GameArgs,
+        #[command(flatten, next_help_heading = "Messages")]
+        players: players::PlayersArgs,
+    },
+    /// Players on WebSockets asking their lobby for a duel, all at once, in waves.
+    Matchmaking {
+        /// Platform URL.
+        #[arg(long, env = "RALLY_URL", default_value = crate::config::DEFAULT_URL)]
+        url: String,
+        #[command(flatten, next_help_heading = "Players")]
+        game: session::GameArgs,
+        #[command(flatten, next_help_heading = "Waves")]
+        matchmaking: matchmaking::MatchmakingArgs,
+    },
+}
+
+/// Where the platform is and how long to measure (scenario matchmaking measures its waves
+/// instead).
 #[derive(Debug, Args)]
 struct RunArgs {
     /// Platform URL.
     #[arg(long, env = "RALLY_URL", default_value = crate::config::DEFAULT_URL)]
     url: String,
     /// Seconds to measure, after the warm-up.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     duration_secs: u64,
     /// Seconds of load before measuring starts.
     #[arg(long, default_value_t = 1)]
     warmup_secs: u64,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, Serialize)]
+/// The scenario a report is of.
+#[derive(Debug, Clone, Copy, Serialize)]
 #[serde(rename_all = "lowercase")]
 enum Scenario {
-    /// Anonymous sign-up followed by sign-in.
     Signup,
-    /// Players on WebSockets exchanging echoed messages with a lobby.
     Players,
-    /// Players on WebSockets asking their lobby for a duel, all at once.
     Matchmaking,
 }
 
 pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.run.duration_secs > 0,
-        "--duration-secs must be at least 1"
-    );
     match args.scenario {
-        Scenario::Signup => signup::run(args.run, args.signup).await,
-        Scenario::Players => players::run(args.run, args.game, args.players).await,
-        Scenario::Matchmaking => matchmaking::run(args.run, args.game, args.matchmaking).await,
+        ScenarioArgs::Signup { run, signup } => signup::run(run, signup).await,
+        ScenarioArgs::Players { run, game, players } => players::run(run, game, players).await,
+        ScenarioArgs::Matchmaking {
+            url,
+            game,
+            matchmaking,
+        } => matchmaking::run(url, game, matchmaking).await,
     }
 }
 
@@ -154,7 +173,7 @@ mod tests {
     }
 
     #[test]
-    fn the_scenarios_share_their_player_options_without_clashing() {
+    fn each_scenario_takes_its_own_options_only() {
         Command::command().debug_assert();
         let command = Command::try_parse_from([
             "loadtest",
@@ -167,8 +186,40 @@ mod tests {
             "studio",
         ])
         .unwrap();
-        assert!(matches!(command.loadtest.scenario, Scenario::Matchmaking));
-        assert_eq!(command.loadtest.game.players(100).unwrap(), 20);
+        let ScenarioArgs::Matchmaking { game, .. } = command.loadtest.scenario else {
+            panic!("not matchmaking: {command:?}");
+        };
+        assert_eq!(game.players(100).unwrap(), 20);
+        // Another scenario's options are refused, not ignored.
+        for (scenario, foreign) in [
+            ("players", "--waves"),
+            ("signup", "--players"),
+            ("matchmaking", "--duration-secs"),
+            ("matchmaking", "--rate"),
+        ] {
+            let error = Command::try_parse_from(["loadtest", scenario, foreign, "1"]).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::UnknownArgument,
+                "{scenario} {foreign}"
+            );
+        }
+        let error =
+            Command::try_parse_from(["loadtest", "signup", "--duration-secs", "0"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn a_scenarios_help_shows_its_options_only() {
+        let mut command = Command::command();
+        let players = command.find_subcommand_mut("players").unwrap();
+        let help = players.render_long_help().to_string();
+        for option in ["--rate", "--players", "--duration-secs", "--url"] {
+            assert!(help.contains(option), "{option} missing from: {help}");
+        }
+        for option in ["--waves", "--concurrency"] {
+            assert!(!help.contains(option), "{option} in: {help}");
+        }
     }
 
     #[test]

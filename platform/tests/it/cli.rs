@@ -83,6 +83,9 @@ async fn admin_logs_in_and_creates_a_developer() {
     let me: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(me["role"], "admin");
     assert_eq!(me["username"], "admin");
+    // Unix milliseconds, as every timestamp of the API: the token lives for 15 minutes.
+    let expires_in = me["expires_at"].as_i64().unwrap() - rally_platform::storage::now_millis();
+    assert!((14 * 60_000..=15 * 60_000).contains(&expires_in), "{me}");
     let output = rally(config_dir.path(), &["whoami"], &[]).await;
     assert!(
         stdout(&output).starts_with("admin (admin, account "),
@@ -431,12 +434,28 @@ async fn a_new_developer_deploys_hello_with_the_cli_alone() {
         &[],
     )
     .await;
-    let printed = rally_ok(
+    let output = rally(
         developer.path(),
         &["deploy", HELLO, "--tenant", "acme", "--project", "hello"],
         &[],
     )
     .await;
+    let steps = stderr(&output);
+    assert!(output.status.success(), "{steps}");
+    let printed = stdout(&output);
+    // Each step as it ends, in order, on stderr: stdout is the result alone.
+    let mut seen = steps.as_str();
+    for step in [
+        "packed and checked ",
+        "uploaded ",
+        "deployed version 1 to acme/hello/default",
+        "lobby ready in ",
+    ] {
+        let at = seen
+            .find(step)
+            .unwrap_or_else(|| panic!("no step {step:?} after the ones before in: {steps}"));
+        seen = &seen[at + step.len()..];
+    }
 
     // The platform agrees: the `default` stage runs version 1.
     let api = app.admin().await;
@@ -636,6 +655,42 @@ async fn a_broken_manifest_is_refused_before_anything_is_uploaded() {
     .await;
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(stderr(&output).contains("runtime.tick_rate: "));
+
+    // A script that does not compile as well: one run names every problem.
+    std::fs::write(
+        broken.path().join("lobby.lua"),
+        "local M = {}\nfunction M.on_start(ctx)\n  ctx.log(\"x\"\nend\nreturn M\n",
+    )
+    .unwrap();
+    let output = rally(
+        nobody.path(),
+        &[
+            "version",
+            "upload",
+            directory,
+            "--tenant",
+            "acme",
+            "--project",
+            "hello",
+        ],
+        &[],
+    )
+    .await;
+    let printed = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{printed}");
+    for problem in [
+        "runtime.tick_rate: ",
+        "modes[0].max_players: ",
+        "the lobby logic does not load: ",
+    ] {
+        assert!(
+            printed
+                .lines()
+                .any(|line| line.trim_start().starts_with(problem)),
+            "no line for {problem:?} in: {printed}"
+        );
+    }
+    assert!(printed.contains("lobby.lua:"), "{printed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
