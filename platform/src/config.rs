@@ -88,6 +88,12 @@ pub struct Config {
     /// node with more than one stage above the least loaded one; `off` leaves them where they
     /// are (operators move them).
     pub stage_balance: StageBalance,
+    /// Whether the server serves the playground at `/play/` (`docs/playground.md`).
+    pub playground: bool,
+    /// The stage (`tenant/project/stage`) whose playground opens without a developer's
+    /// sign-in: `rally dev` sets it to its game's stage. Not a setting.
+    #[serde(skip)]
+    pub playground_stage: Option<String>,
     /// How long a graceful shutdown waits for requests in flight.
     pub shutdown_grace_secs: u64,
     pub log_format: LogFormat,
@@ -157,6 +163,8 @@ impl Default for Config {
             node_heartbeat_secs: 2,
             node_dead_after_secs: 10,
             stage_balance: StageBalance::Count,
+            playground: true,
+            playground_stage: None,
             shutdown_grace_secs: 10,
             log_format: LogFormat::Human,
             player_max_frame_bytes: 64 * 1024,
@@ -216,6 +224,7 @@ const SETTINGS: &[&str] = &[
     "node_heartbeat_secs",
     "node_dead_after_secs",
     "stage_balance",
+    "playground",
     "shutdown_grace_secs",
     "log_format",
     "player_max_frame_bytes",
@@ -531,6 +540,7 @@ mod tests {
                     "listen" => "127.0.0.1:1",
                     "log_format" => "json",
                     "stage_balance" => "off",
+                    "playground" => "false",
                     "data_dir" | "database_url" | "runtime_binary" => "sqlite://x.db",
                     "runtime_platform_url" | "advertise_url" => "http://127.0.0.1:1",
                     "node_heartbeat_secs" => "2",

@@ -24,6 +24,7 @@ pub mod nodes;
 pub mod openapi;
 pub mod permissions;
 pub mod players;
+pub mod playground;
 pub mod pools;
 pub mod projects;
 pub mod registry;

@@ -156,6 +156,7 @@ pub fn app(state: AppState) -> Router {
     let (router, document) = api_router(&state.config).split_for_parts();
     openapi::publish(&document);
     router
+        .merge(crate::playground::routes(state.config.playground))
         .fallback(|| async { ApiError::NotFound { what: "route" } })
         // Limits are per route group (above); the extractors' own default limit is off.
         .layer(DefaultBodyLimit::disable())

@@ -83,6 +83,11 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     // The platform's admin is `rally dev`'s own: its password is the one kept beside the data,
     // whatever `admin_password` the environment holds for another platform.
     config.admin_password = Some(SecretString::from(credentials.admin.password.clone()));
+    // The playground opens on this game without a developer's sign-in.
+    config.playground_stage = Some(format!(
+        "{TENANT}/{}/{DEFAULT_STAGE}",
+        project_alias(&directory_name(&directory))
+    ));
     telemetry::init(config.log_format);
 
     let data_dir = config.data_dir.clone();
@@ -265,11 +270,7 @@ impl Session {
     /// a failed set-up (the caller stops it on Ctrl-C).
     async fn run(self) -> Result<(), CliError> {
         let api = RallyClient::new(&self.url)?;
-        let name = self
-            .directory
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = directory_name(&self.directory);
         let project = ProjectArgs {
             tenant: TENANT.to_owned(),
             project: project_alias(&name),
@@ -382,6 +383,7 @@ impl Session {
         eprintln!(
             "\n\
              game        {TENANT}/{project}/{DEFAULT_STAGE} (tenant/project/stage) on {url}\n\
+             playground  {url}/play/ (open it in two tabs to play as two players)\n\
              players     sign up (POST /api/v1/users, then /api/v1/users/sign-in), create a client\n\
              \x20           (POST /api/v1/tenants/{TENANT}/projects/{project}/stages/{DEFAULT_STAGE}/clients),\n\
              \x20           then open {socket}/api/v1/clients/{{client_id}}/ws; see docs/player-protocol.md\n\
@@ -403,6 +405,14 @@ fn created_or_there<T>(result: Result<T, ClientError>) -> Result<(), ClientError
         Ok(_) | Err(ClientError::Api { status: 409, .. }) => Ok(()),
         Err(error) => Err(error),
     }
+}
+
+/// The bundle directory's own name, which names the project.
+fn directory_name(directory: &Path) -> String {
+    directory
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// A project alias from a directory name: `Tic Tac Toe` → `tic-tac-toe`, `2048` → `game-2048`.

@@ -51,14 +51,19 @@ struct StageSegments {
 }
 
 /// A stage by ids or aliases, for players: every stage is reachable, only existence matters.
-async fn find_stage(database: &Database, path: &StageSegments) -> Result<String, ApiError> {
-    let tenant = crate::catalog::find_tenant(database, &path.tenant)
+pub(crate) async fn find_stage(
+    database: &Database,
+    tenant: &str,
+    project: &str,
+    stage: &str,
+) -> Result<String, ApiError> {
+    let tenant = crate::catalog::find_tenant(database, tenant)
         .await?
         .ok_or(ApiError::NotFound { what: "tenant" })?;
-    let project = crate::catalog::find_project(database, &tenant.id, &path.project)
+    let project = crate::catalog::find_project(database, &tenant.id, project)
         .await?
         .ok_or(ApiError::NotFound { what: "project" })?;
-    let stage = crate::catalog::find_stage(database, &project.id, &path.stage)
+    let stage = crate::catalog::find_stage(database, &project.id, stage)
         .await?
         .ok_or(ApiError::NotFound { what: "stage" })?;
     Ok(stage.id)
@@ -75,7 +80,7 @@ async fn create_client(
     State(state): State<AppState>,
     Path(path): Path<StageSegments>,
 ) -> Result<(StatusCode, Json<CreatedClient>), ApiError> {
-    let stage_id = find_stage(&state.database, &path).await?;
+    let stage_id = find_stage(&state.database, &path.tenant, &path.project, &path.stage).await?;
     let deployment = sqlx::query(
         "SELECT d.id, v.number FROM deployments d JOIN versions v ON v.id = d.version_id \
          WHERE d.stage_id = $1 AND d.status = 'active'",
@@ -353,7 +358,7 @@ async fn my_player(
     State(state): State<AppState>,
     Path(path): Path<StageSegments>,
 ) -> Result<Json<Player>, ApiError> {
-    let stage_id = find_stage(&state.database, &path).await?;
+    let stage_id = find_stage(&state.database, &path.tenant, &path.project, &path.stage).await?;
     Ok(Json(
         find_player(&state.database, &stage_id, &caller.subject).await?,
     ))

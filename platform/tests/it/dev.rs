@@ -21,7 +21,7 @@ const ECHO: &str = "ctx.respond(client_id, payload, kind)";
 const PREFIXED_ECHO: &str = "ctx.respond(client_id, \"echo: \" .. payload, kind)";
 
 /// A running `rally dev`, its stderr read line by line.
-struct Dev {
+pub(crate) struct Dev {
     child: tokio::process::Child,
     lines: mpsc::UnboundedReceiver<String>,
     /// Everything printed so far, for the failure message.
@@ -30,7 +30,7 @@ struct Dev {
 }
 
 impl Dev {
-    async fn start(bundle: &Path, data_dir: &Path) -> Dev {
+    pub(crate) async fn start(bundle: &Path, data_dir: &Path) -> Dev {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -72,7 +72,7 @@ impl Dev {
     }
 
     /// Waits for a line containing `needle` and returns it.
-    async fn wait_for(&mut self, needle: &str) -> String {
+    pub(crate) async fn wait_for(&mut self, needle: &str) -> String {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             match tokio::time::timeout_at(deadline, self.lines.recv()).await {
@@ -96,7 +96,7 @@ impl Dev {
     }
 
     /// SIGTERM, as Ctrl-C would: exits 0 and leaves none of its runtimes behind.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let pid = self.child.id().expect("still running") as i32;
         let processes = runtimes_of(&self.url);
         let launchers: Vec<i32> = processes

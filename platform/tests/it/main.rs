@@ -18,6 +18,7 @@ mod management;
 mod nodes;
 mod permissions;
 mod players;
+mod playground;
 mod pools;
 mod programs;
 mod registry;
