@@ -2,7 +2,7 @@
 //! checks, and the `/api/v1/developers` routes.
 
 use crate::audit::{self, Change};
-use crate::auth::password::{check_password, MAX_PASSWORD_BYTES};
+use crate::auth::password::{check_password, PASSWORD_MAX_CHARS};
 use crate::auth::{Caller, Staff};
 use crate::error::{ApiError, Json, Path};
 use crate::permissions::{AsStaff, Principal};
@@ -232,7 +232,7 @@ pub async fn authenticate(
     password: String,
 ) -> Result<Account, ApiError> {
     let password = SecretString::from(password);
-    if password.expose_secret().len() > MAX_PASSWORD_BYTES {
+    if password.expose_secret().chars().count() > PASSWORD_MAX_CHARS {
         return Err(invalid_credentials());
     }
     // A name no account can have is not looked up (and a NUL byte never reaches PostgreSQL).

@@ -108,13 +108,16 @@ fn entry(row: &AnyRow) -> Result<AuditEntry, ApiError> {
 }
 
 /// Entries matching `column = value` (or all when `filter` is None), newest first.
+/// The most entries one page holds.
+pub const MAX_LIMIT: i64 = 500;
+
 async fn query(
     state: &AppState,
     filter: Option<(&str, &str)>,
     page: Page,
 ) -> Result<Json<AuditList>, ApiError> {
     let limit = page.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
+    if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(
             "invalid_limit",
             "limit must be 1 to 500",

@@ -81,14 +81,14 @@ async fn create_deployment(
 ) -> Result<(StatusCode, Json<Deployment>), ApiError> {
     let version = versions::find(&state.database, &scope.project.id, &request.version)
         .await?
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "version_not_in_project",
-                format!(
-                    "{:?} is not a version of this stage's project; upload it to the project first",
-                    request.version
-                ),
-            )
+        // Not found, like any other unknown id the request names.
+        .ok_or_else(|| ApiError::Rejected {
+            status: axum::http::StatusCode::NOT_FOUND,
+            code: "version_not_in_project",
+            message: format!(
+                "{:?} is not a version of this stage's project; upload it to the project first",
+                request.version
+            ),
         })?;
     let manifest: Manifest =
         serde_json::from_value(version.manifest.clone()).map_err(ApiError::internal)?;

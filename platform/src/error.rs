@@ -219,9 +219,101 @@ impl From<QueryRejection> for ApiError {
 }
 
 /// `axum::Json` whose rejection is an [`ApiError`], so a bad body gets the common error shape.
-#[derive(Debug, Clone, Copy, Default, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// Every body is a JSON object: serde would also fill a struct from an array of its fields in
+/// order (`["Studio"]`), which no documented request is.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::Rejected {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                code: "unsupported_media_type",
+                message: "Expected request with `Content-Type: application/json`".to_owned(),
+            });
+        }
+        let body = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| ApiError::Rejected {
+                status: rejection.status(),
+                code: if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    "payload_too_large"
+                } else {
+                    "unreadable_body"
+                },
+                message: rejection.body_text(),
+            })?;
+        let axum::Json(Object(value)) = axum::Json::<Object<T>>::from_bytes(&body)?;
+        // No text the platform keeps or looks up can hold NUL (PostgreSQL refuses it). What
+        // was read is written again to look: fields the request does not have are ignored.
+        let read = serde_json::to_vec(&value).map_err(ApiError::internal)?;
+        if has_nul(&read) {
+            return Err(ApiError::bad_request(
+                "invalid_text",
+                "strings in the body must not contain NUL (\\u0000)",
+            ));
+        }
+        Ok(Json(value))
+    }
+}
+
+/// `Content-Type: application/json`, or another JSON type (`application/problem+json`).
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<mime::Mime>().ok())
+        .is_some_and(|mime| {
+            mime.type_() == "application"
+                && (mime.subtype() == "json"
+                    || mime.suffix().is_some_and(|suffix| suffix == "json"))
+        })
+}
+
+/// Whether a JSON text has a string holding NUL: the escape `\u0000` (a raw NUL byte is not
+/// JSON at all), not itself escaped (`\\u0000` is a backslash and `u0000`).
+fn has_nul(json: &[u8]) -> bool {
+    let mut backslashes = 0;
+    for (at, &byte) in json.iter().enumerate() {
+        if byte == b'\\' {
+            backslashes += 1;
+            continue;
+        }
+        if byte == b'u' && backslashes % 2 == 1 && json[at + 1..].starts_with(b"0000") {
+            return true;
+        }
+        backslashes = 0;
+    }
+    false
+}
+
+/// `T` read from a JSON object only.
+struct Object<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(Fields(std::marker::PhantomData))
+            .map(Object)
+    }
+}
 
 impl<T: serde::Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
@@ -238,6 +330,24 @@ pub struct Path<T>(pub T);
 #[derive(Debug, FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
+
+/// A path or query holding NUL (`%00`) names nothing the platform keeps: a path is not found,
+/// a query is refused, before any lookup (PostgreSQL refuses NUL in text).
+pub async fn refuse_nul(request: Request, next: axum::middleware::Next) -> Response {
+    let uri = request.uri();
+    if uri.path().contains("%00") {
+        return ApiError::NotFound { what: "resource" }.into_response();
+    }
+    if uri.query().is_some_and(|query| query.contains("%00")) {
+        return ApiError::Rejected {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_query",
+            message: "the query must not contain NUL (%00)".to_owned(),
+        }
+        .into_response();
+    }
+    next.run(request).await
+}
 
 /// Last layer: gives the common error shape to error responses that did not come from an
 /// [`ApiError`] (unknown routes, wrong methods, panics, limits enforced by lower layers).
@@ -270,4 +380,15 @@ pub async fn shape_errors(request: Request, next: axum::middleware::Next) -> Res
         shaped.headers_mut().insert(header::ALLOW, allow.clone());
     }
     shaped
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nul_is_found_only_where_a_string_holds_it() {
+        assert!(super::has_nul(br#"{"a": "x\u0000y"}"#));
+        assert!(super::has_nul(br#"{"a": "\\\u0000"}"#));
+        assert!(!super::has_nul(br#"{"a": "\\u0000"}"#));
+        assert!(!super::has_nul(br#"{"a": "u0000", "b": "\u0001"}"#));
+    }
 }

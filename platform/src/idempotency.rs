@@ -107,11 +107,12 @@ where
             Ok(Claim::Ours) => {}
             Ok(Claim::Replay { status, body }) => return Err(replay(status, body)),
             Ok(Claim::OtherRequest) => {
+                // A key bound to another request conflicts with what the platform holds.
                 return Err(error_response(
-                    StatusCode::UNPROCESSABLE_ENTITY,
+                    StatusCode::CONFLICT,
                     "idempotency_key_reused",
                     "this Idempotency-Key was used for a different request".to_owned(),
-                ))
+                ));
             }
             Ok(Claim::InProgress) => {
                 return Err(error_response(

@@ -28,6 +28,7 @@ pub mod playground;
 pub mod pools;
 pub mod projects;
 pub mod registry;
+pub mod rules;
 pub mod runtimes;
 pub mod server;
 pub mod stages;

@@ -10,7 +10,10 @@ use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::config::Config;
+use crate::rules;
 use crate::state::AppState;
+use serde_json::{json, Value};
 
 /// The document's frame; the routers fill in paths and schemas.
 pub fn base() -> OpenApi {
@@ -51,14 +54,166 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// route module, this one included).
 static DOCUMENT: OnceLock<String> = OnceLock::new();
 
-/// Serves `document` from now on (the first one published stays: it does not change).
-pub fn publish(document: &OpenApi) {
+/// Serves `document` from now on (the first one published stays: it does not change), with
+/// the rules the routes enforce beyond the types stated in it ([`constrain`]).
+pub fn publish(document: &OpenApi, config: &Config) {
     DOCUMENT.get_or_init(|| {
-        document
-            .to_pretty_json()
-            .expect("the OpenAPI document serialises")
+        let mut document = serde_json::to_value(document).expect("the OpenAPI document serialises");
+        for missing in constrain(&mut document, config) {
+            tracing::error!(%missing, "a rule names a part of the OpenAPI document that is not there");
+        }
+        serde_json::to_string_pretty(&document).expect("the OpenAPI document serialises")
     });
 }
+
+/// States in `document` what the routes check beyond the types: lengths, patterns, ranges
+/// and enums (from `crate::rules` and the checks they stand for), the fields a grant's scope
+/// needs, and the body types an upload takes. Returns the JSON pointers it did not find, which
+/// a test keeps empty.
+pub fn constrain(document: &mut Value, config: &Config) -> Vec<String> {
+    let name =
+        json!({"minLength": 1, "maxLength": rules::NAME_MAX_CHARS, "pattern": rules::name()});
+    // `not` must leave `null` alone: it applies to strings only.
+    let alias = json!({"maxLength": 63, "pattern": rules::SLUG,
+        "not": {"type": "string", "pattern": rules::ID_SHAPED}});
+    let slug = json!({"maxLength": 63, "pattern": rules::SLUG});
+    let username = json!({"minLength": 3, "maxLength": 64, "pattern": rules::USERNAME});
+    let password = json!({"minLength": rules::PASSWORD_MIN_CHARS,
+        "maxLength": rules::PASSWORD_MAX_CHARS, "pattern": rules::no_control()});
+    let device_id = json!({"minLength": rules::DEVICE_ID_MIN_CHARS,
+        "maxLength": rules::DEVICE_ID_MAX_CHARS, "pattern": rules::no_control()});
+    let ttl = json!({"minimum": crate::registry::MIN_LOGIN_TTL_SECS,
+        "maximum": config.registry_login_ttl_secs});
+    let mut missing = Vec::new();
+    let mut merge = |document: &mut Value, pointer: String, rule: &Value| match document
+        .pointer_mut(&pointer)
+    {
+        Some(Value::Object(target)) => {
+            if let Value::Object(rule) = rule {
+                target.extend(rule.clone());
+            }
+        }
+        _ => missing.push(pointer),
+    };
+    for (schema, property, rule) in [
+        ("CreateTenant", "name", &name),
+        ("CreateTenant", "alias", &alias),
+        ("CreateNamed", "name", &name),
+        ("CreateNamed", "alias", &alias),
+        ("CreateDeveloperRequest", "username", &username),
+        ("CreateDeveloperRequest", "password", &password),
+        ("PasswordReset", "password", &password),
+        ("DeviceSignInRequest", "device_id", &device_id),
+        ("CreatePool", "name", &slug),
+        ("RegisterServer", "name", &slug),
+        ("CreateRegistryCredential", "ttl_secs", &ttl),
+    ] {
+        merge(
+            document,
+            format!("/components/schemas/{schema}/properties/{property}"),
+            rule,
+        );
+    }
+    // A grant names the project for project and stage scopes, and the stage for stage scopes.
+    let named = |fields: &[&str]| {
+        let properties: serde_json::Map<String, Value> = fields
+            .iter()
+            .map(|field| (field.to_string(), json!({"type": "string"})))
+            .collect();
+        json!({"required": fields, "properties": properties})
+    };
+    merge(
+        document,
+        "/components/schemas/GrantRequest".to_owned(),
+        &json!({"anyOf": [
+            {"properties": {"scope": {"const": "tenant"}}},
+            {"properties": {"scope": {"const": "project"}}, "allOf": [named(&["project"])]},
+            {"properties": {"scope": {"const": "stage"}}, "allOf": [named(&["project", "stage"])]},
+        ]}),
+    );
+
+    let idempotency_key = json!({"pattern": rules::IDEMPOTENCY_KEY});
+    let limit = json!({"minimum": 1, "maximum": crate::audit::MAX_LIMIT});
+    let service = json!({"enum": [crate::registry::SERVICE]});
+    let note = json!({"maxLength": rules::NOTE_MAX_CHARS, "pattern": rules::note()});
+    let paths: Vec<String> = document["paths"]
+        .as_object()
+        .map(|paths| paths.keys().cloned().collect())
+        .unwrap_or_default();
+    for path in paths {
+        for method in ["get", "post", "put", "delete"] {
+            let escaped = path.replace('~', "~0").replace('/', "~1");
+            let operation = format!("/paths/{escaped}/{method}");
+            let parameters = document
+                .pointer(&format!("{operation}/parameters"))
+                .and_then(Value::as_array)
+                .map(|parameters| {
+                    parameters
+                        .iter()
+                        .map(|parameter| {
+                            (
+                                parameter["in"].as_str().unwrap_or_default().to_owned(),
+                                parameter["name"].as_str().unwrap_or_default().to_owned(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            for (index, (place, parameter)) in parameters.iter().enumerate() {
+                let rule = match (place.as_str(), parameter.as_str()) {
+                    ("header", "Idempotency-Key") => &idempotency_key,
+                    ("query", "limit") if path.ends_with("/audit") => &limit,
+                    ("query", "service") => &service,
+                    ("query", "note") => &note,
+                    _ => continue,
+                };
+                merge(
+                    document,
+                    format!("{operation}/parameters/{index}/schema"),
+                    rule,
+                );
+            }
+        }
+    }
+    // No text anywhere holds NUL: bodies and queries with it are refused, paths with it name
+    // nothing (`error::refuse_nul`, `error::Json`).
+    forbid_nul(document);
+    // An upload is the archive's bytes, whatever a client calls them.
+    let binary = json!({"schema": {"type": "string", "format": "binary"}});
+    merge(
+        document,
+        "/paths/~1api~1v1~1tenants~1{tenant}~1projects~1{project}~1versions/post/requestBody/content"
+            .to_owned(),
+        &json!({"application/gzip": binary, "application/octet-stream": binary}),
+    );
+    missing
+}
+
+/// Gives every string schema that says nothing narrower (pattern, enum, format) the pattern
+/// "no NUL".
+fn forbid_nul(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            let is_string = match object.get("type") {
+                Some(Value::String(kind)) => kind == "string",
+                Some(Value::Array(kinds)) => kinds.iter().any(|kind| kind == "string"),
+                _ => false,
+            };
+            let narrower = ["pattern", "enum", "const", "format"]
+                .iter()
+                .any(|key| object.contains_key(*key));
+            if is_string && !narrower {
+                object.insert("pattern".to_owned(), json!(NO_NUL));
+            }
+            object.values_mut().for_each(forbid_nul);
+        }
+        Value::Array(items) => items.iter_mut().for_each(forbid_nul),
+        _ => {}
+    }
+}
+
+/// Any text without NUL.
+pub const NO_NUL: &str = "^[^\\u0000]*$";
 
 /// The whole document.
 fn document() -> &'static str {

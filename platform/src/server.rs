@@ -154,12 +154,13 @@ pub fn api_router(config: &Config) -> OpenApiRouter<AppState> {
 /// The platform's HTTP service.
 pub fn app(state: AppState) -> Router {
     let (router, document) = api_router(&state.config).split_for_parts();
-    openapi::publish(&document);
+    openapi::publish(&document, &state.config);
     router
         .merge(crate::playground::routes(state.config.playground))
         .fallback(|| async { ApiError::NotFound { what: "route" } })
         // Limits are per route group (above); the extractors' own default limit is off.
         .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(error::refuse_nul))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             idempotency::keep_answers,

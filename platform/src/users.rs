@@ -15,10 +15,24 @@ use sqlx::Row;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-/// Device ids come from the platform SDKs (a vendor id, a generated UUID); anything longer is
-/// not a device id.
-const MAX_DEVICE_ID_BYTES: usize = 256;
-const MIN_DEVICE_ID_BYTES: usize = 8;
+use crate::rules::{DEVICE_ID_MAX_CHARS, DEVICE_ID_MIN_CHARS};
+
+/// Device ids come from the platform SDKs (a vendor id, a generated UUID): 8–256 characters,
+/// none of them a control character.
+pub fn check_device_id(device_id: &str) -> Result<(), ApiError> {
+    if (DEVICE_ID_MIN_CHARS..=DEVICE_ID_MAX_CHARS).contains(&device_id.chars().count())
+        && !device_id.chars().any(char::is_control)
+    {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_device_id",
+            format!(
+                "device_id must be {DEVICE_ID_MIN_CHARS} to {DEVICE_ID_MAX_CHARS} characters without control characters"
+            ),
+        ))
+    }
+}
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -94,16 +108,7 @@ async fn device_sign_in(
     Json(request): Json<DeviceSignInRequest>,
 ) -> Result<Json<DeviceSignIn>, ApiError> {
     let device_id = request.device_id;
-    if !(MIN_DEVICE_ID_BYTES..=MAX_DEVICE_ID_BYTES).contains(&device_id.len())
-        || device_id.chars().any(char::is_control)
-    {
-        return Err(ApiError::bad_request(
-            "invalid_device_id",
-            format!(
-                "device_id must be {MIN_DEVICE_ID_BYTES} to {MAX_DEVICE_ID_BYTES} bytes without control characters"
-            ),
-        ));
-    }
+    check_device_id(&device_id)?;
     let device_hash = hash_secret(&format!("device:{device_id}"));
     let database = &state.database;
     let existing = find_by_device(database.reader(), &device_hash).await?;

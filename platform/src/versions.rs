@@ -120,6 +120,20 @@ pub struct UploadOptions {
 /// (a second per entry, then its watchdog), so this only catches a wedged process.
 const LOGIC_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// A version's note: at most 500 characters, line breaks but no other control or format
+/// character.
+pub fn check_note(note: &str) -> Result<(), ApiError> {
+    let hidden = |c: char| c != '\n' && crate::permissions::is_hidden_char(c);
+    if note.chars().count() <= crate::rules::NOTE_MAX_CHARS && !note.chars().any(hidden) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_note",
+            "note must be at most 500 characters without control or invisible format characters",
+        ))
+    }
+}
+
 /// Loads the bundle's lobby and match logic with `rally-runtime check`, the code a runtime
 /// starts with, so that a version that could never start is refused at upload: a Lua syntax
 /// error or a top level that fails, a WASM module that does not compile, lacks an export or
@@ -226,13 +240,7 @@ async fn upload_version(
     Idempotent(archive): Idempotent<Bytes>,
 ) -> Result<(StatusCode, Json<Version>), ApiError> {
     if let Some(note) = &options.note {
-        let hidden = |c: char| c != '\n' && crate::permissions::is_hidden_char(c);
-        if note.chars().count() > 500 || note.chars().any(hidden) {
-            return Err(ApiError::bad_request(
-                "invalid_note",
-                "note must be at most 500 characters without control or invisible format characters",
-            ));
-        }
+        check_note(note)?;
     }
     let limits = state.config.bundle_limits();
     let checked = archive.clone();

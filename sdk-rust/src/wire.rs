@@ -4,6 +4,29 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+/// Reads an optional integer as JSON Schema counts integers, `60` and `60.0` alike; a
+/// fraction, a negative number or one too large for `T` is refused.
+fn integral<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|value| value.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(value))
+            .map(|value| value as u64)
+    });
+    whole
+        .and_then(|value| T::try_from(value).ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("expected a non-negative integer, not {number}")))
+}
+
 /// The body of every failed HTTP call: `{"error":{"code":"...","message":"..."}}`.
 ///
 /// `code` is stable and meant for programs; `message` is for people and may change.
@@ -671,9 +694,12 @@ impl ServerStatus {
 #[serde(deny_unknown_fields)]
 pub struct Capacity {
     /// Thousandths of a CPU core.
+    #[serde(default, deserialize_with = "integral")]
     pub cpu_millis: Option<u32>,
+    #[serde(default, deserialize_with = "integral")]
     pub memory_mb: Option<u32>,
     /// Runtimes at once.
+    #[serde(default, deserialize_with = "integral")]
     pub runtimes: Option<u32>,
 }
 
@@ -801,7 +827,7 @@ pub struct RegistryInfo {
 pub struct CreateRegistryCredential {
     /// How long the credential is valid, in seconds; at most `registry_login_ttl_secs` (the
     /// default).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral")]
     pub ttl_secs: Option<u64>,
 }
 

@@ -27,10 +27,14 @@ use rally_sdk::wire::{
     CreateRegistryCredential, ErrorBody, RegistryCredential, RegistryInfo, RegistrySetup,
     RegistrySetupRequest, Role,
 };
-use signing::{CredentialError, Holder, ISSUER, SERVICE};
+pub use signing::SERVICE;
+use signing::{CredentialError, Holder, ISSUER};
 use std::time::Duration;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+/// The shortest login a registry credential may be made for, in seconds.
+pub const MIN_LOGIN_TTL_SECS: u64 = 60;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -212,10 +216,10 @@ async fn create_credential(
 ) -> Result<Json<RegistryCredential>, ApiError> {
     let longest = state.config.registry_login_ttl_secs;
     let ttl = request.ttl_secs.unwrap_or(longest);
-    if !(60..=longest).contains(&ttl) {
+    if !(MIN_LOGIN_TTL_SECS..=longest).contains(&ttl) {
         return Err(ApiError::bad_request(
             "invalid_ttl",
-            format!("ttl_secs must be between 60 and {longest}"),
+            format!("ttl_secs must be between {MIN_LOGIN_TTL_SECS} and {longest}"),
         ));
     }
     let account = accounts::find(&state.database, &principal.account_id)

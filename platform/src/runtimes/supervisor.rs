@@ -494,14 +494,23 @@ async fn provide_matches(
         let (pending, idle) = of_deployment()
             .find(|d| d.mode == mode)
             .map_or((0, 0), |d| (d.pending as i64, d.idle as i64));
-        let starting: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM runtimes WHERE deployment_id = $1 AND qualifier = 'match' \
-             AND mode = $2 AND status = 'starting'",
+        // On their way: starting, or running without a socket here yet (adopted after a
+        // restart and reconnecting, or reconnecting after a drop). Counting those as missing
+        // would start a second runtime for each.
+        let records: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, status FROM runtimes WHERE deployment_id = $1 AND qualifier = 'match' \
+             AND mode = $2 AND status IN ('starting', 'running')",
         )
         .bind(&deployment.id)
         .bind(&mode)
-        .fetch_one(state.database.reader())
+        .fetch_all(state.database.reader())
         .await?;
+        let starting = records
+            .iter()
+            .filter(|(id, status)| {
+                status == "starting" || !state.dispatcher.runtime_is_connected(id)
+            })
+            .count() as i64;
         let (missing, more_later) = plan_matches(Matches {
             warm,
             pending,

@@ -24,17 +24,21 @@ async fn malformed_bodies_get_clear_codes(backend: Backend) {
         ),
         ("{\"username\": \"admin\"}", 422, "invalid_body"),
         ("[1, 2, 3]", 422, "invalid_body"),
+        // The fields in order, as an array: serde would read a struct from it; no body is one.
+        ("[\"admin\", \"the-admin-password\"]", 422, "invalid_body"),
         (
             "{\"username\": \"\\u0000\", \"password\": \"\\ud800\"}",
             400,
             "malformed_json",
         ),
-        // Valid JSON whose strings no account can have, NUL bytes included: refused, not a 500.
+        // Valid JSON whose strings hold NUL, which no text the platform keeps can: refused
+        // before any lookup, not a 500 from PostgreSQL.
         (
             "{\"username\": \"ad\\u0000min\", \"password\": \"x\\u0000y-long-enough\"}",
-            401,
-            "invalid_credentials",
+            400,
+            "invalid_text",
         ),
+        // Valid JSON whose strings no account can have.
         (
             "{\"username\": \"\u{1F600}\u{202E}\", \"password\": \"\u{202E}password\"}",
             401,
@@ -157,7 +161,31 @@ async fn a_developer_signs_in_but_cannot_create_developers(backend: Backend) {
     );
 }
 
+/// NUL in a path, a query or a body names nothing: a clear answer before any lookup, where
+/// PostgreSQL would refuse the text with a 500.
+async fn nul_anywhere_is_refused_before_the_database(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let token = app.admin().await.access_token().unwrap().to_owned();
+    let get = |path: &'static str| raw(&app, Method::GET, path, None, Vec::new(), Some(&token));
+    let (status, body) = get("/api/v1/tenants/st%00udio/projects").await;
+    assert_eq!((status, code(&body)), (404, "not_found"), "{body}");
+    let (status, body) = get("/api/v1/audit?before=a%00b").await;
+    assert_eq!((status, code(&body)), (400, "invalid_query"), "{body}");
+    let (status, body) = raw(
+        &app,
+        Method::POST,
+        "/api/v1/tenants",
+        Some("application/json"),
+        r#"{"name": "Studio", "alias": "st\u0000udio"}"#,
+        Some(&token),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (400, "invalid_text"), "{body}");
+    app.stop().await;
+}
+
 on_both_backends!(
+    nul_anywhere_is_refused_before_the_database,
     malformed_bodies_get_clear_codes,
     wrong_content_type_is_415,
     oversized_bodies_are_refused_without_being_read,

@@ -22,6 +22,7 @@ mod playground;
 mod pools;
 mod programs;
 mod registry;
+mod rules;
 mod runtimes;
 mod security;
 mod server;

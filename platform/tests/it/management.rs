@@ -318,14 +318,14 @@ async fn bad_deployments_are_refused(backend: Backend) {
                 serde_json::Value::Null,
             )
             .await,
-        400,
+        404,
         "version_not_in_project",
     );
     assert_api_error(
         admin
             .deploy("studio", "game", "default", "99", serde_json::Value::Null)
             .await,
-        400,
+        404,
         "version_not_in_project",
     );
     for config in [
@@ -413,7 +413,7 @@ async fn retried_creations_with_an_idempotency_key_make_one(backend: Backend) {
     // The same key for a different request is refused, not replayed.
     assert_api_error(
         keyed.create_tenant("Other", None).await,
-        422,
+        409,
         "idempotency_key_reused",
     );
     // A failed call is not kept: the corrected retry with the same key runs.

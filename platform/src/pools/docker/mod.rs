@@ -449,8 +449,15 @@ impl Inner {
         base: &str,
         layer: Vec<u8>,
         tag: &str,
-        config: ContainerConfig,
+        mut config: ContainerConfig,
     ) -> Result<(), StartError> {
+        // A commit keeps the container's labels the config does not name: without this, the
+        // image, and every runtime container made from it, would carry the scratch label, and
+        // `remove_scratch` would remove live runtimes.
+        config
+            .labels
+            .get_or_insert_with(HashMap::new)
+            .insert(SCRATCH_LABEL.to_owned(), String::new());
         let scratch = docker
             .create_container(
                 None::<CreateContainerOptions>,
