@@ -419,7 +419,7 @@ async function loadView() {
     view.mount(root, game);
     page.view = view;
     const modes = $("modes");
-    modes.replaceChildren(...Object.keys(view.requests ?? {}).map((mode) => new Option(mode)));
+    modes.replaceChildren(...Object.keys(view.requests ?? {}).map((mode) => new Option(mode, mode)));
     if (!$("mode").value && modes.options.length) $("mode").value = modes.options[0].value;
     note("game view loaded from the deployed bundle");
   } catch (error) {
@@ -454,7 +454,7 @@ async function listStages() {
       }
     }
   }
-  $("stages").replaceChildren(...stages.map((stage) => new Option(stage)));
+  $("stages").replaceChildren(...stages.map((stage) => new Option(stage, stage)));
   return stages;
 }
 

@@ -111,12 +111,14 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         redact_url(&platform.state.config.effective_database_url())
     );
 
+    let playground = platform.state.config.playground;
     let serving = tokio::spawn(server::serve(listener, platform.state, shutdown.clone()));
     let session = Session {
         directory,
         data_dir,
         url,
         credentials,
+        playground,
     };
     let outcome = tokio::select! {
         outcome = session.run() => outcome,
@@ -263,6 +265,8 @@ struct Session {
     data_dir: PathBuf,
     url: String,
     credentials: DevCredentials,
+    /// Whether `/play/` is served (`playground`).
+    playground: bool,
 }
 
 impl Session {
@@ -379,11 +383,16 @@ impl Session {
 
     fn print_instructions(&self, project: &str) {
         let url = &self.url;
+        let playground = if self.playground {
+            format!("playground  {url}/play/ (open it in two tabs to play as two players)\n")
+        } else {
+            String::new()
+        };
         let socket = url.replacen("http", "ws", 1);
         eprintln!(
             "\n\
              game        {TENANT}/{project}/{DEFAULT_STAGE} (tenant/project/stage) on {url}\n\
-             playground  {url}/play/ (open it in two tabs to play as two players)\n\
+             {playground}\
              players     sign up (POST /api/v1/users, then /api/v1/users/sign-in), create a client\n\
              \x20           (POST /api/v1/tenants/{TENANT}/projects/{project}/stages/{DEFAULT_STAGE}/clients),\n\
              \x20           then open {socket}/api/v1/clients/{{client_id}}/ws; see docs/player-protocol.md\n\

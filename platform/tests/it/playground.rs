@@ -176,20 +176,81 @@ async fn two_tabs_play_tic_tac_toe_to_the_end_in_the_playground() {
     let browser = driver.browser().await;
     let outcome = play_a_game(&browser, &url).await;
     if let Err(error) = &outcome {
-        // What each tab showed, for the failure message.
-        let mut shown = String::new();
-        for tab in browser.windows().await.unwrap_or_default() {
-            let _ = browser.switch_to_window(tab).await;
-            if let Ok(body) = browser.find(Locator::Css("body")).await {
-                shown += &body.text().await.unwrap_or_default();
-                shown += "\n-----\n";
-            }
-        }
+        let shown = what_the_tabs_show(&browser).await;
         let _ = browser.close().await;
         panic!("{error}; the tabs showed:\n{shown}");
     }
     let _ = browser.close().await;
     dev.stop().await;
+}
+
+/// `rally server`'s playground is for its developers: a sign-in first, then the stages that
+/// account sees, the game's view from the deployed bundle, and a player in a lobby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_rally_server_a_developer_signs_in_and_plays_a_stage_they_see() {
+    let app = app(Backend::Sqlite, |_| {}).await;
+    let (admin, _) = deploy(&app, tictactoe_bundle(), serde_json::json!({})).await;
+    manager(&app, &admin, "studio", "member").await;
+    let driver = Chromedriver::start();
+    let browser = driver.browser().await;
+    let outcome = async {
+        browser
+            .goto(&format!("{}/play/#studio/game/default", app.url))
+            .await?;
+        wait_for(&browser, "#sign-in:not([hidden])").await?;
+        assert!(
+            browser.find(Locator::Css("#main[hidden]")).await.is_ok(),
+            "nothing of the game shows before the sign-in"
+        );
+        browser
+            .find(Locator::Id("username"))
+            .await?
+            .send_keys("member")
+            .await?;
+        let password = browser.find(Locator::Id("password")).await?;
+        password.send_keys("developer-password").await?;
+        browser
+            .find(Locator::Css("#sign-in-form button"))
+            .await?
+            .click()
+            .await?;
+        // The stage asked for in the address opens, with the view from the deployed bundle.
+        wait_for(&browser, "#sign-in[hidden]").await?;
+        wait_for(&browser, ".ttt").await?;
+        wait_for(&browser, "#stages option[value='studio/game/default']").await?;
+        browser
+            .find(Locator::Id("new-player"))
+            .await?
+            .click()
+            .await?;
+        wait_for(&browser, "#players option").await?;
+        browser.find(Locator::Id("connect")).await?.click().await?;
+        wait_for(&browser, "#events li[data-type=runtime_assigned]").await?;
+        let welcome = wait_for(&browser, "#events li[data-type=message]").await?;
+        assert!(welcome.text().await?.contains("welcome"));
+        Ok::<(), fantoccini::error::CmdError>(())
+    }
+    .await;
+    if let Err(error) = outcome {
+        let shown = what_the_tabs_show(&browser).await;
+        let _ = browser.close().await;
+        panic!("{error}; the page showed:\n{shown}");
+    }
+    let _ = browser.close().await;
+    app.stop().await;
+}
+
+/// The text of every tab, for a failure message.
+async fn what_the_tabs_show(browser: &Client) -> String {
+    let mut shown = String::new();
+    for tab in browser.windows().await.unwrap_or_default() {
+        let _ = browser.switch_to_window(tab).await;
+        if let Ok(body) = browser.find(Locator::Css("body")).await {
+            shown += &body.text().await.unwrap_or_default();
+            shown += "\n-----\n";
+        }
+    }
+    shown
 }
 
 /// Waits this long at most for anything to show on the page.
