@@ -232,25 +232,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        if !is_json(request.headers()) {
-            return Err(ApiError::Rejected {
-                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                code: "unsupported_media_type",
-                message: "Expected request with `Content-Type: application/json`".to_owned(),
-            });
-        }
-        let body = axum::body::Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| ApiError::Rejected {
-                status: rejection.status(),
-                code: if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    "payload_too_large"
-                } else {
-                    "unreadable_body"
-                },
-                message: rejection.body_text(),
-            })?;
-        let axum::Json(Object(value)) = axum::Json::<Object<T>>::from_bytes(&body)?;
+        let axum::Json(Object(value)) =
+            axum::Json::<Object<T>>::from_request(request, state).await?;
         // No text the platform keeps or looks up can hold NUL (PostgreSQL refuses it). What
         // was read is written again to look: fields the request does not have are ignored.
         let read = serde_json::to_vec(&value).map_err(ApiError::internal)?;
@@ -262,19 +245,6 @@ where
         }
         Ok(Json(value))
     }
-}
-
-/// `Content-Type: application/json`, or another JSON type (`application/problem+json`).
-fn is_json(headers: &axum::http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<mime::Mime>().ok())
-        .is_some_and(|mime| {
-            mime.type_() == "application"
-                && (mime.subtype() == "json"
-                    || mime.suffix().is_some_and(|suffix| suffix == "json"))
-        })
 }
 
 /// Whether a JSON text has a string holding NUL: the escape `\u0000` (a raw NUL byte is not

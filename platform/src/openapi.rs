@@ -85,16 +85,6 @@ pub fn constrain(document: &mut Value, config: &Config) -> Vec<String> {
     let ttl = json!({"minimum": crate::registry::MIN_LOGIN_TTL_SECS,
         "maximum": config.registry_login_ttl_secs});
     let mut missing = Vec::new();
-    let mut merge = |document: &mut Value, pointer: String, rule: &Value| match document
-        .pointer_mut(&pointer)
-    {
-        Some(Value::Object(target)) => {
-            if let Value::Object(rule) = rule {
-                target.extend(rule.clone());
-            }
-        }
-        _ => missing.push(pointer),
-    };
     for (schema, property, rule) in [
         ("CreateTenant", "name", &name),
         ("CreateTenant", "alias", &alias),
@@ -108,11 +98,8 @@ pub fn constrain(document: &mut Value, config: &Config) -> Vec<String> {
         ("RegisterServer", "name", &slug),
         ("CreateRegistryCredential", "ttl_secs", &ttl),
     ] {
-        merge(
-            document,
-            format!("/components/schemas/{schema}/properties/{property}"),
-            rule,
-        );
+        let pointer = format!("/components/schemas/{schema}/properties/{property}");
+        merge(document, pointer, rule, &mut missing);
     }
     // A grant names the project for project and stage scopes, and the stage for stage scopes.
     let named = |fields: &[&str]| {
@@ -130,48 +117,35 @@ pub fn constrain(document: &mut Value, config: &Config) -> Vec<String> {
             {"properties": {"scope": {"const": "project"}}, "allOf": [named(&["project"])]},
             {"properties": {"scope": {"const": "stage"}}, "allOf": [named(&["project", "stage"])]},
         ]}),
+        &mut missing,
     );
 
     let idempotency_key = json!({"pattern": rules::IDEMPOTENCY_KEY});
     let limit = json!({"minimum": 1, "maximum": crate::audit::MAX_LIMIT});
     let service = json!({"enum": [crate::registry::SERVICE]});
     let note = json!({"maxLength": rules::NOTE_MAX_CHARS, "pattern": rules::note()});
-    let paths: Vec<String> = document["paths"]
-        .as_object()
-        .map(|paths| paths.keys().cloned().collect())
-        .unwrap_or_default();
-    for path in paths {
-        for method in ["get", "post", "put", "delete"] {
-            let escaped = path.replace('~', "~0").replace('/', "~1");
-            let operation = format!("/paths/{escaped}/{method}");
-            let parameters = document
-                .pointer(&format!("{operation}/parameters"))
-                .and_then(Value::as_array)
-                .map(|parameters| {
-                    parameters
-                        .iter()
-                        .map(|parameter| {
-                            (
-                                parameter["in"].as_str().unwrap_or_default().to_owned(),
-                                parameter["name"].as_str().unwrap_or_default().to_owned(),
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default();
-            for (index, (place, parameter)) in parameters.iter().enumerate() {
-                let rule = match (place.as_str(), parameter.as_str()) {
-                    ("header", "Idempotency-Key") => &idempotency_key,
-                    ("query", "limit") if path.ends_with("/audit") => &limit,
-                    ("query", "service") => &service,
-                    ("query", "note") => &note,
-                    _ => continue,
+    if let Some(Value::Object(paths)) = document.get_mut("paths") {
+        for (path, item) in paths.iter_mut() {
+            let Value::Object(operations) = item else {
+                continue;
+            };
+            for operation in operations.values_mut() {
+                let Some(Value::Array(parameters)) = operation.get_mut("parameters") else {
+                    continue;
                 };
-                merge(
-                    document,
-                    format!("{operation}/parameters/{index}/schema"),
-                    rule,
-                );
+                for parameter in parameters {
+                    let rule = match (parameter["in"].as_str(), parameter["name"].as_str()) {
+                        (Some("header"), Some("Idempotency-Key")) => &idempotency_key,
+                        (Some("query"), Some("limit")) if path.ends_with("/audit") => &limit,
+                        (Some("query"), Some("service")) => &service,
+                        (Some("query"), Some("note")) => &note,
+                        _ => continue,
+                    };
+                    let name = format!("{path} parameter {}", parameter["name"]);
+                    if !extend(parameter.get_mut("schema"), rule) {
+                        missing.push(name);
+                    }
+                }
             }
         }
     }
@@ -185,8 +159,27 @@ pub fn constrain(document: &mut Value, config: &Config) -> Vec<String> {
         "/paths/~1api~1v1~1tenants~1{tenant}~1projects~1{project}~1versions/post/requestBody/content"
             .to_owned(),
         &json!({"application/gzip": binary, "application/octet-stream": binary}),
+        &mut missing,
     );
     missing
+}
+
+/// [`extend`] at `pointer`, which goes into `missing` when nothing is there.
+fn merge(document: &mut Value, pointer: String, rule: &Value, missing: &mut Vec<String>) {
+    if !extend(document.pointer_mut(&pointer), rule) {
+        missing.push(pointer);
+    }
+}
+
+/// Adds `rule`'s keywords to the schema `target`; false when there is no such schema.
+fn extend(target: Option<&mut Value>, rule: &Value) -> bool {
+    match (target, rule) {
+        (Some(Value::Object(target)), Value::Object(rule)) => {
+            target.extend(rule.clone());
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Gives every string schema that says nothing narrower (pattern, enum, format) the pattern

@@ -86,13 +86,15 @@ async fn view(
     Path(path): Path<ViewPath>,
     mut parts: Parts,
 ) -> Result<Response, ApiError> {
-    let requested =
-        crate::players::find_stage(&state.database, &path.tenant, &path.project, &path.stage).await;
-    let stage_id = match (&state.config.playground_stage, requested) {
-        (Some(open), Ok(stage_id)) if is_stage(&state, open, &stage_id).await? => stage_id,
+    let open = match &state.config.playground_stage {
+        Some(open) => open_stage(&state, open, &path).await?,
+        None => None,
+    };
+    let stage_id = match open {
+        Some(stage_id) => stage_id,
         // Anyone else's stage, or one that does not exist: a developer who may see it, and
         // the same 404 for both to everybody else.
-        _ => {
+        None => {
             StageScope::from_request_parts(&mut parts, &state)
                 .await?
                 .stage
@@ -127,17 +129,29 @@ async fn view(
         .into_response())
 }
 
-/// Whether `stage_id` is the stage named `tenant/project/stage` in `path`.
-async fn is_stage(state: &AppState, path: &str, stage_id: &str) -> Result<bool, ApiError> {
-    let mut segments = path.splitn(3, '/');
+/// The id of the stage `path` asks for when it is `rally dev`'s own, named `tenant/project/stage`
+/// in `open`.
+async fn open_stage(
+    state: &AppState,
+    open: &str,
+    path: &ViewPath,
+) -> Result<Option<String>, ApiError> {
+    let mut segments = open.splitn(3, '/');
     let (Some(tenant), Some(project), Some(stage)) =
         (segments.next(), segments.next(), segments.next())
     else {
-        return Ok(false);
+        return Ok(None);
     };
-    match crate::players::find_stage(&state.database, tenant, project, stage).await {
-        Ok(open) => Ok(open == stage_id),
-        Err(ApiError::NotFound { .. }) => Ok(false),
-        Err(error) => Err(error),
-    }
+    let find = |tenant, project, stage| {
+        crate::players::find_stage(&state.database, tenant, project, stage)
+    };
+    let found = match (
+        find(tenant, project, stage).await,
+        find(&path.tenant, &path.project, &path.stage).await,
+    ) {
+        (Ok(open), Ok(asked)) => (open == asked).then_some(asked),
+        (Err(ApiError::NotFound { .. }), _) | (_, Err(ApiError::NotFound { .. })) => None,
+        (Err(error), _) | (_, Err(error)) => return Err(error),
+    };
+    Ok(found)
 }

@@ -129,7 +129,10 @@ pub fn check_note(note: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::bad_request(
             "invalid_note",
-            "note must be at most 500 characters without control or invisible format characters",
+            format!(
+                "note must be at most {} characters without control or invisible format characters",
+                crate::rules::NOTE_MAX_CHARS
+            ),
         ))
     }
 }
@@ -181,10 +184,7 @@ async fn check_logic(state: &AppState, archive: &Bytes) -> Result<(), ApiError> 
     let said = String::from_utf8_lossy(&output.stderr);
     if output.status.code() == Some(i32::from(Exit::BadBundle.code())) {
         // One line for each entry that does not load.
-        let problem = said
-            .lines()
-            .map(|line| line.trim().trim_start_matches("rally-runtime: "))
-            .filter(|line| !line.is_empty())
+        let problem = rally_sdk::runtime::check::problems(&said)
             .collect::<Vec<_>>()
             .join("\n")
             .chars()

@@ -16,7 +16,7 @@
 use rally_runtime_host::engine::Limits;
 use rally_runtime_host::session::{self, Exit, RuntimeEnv};
 use rally_runtime_host::{launcher, loader, simulate};
-use rally_sdk::runtime::launch;
+use rally_sdk::runtime::{check, launch};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -79,14 +79,16 @@ fn check_command(args: &[String]) -> ExitCode {
         match loader::read_bundle_for_check(Path::new(bundle)) {
             Ok(read) => read,
             Err(problem) => {
-                eprintln!("rally-runtime: {problem}");
+                eprintln!("{}{problem}", check::PREFIX);
                 return ExitCode::from(Exit::BadBundle as u8);
             }
         };
     let mut problems: Vec<String> = manifest_problems
         .iter()
-        .map(|problem| format!("{MANIFEST_PROBLEM}{problem}"))
+        .map(|problem| format!("{}{problem}", check::MANIFEST))
         .collect();
+    // A program bundle's logic is its program: the check says so, unless the manifest itself
+    // is what is wrong.
     if manifest.runtime.kind != rally_sdk::manifest::RuntimeKind::Program || problems.is_empty() {
         for qualifier in [
             rally_sdk::runtime::Qualifier::Lobby,
@@ -110,13 +112,10 @@ fn check_command(args: &[String]) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     for problem in problems {
-        eprintln!("rally-runtime: {problem}");
+        eprintln!("{}{problem}", check::PREFIX);
     }
     ExitCode::from(Exit::BadBundle as u8)
 }
-
-/// How `check` starts a line about a broken rule of `rally.toml`.
-const MANIFEST_PROBLEM: &str = "rally.toml: ";
 
 fn simulate_command(args: &[String]) -> ExitCode {
     let (Some(bundle), Some(script)) = (args.first(), args.get(1)) else {

@@ -27,6 +27,26 @@ pub const SUBPROTOCOL: &str = "rally.runtime.v2";
 /// the platform's too, for frames of a few hundred bytes. Bigger frames take more reads.
 pub const SOCKET_READ_BUFFER: usize = 16 * 1024;
 
+/// What `rally-runtime check <bundle>` prints on stderr when the bundle fails ([`Exit::BadBundle`]):
+/// one problem a line, each after [`check::PREFIX`]; a broken rule of `rally.toml` is further
+/// marked with [`check::MANIFEST`]. The platform and the CLI read the report back with
+/// [`check::problems`].
+pub mod check {
+    pub const PREFIX: &str = "rally-runtime: ";
+    pub const MANIFEST: &str = "rally.toml: ";
+
+    /// Each problem of a report, without its prefix.
+    pub fn problems(report: &str) -> impl Iterator<Item = &str> {
+        report
+            .lines()
+            .map(|line| {
+                let line = line.trim();
+                line.strip_prefix(PREFIX).unwrap_or(line)
+            })
+            .filter(|line| !line.is_empty())
+    }
+}
+
 /// How a `rally-runtime` process ends. The numbers are its exit codes (docs/protocol.md §6);
 /// the platform reads them back with [`Exit::from_code`] to say why a runtime ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

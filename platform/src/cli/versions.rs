@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use indicatif::HumanBytes;
 use rally_sdk::bundle::{inspect, pack, Bundle, BundleError, BundleLimits};
+use rally_sdk::runtime::check;
 use rally_sdk::wire::{Build, BuildStatus, Version, VersionList};
 use rally_sdk::RallyClient;
 use std::path::{Path, PathBuf};
@@ -257,10 +258,9 @@ async fn logic_problems(directory: &Path) -> Vec<String> {
         Ok(output) if !output.status.success() => output,
         _ => return Vec::new(),
     };
-    String::from_utf8_lossy(&output.stderr)
-        .lines()
-        .map(|line| line.trim_start_matches("rally-runtime: "))
-        .filter(|line| !line.trim().is_empty() && !line.starts_with("rally.toml: "))
+    let report = String::from_utf8_lossy(&output.stderr);
+    check::problems(&report)
+        .filter(|problem| !problem.starts_with(check::MANIFEST))
         .map(str::to_owned)
         .collect()
 }

@@ -620,14 +620,7 @@ async fn a_broken_manifest_is_refused_before_anything_is_uploaded() {
     let printed = stderr(&output);
     assert!(printed.contains("nothing was uploaded"), "{printed}");
     // Every problem on a line of its own, as `field: message`.
-    for field in ["runtime.tick_rate: ", "modes[0].max_players: "] {
-        assert!(
-            printed
-                .lines()
-                .any(|line| line.trim_start().starts_with(field)),
-            "no line for {field:?} in: {printed}"
-        );
-    }
+    assert_a_line_for_each(&printed, &["runtime.tick_rate: ", "modes[0].max_players: "]);
     assert!(stdout(&output).is_empty());
     let versions = app
         .admin()
@@ -639,20 +632,17 @@ async fn a_broken_manifest_is_refused_before_anything_is_uploaded() {
 
     // The check needs no platform at all: it fails the same way before any sign-in.
     let nobody = tempfile::tempdir().unwrap();
-    let output = rally(
-        nobody.path(),
-        &[
-            "version",
-            "upload",
-            directory,
-            "--tenant",
-            "acme",
-            "--project",
-            "hello",
-        ],
-        &[],
-    )
-    .await;
+    let upload = [
+        "version",
+        "upload",
+        directory,
+        "--tenant",
+        "acme",
+        "--project",
+        "hello",
+    ];
+    let upload_signed_out = || rally(nobody.path(), &upload, &[]);
+    let output = upload_signed_out().await;
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(stderr(&output).contains("runtime.tick_rate: "));
 
@@ -662,35 +652,30 @@ async fn a_broken_manifest_is_refused_before_anything_is_uploaded() {
         "local M = {}\nfunction M.on_start(ctx)\n  ctx.log(\"x\"\nend\nreturn M\n",
     )
     .unwrap();
-    let output = rally(
-        nobody.path(),
-        &[
-            "version",
-            "upload",
-            directory,
-            "--tenant",
-            "acme",
-            "--project",
-            "hello",
-        ],
-        &[],
-    )
-    .await;
+    let output = upload_signed_out().await;
     let printed = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{printed}");
-    for problem in [
-        "runtime.tick_rate: ",
-        "modes[0].max_players: ",
-        "the lobby logic does not load: ",
-    ] {
+    assert_a_line_for_each(
+        &printed,
+        &[
+            "runtime.tick_rate: ",
+            "modes[0].max_players: ",
+            "the lobby logic does not load: ",
+        ],
+    );
+    assert!(printed.contains("lobby.lua:"), "{printed}");
+}
+
+/// `printed` has a line starting with each of `starts`.
+fn assert_a_line_for_each(printed: &str, starts: &[&str]) {
+    for start in starts {
         assert!(
             printed
                 .lines()
-                .any(|line| line.trim_start().starts_with(problem)),
-            "no line for {problem:?} in: {printed}"
+                .any(|line| line.trim_start().starts_with(start)),
+            "no line for {start:?} in: {printed}"
         );
     }
-    assert!(printed.contains("lobby.lua:"), "{printed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
